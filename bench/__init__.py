@@ -1,0 +1,1 @@
+"""hepascope.bench: throughput and latency benchmarks (see README)."""

@@ -1,0 +1,26 @@
+"""hepascope.stream: the live path from frame grabber to overlay.
+
+Imports and runs without torch: an inference box needs no training stack.
+"""
+
+from hepascope.stream.errors import (
+    ConfigError,
+    HepascopeError,
+    ModelError,
+    ModelInputError,
+    SourceError,
+    SourceNotFoundError,
+    SourceTimeoutError,
+)
+from hepascope.stream.frame import Frame
+
+__all__ = [
+    "ConfigError",
+    "Frame",
+    "HepascopeError",
+    "ModelError",
+    "ModelInputError",
+    "SourceError",
+    "SourceNotFoundError",
+    "SourceTimeoutError",
+]

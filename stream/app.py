@@ -1,0 +1,97 @@
+"""What ``hepascope run`` and ``hepascope replay`` do, as functions the CLI, the demo and
+tests call: build the engine, classifier, source, publisher and recorder, compose, run."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hepascope.engines import open_engine
+from hepascope.stream.classifier import FrameClassifier
+from hepascope.stream.config import Config
+from hepascope.stream.pipeline import ResultListener, compose
+from hepascope.stream.publish import Publisher
+from hepascope.stream.record import SessionRecorder
+from hepascope.stream.sources import SourceOptions, open_source
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RunRequest:
+    source: str
+    model: Path
+    config: Config
+    options: SourceOptions = field(default_factory=SourceOptions)
+    publish: str | None = None          # None: the config's endpoint
+    record: Path | None = None
+    duration_s: float | None = None
+    engine: str = "onnxruntime"
+    threads: int | None = None
+    labels: tuple[str, ...] | None = None
+
+
+@contextmanager
+def stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGINT/SIGTERM set ``stop`` (so files are finalised) instead of killing mid-write."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in previous:
+        signal.signal(s, lambda *_: stop.set())
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def run_pipeline(req: RunRequest) -> dict[str, Any]:
+    """Run the live path once; return its summary (frames in/out/dropped, latencies)."""
+    engine = open_engine(req.model, req.engine, threads=req.threads)
+    try:
+        classifier = FrameClassifier(engine, req.config, labels=req.labels,
+                                     model_name=req.model.stem)
+        source = open_source(req.source, req.options)
+        source.open()  # fail fast, before anything is bound or recorded
+        endpoint = req.publish or req.config.publish.endpoint
+        try:
+            publisher = Publisher(endpoint, send_hwm=req.config.publish.send_hwm)
+        except BaseException:
+            source.close()
+            raise
+        recorder = None
+        listeners: tuple[ResultListener, ...] = ()
+        if req.record is not None:
+            recorder = SessionRecorder(req.record, {
+                "source": req.source, "source_id": source.source_id,
+                "model": str(req.model.resolve()), "engine": engine.name})
+            listeners = (recorder,)
+        pipeline = compose(source, classifier, publisher, req.config.pipeline,
+                           listeners=listeners, engine_name=engine.name,
+                           on_ring=recorder.attach if recorder else None)
+        log.info("running %s -> %s (%s) -> %s", source.source_id, req.model.name, engine.name,
+                 publisher.bound)
+        try:
+            with stop_on_signals(pipeline.stop_event):
+                summary = pipeline.run(req.duration_s)
+        finally:
+            if recorder is not None:
+                recorder.close()
+            publisher.close()
+        summary.update({"source": source.source_id, "model": classifier.model_name,
+                        "engine": engine.name, "endpoint": publisher.bound,
+                        "published": publisher.sent, "publish_dropped": publisher.dropped})
+        if recorder is not None:
+            summary["record_dir"] = str(req.record)
+            summary["record_dropped"] = recorder.dropped
+        return summary
+    finally:
+        engine.close()

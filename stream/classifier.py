@@ -1,0 +1,139 @@
+"""Binds a classifier engine to the frames: which view feeds which input, at what size,
+with which labels, and how outputs become probabilities.
+
+What a model needs is read from its metadata where present (``hepascope.labels``,
+``hepascope.output``, ``hepascope.inputs``), else inferred from its input shapes; a model
+the frames cannot feed is refused with one clear ``ModelInputError``."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from hepascope.engines.base import Engine, TensorSpec
+from hepascope.stream.config import Config
+from hepascope.stream.errors import ModelError, ModelInputError
+from hepascope.stream.preprocess import PreprocessSpec, preprocess
+
+log = logging.getLogger(__name__)
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    z = x - x.max()
+    e = np.exp(z)
+    return e / e.sum()
+
+
+def _json_meta(meta: dict[str, str], key: str) -> object | None:
+    raw = meta.get(key)
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ModelError(f"model metadata {key!r} is not valid JSON") from e
+
+
+def _image_input(spec: TensorSpec) -> tuple[int, tuple[int, int] | None]:
+    """(channels, static (H, W) or None) of an image input, or ModelInputError."""
+    shape = spec.shape
+    if len(shape) != 4:
+        raise ModelInputError(
+            f"model input {spec.describe()} is not an image batch [N,C,H,W]; "
+            "hepascope feeds preprocessed frames as [1,C,H,W]")
+    n, c, h, w = shape
+    if isinstance(n, int) and n != 1:
+        raise ModelInputError(
+            f"model input {spec.describe()} needs batch {n}; frames come one at a time")
+    if c not in (1, 3):
+        raise ModelInputError(f"model input {spec.describe()} wants {c} channels; "
+                              "ultrasound frames give 1 (grey) or 3 (grey replicated)")
+    if spec.dtype != np.float32:
+        raise ModelInputError(f"model input {spec.describe()} is not float32")
+    hw = (h, w) if isinstance(h, int) and isinstance(w, int) else None
+    return int(c), hw
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    probs: np.ndarray  # float64, sums to 1
+    labels: tuple[str, ...]
+
+    @property
+    def top(self) -> tuple[str, float]:
+        i = int(np.argmax(self.probs))
+        return self.labels[i], float(self.probs[i])
+
+
+class FrameClassifier:
+    """preprocess -> engine -> probabilities, for one frame. Holds no thread of its own."""
+
+    def __init__(self, engine: Engine, config: Config, *, labels: tuple[str, ...] | None = None,
+                 model_name: str | None = None) -> None:
+        self.engine = engine
+        meta = engine.metadata
+        views_meta = _json_meta(meta, "hepascope.inputs")  # {input name: view name}
+        view_names = config.layout.view_names
+        self.bindings: dict[str, str] = {}
+        specs: dict[str, PreprocessSpec] = {}
+        for spec in engine.inputs:
+            channels, hw = _image_input(spec)
+            if isinstance(views_meta, dict) and spec.name in views_meta:
+                view = str(views_meta[spec.name])
+            elif spec.name in view_names:
+                view = spec.name
+            elif len(engine.inputs) == 1:
+                view = view_names[0]
+            else:
+                raise ModelInputError(f"model input {spec.name!r} names no view of the layout "
+                                      f"({', '.join(view_names)})")
+            if view not in view_names:
+                raise ModelInputError(f"model input {spec.name!r} wants view {view!r}, "
+                                      f"which the layout lacks ({', '.join(view_names)})")
+            specs[spec.name] = PreprocessSpec(config.layout, config.preprocess,
+                                              hw or config.preprocess.size, channels, (view,))
+            self.bindings[spec.name] = view
+        self._specs = specs
+        if len(engine.outputs) < 1:
+            raise ModelError("model has no outputs")
+        out = engine.outputs[0]
+        n_classes = out.shape[-1] if out.shape else None
+        meta_labels = _json_meta(meta, "hepascope.labels")
+        if labels is None and isinstance(meta_labels, list):
+            labels = tuple(str(x) for x in meta_labels)
+        if labels is None:
+            if not isinstance(n_classes, int):
+                raise ModelError("model output has no static class count and no labels metadata")
+            labels = tuple(f"class{i}" for i in range(n_classes))
+            log.warning("model has no 'hepascope.labels' metadata; using %s", ", ".join(labels))
+        if isinstance(n_classes, int) and n_classes != len(labels):
+            raise ModelError(f"model has {n_classes} outputs but {len(labels)} labels")
+        self.labels = labels
+        self.output_name = out.name
+        self.output_kind = meta.get("hepascope.output", "auto")  # probs | logits | auto
+        self.model_name = model_name or meta.get("hepascope.model", "model")
+
+    def feeds(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        """The engine inputs for one captured frame (preprocessing included)."""
+        out: dict[str, np.ndarray] = {}
+        for name, spec in self._specs.items():
+            (arr,) = preprocess(image, spec).values()
+            out[name] = arr[None]
+        return out
+
+    def probabilities(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
+        raw = np.asarray(outputs[self.output_name], dtype=np.float64).reshape(-1)
+        if raw.size != len(self.labels):
+            raise ModelError(f"model output has {raw.size} values for {len(self.labels)} labels")
+        if self.output_kind == "probs":
+            return raw / raw.sum()
+        looks_like_probs = raw.min() >= 0 and abs(raw.sum() - 1.0) < 1e-3
+        if self.output_kind == "auto" and looks_like_probs:
+            return raw / raw.sum()
+        return softmax(raw)
+
+    def classify(self, image: np.ndarray) -> Prediction:
+        return Prediction(self.probabilities(self.engine.infer(self.feeds(image))), self.labels)

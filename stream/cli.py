@@ -1,0 +1,179 @@
+"""The ``hepascope`` command. Each subcommand has ``--help``; any ``HepascopeError`` ends
+the process with one line on stderr and exit status 2, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from hepascope.stream.errors import HepascopeError
+
+log = logging.getLogger("hepascope")
+
+
+def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from e
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+
+    return parse
+
+
+def _source_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("source pacing")
+    g.add_argument("--speed", type=_positive(float), default=1.0,
+                   help="file replay: play X times real time (default 1)")
+    g.add_argument("--max-rate", action="store_true",
+                   help="file replay: ignore timestamps, as fast as possible")
+    g.add_argument("--loop", action="store_true", help="file replay: start again at the end")
+    g.add_argument("--width", type=_positive(int), help="capture card: requested width")
+    g.add_argument("--height", type=_positive(int), help="capture card: requested height")
+    g.add_argument("--fps", type=_positive(float), help="capture card / phantom: frame rate")
+
+
+def _pipeline_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--publish", metavar="ENDPOINT",
+                   help="ZeroMQ endpoint to bind (default from config: tcp://127.0.0.1:5555)")
+    p.add_argument("--config", type=Path, help="YAML config (default: the packaged one)")
+    p.add_argument("--duration", type=_positive(float), metavar="S", help="stop after S seconds")
+    p.add_argument("--engine", default="onnxruntime", choices=["onnxruntime", "auto"],
+                   help="inference backend (default onnxruntime, CPU)")
+    p.add_argument("--threads", type=_positive(int), help="inference threads (default: all cores)")
+    p.add_argument("--labels", help="comma-separated class names if the model has none")
+    p.add_argument("--summary", type=Path, metavar="FILE.json", help="write the run summary here")
+
+
+def _request(args: argparse.Namespace, source: str, model: Path) -> Any:
+    from hepascope.stream.app import RunRequest
+    from hepascope.stream.config import load_config
+    from hepascope.stream.sources import SourceOptions
+
+    opts = SourceOptions(speed=args.speed, max_rate=args.max_rate, loop=args.loop,
+                         width=args.width, height=args.height, fps=args.fps)
+    labels = tuple(x.strip() for x in args.labels.split(",")) if args.labels else None
+    return RunRequest(source=source, model=model, config=load_config(args.config), options=opts,
+                      publish=args.publish, record=getattr(args, "record", None),
+                      duration_s=args.duration, engine=args.engine, threads=args.threads,
+                      labels=labels)
+
+
+def _report(summary: dict[str, Any], path: Path | None) -> None:
+    keys = ("frames_in", "frames_out", "dropped", "fps_in", "results_per_s",
+            "latency_p50_ms", "latency_p99_ms")
+    print("  ".join(f"{k}={summary[k]}" for k in keys))
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(summary, indent=2))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from hepascope.stream.app import run_pipeline
+
+    _report(run_pipeline(_request(args, args.source, args.model)), args.summary)
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from hepascope.stream.app import run_pipeline
+    from hepascope.stream.record import VIDEO_NAME, read_session
+
+    meta = read_session(args.dir)
+    model = args.model or (Path(meta["model"]) if meta.get("model") else None)
+    if model is None:
+        raise HepascopeError(f"{args.dir}: recording names no model; pass --model")
+    _report(run_pipeline(_request(args, str(args.dir / VIDEO_NAME), model)), args.summary)
+    return 0
+
+
+def cmd_overlay(args: argparse.Namespace) -> int:
+    from hepascope.stream.app import stop_on_signals
+    from hepascope.stream.config import load_config
+    from hepascope.stream.overlay import run_overlay
+    from hepascope.stream.sources import open_source
+
+    cfg = load_config(args.config)
+    out = args.out
+    if out is None and not args.window:
+        out = Path("overlay.mp4")  # headless by default
+    background = open_source(args.background) if args.background else None
+    stop = threading.Event()
+    with stop_on_signals(stop):
+        summary = run_overlay(args.connect or cfg.publish.endpoint, out=out, window=args.window,
+                              background=background, stale_ms=args.stale_ms or cfg.overlay.stale_ms,
+                              fps=args.fps or cfg.overlay.fps, duration_s=args.duration, stop=stop)
+    print("  ".join(f"{k}={v}" for k, v in summary.items()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hepascope",
+        description="Real-time AI pipeline for live liver ultrasound.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the live pipeline: source -> model -> results channel",
+                       description="Capture frames from SPEC, classify the newest one "
+                       "continuously, publish results and telemetry over ZeroMQ.")
+    p.add_argument("--source", required=True, metavar="SPEC",
+                   help="a video file, rtsp://..., v4l2:/dev/videoN, cam:N, phantom:SEED")
+    p.add_argument("--model", required=True, type=Path, metavar="PATH.onnx", help="ONNX classifier")
+    p.add_argument("--record", type=Path, metavar="DIR", help="record frames and results to DIR")
+    _pipeline_args(p)
+    _source_args(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("replay", help="feed a recording back through the pipeline",
+                       description="Replay DIR (made by run --record) at its recorded pacing.")
+    p.add_argument("dir", type=Path, metavar="DIR")
+    p.add_argument("--model", type=Path, help="model (default: the one recorded)")
+    _pipeline_args(p)
+    _source_args(p)
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("overlay", help="draw results over the ultrasound, to MP4 or a window",
+                       description="Subscribe to a pipeline's results and draw label, "
+                       "probabilities, FPS and latency; NO DATA / STALE when results stop.")
+    p.add_argument("--connect", metavar="ENDPOINT", help="results endpoint (default from config)")
+    p.add_argument("--background", metavar="SPEC",
+                   help="background source spec (default: the pipeline's own frames)")
+    p.add_argument("--out", type=Path, metavar="FILE.mp4", help="write the overlay video here")
+    p.add_argument("--window", action="store_true", help="show an OpenCV window")
+    p.add_argument("--duration", type=_positive(float), metavar="S", help="stop after S seconds")
+    p.add_argument("--stale-ms", type=_positive(float), help="STALE threshold (default 250)")
+    p.add_argument("--fps", type=_positive(float), help="display rate (default 30)")
+    p.add_argument("--config", type=Path, help="YAML config (default: the packaged one)")
+    p.set_defaults(func=cmd_overlay)
+
+    from hepascope.stream.phantom.cli import add_subcommand as add_phantom
+
+    add_phantom(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="hepascope: %(levelname)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except HepascopeError as e:
+        print(f"hepascope: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

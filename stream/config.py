@@ -1,0 +1,160 @@
+"""Configuration: frozen dataclasses loaded from one YAML file with a version key.
+
+The packaged ``default.yaml`` is the reference; ``--config FILE`` replaces it whole (no
+merging, so what runs is exactly what the file says)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hepascope.stream.errors import ConfigError
+from hepascope.stream.geometry import Rect, SectorGeometry
+
+CONFIG_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class LayoutConfig:
+    """Views of the captured frame by name, in order, and the sector inside each view."""
+
+    views: tuple[tuple[str, Rect], ...]
+    sector: SectorGeometry | None = None
+
+    def __post_init__(self) -> None:
+        if not self.views:
+            raise ConfigError("layout.views must name at least one view")
+
+    @property
+    def view_names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.views)
+
+    def rect(self, name: str) -> Rect:
+        for view, rect in self.views:
+            if view == name:
+                return rect
+        raise ConfigError(f"layout has no view {name!r} (views: {', '.join(self.view_names)})")
+
+
+@dataclass(frozen=True, slots=True)
+class PreprocessConfig:
+    gaussian_sigma: float = 1.0
+    clahe_clip: float = 2.0
+    clahe_tiles: int = 8
+    size: tuple[int, int] = (128, 128)
+    mean: float = 0.5
+    std: float = 0.25
+
+    def __post_init__(self) -> None:
+        if self.gaussian_sigma < 0 or self.clahe_clip < 0:
+            raise ConfigError("preprocess.gaussian_sigma and clahe_clip must be >= 0")
+        if self.clahe_tiles < 1:
+            raise ConfigError("preprocess.clahe_tiles must be >= 1")
+        if len(self.size) != 2 or min(self.size) < 8:
+            raise ConfigError(f"preprocess.size must be [H, W] >= 8, got {self.size}")
+        if self.std <= 0:
+            raise ConfigError("preprocess.std must be > 0")
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineConfig:
+    ring_slots: int = 8
+    telemetry_period_s: float = 1.0
+    latency_window: int = 300
+
+    def __post_init__(self) -> None:
+        if self.ring_slots < 2:
+            raise ConfigError("pipeline.ring_slots must be >= 2")
+        if not (0 < self.telemetry_period_s <= 1.0):
+            raise ConfigError("pipeline.telemetry_period_s must be in (0, 1]: it is the heartbeat")
+        if self.latency_window < 10:
+            raise ConfigError("pipeline.latency_window must be >= 10")
+
+
+@dataclass(frozen=True, slots=True)
+class PublishConfig:
+    endpoint: str = "tcp://127.0.0.1:5555"
+    send_hwm: int = 64
+
+
+@dataclass(frozen=True, slots=True)
+class OverlayConfig:
+    stale_ms: float = 250.0
+    fps: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.stale_ms <= 0 or self.fps <= 0:
+            raise ConfigError("overlay.stale_ms and overlay.fps must be > 0")
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    version: int
+    layout: LayoutConfig
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    publish: PublishConfig = field(default_factory=PublishConfig)
+    overlay: OverlayConfig = field(default_factory=OverlayConfig)
+
+
+def _section(raw: dict[str, Any], key: str, cls: type, where: str) -> Any:
+    data = raw.get(key) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: '{key}' must be a mapping")
+    try:
+        if "size" in data:
+            data = {**data, "size": tuple(int(v) for v in data["size"])}
+        return cls(**data)
+    except TypeError as e:
+        raise ConfigError(f"{where}: section '{key}': {e}") from e
+
+
+def _layout(raw: dict[str, Any], where: str) -> LayoutConfig:
+    data = raw.get("layout")
+    if not isinstance(data, dict) or not isinstance(data.get("views"), dict):
+        raise ConfigError(f"{where}: 'layout.views' must map view names to [x, y, w, h]")
+    try:
+        views = tuple((str(k), Rect(*(int(v) for v in r))) for k, r in data["views"].items())
+        sector = data.get("sector")
+        geom = SectorGeometry(**{k: float(v) for k, v in sector.items()}) if sector else None
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where}: invalid layout: {e}") from e
+    return LayoutConfig(views, geom)
+
+
+def config_from_dict(raw: Any, where: str = "<dict>") -> Config:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping at the top level")
+    version = raw.get("version")
+    if version != CONFIG_VERSION:
+        raise ConfigError(f"{where}: config version {version!r} is not supported "
+                          f"(this hepascope reads version {CONFIG_VERSION})")
+    return Config(
+        version=version,
+        layout=_layout(raw, where),
+        preprocess=_section(raw, "preprocess", PreprocessConfig, where),
+        pipeline=_section(raw, "pipeline", PipelineConfig, where),
+        publish=_section(raw, "publish", PublishConfig, where),
+        overlay=_section(raw, "overlay", OverlayConfig, where),
+    )
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """The packaged default, or the YAML file at ``path``."""
+    if path is None:
+        text = resources.files("hepascope.stream").joinpath("default.yaml").read_text()
+        where = "default.yaml"
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{p}: no such config file")
+        text, where = p.read_text(), str(p)
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: not valid YAML ({e})") from e
+    return config_from_dict(raw, where)

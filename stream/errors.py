@@ -1,0 +1,46 @@
+"""Typed errors. Each also subclasses the built-in a caller would naturally catch
+(PyAV's habit: ``class EOFError(FFmpegError, builtins.EOFError)``), and the CLI turns any
+``HepascopeError`` into one line on stderr and a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+
+class HepascopeError(Exception):
+    """Base of every error hepascope raises on purpose."""
+
+
+class ConfigError(HepascopeError, ValueError):
+    """A configuration file or command-line value is invalid."""
+
+
+class SourceError(HepascopeError, OSError):
+    """A frame source could not be opened or read."""
+
+
+class SourceNotFoundError(SourceError, FileNotFoundError):
+    """The file or device named by a source spec does not exist."""
+
+
+class SourceTimeoutError(SourceError, TimeoutError):
+    """A source did not open or deliver a frame within its timeout."""
+
+
+class SourceFormatError(SourceError):
+    """The input exists but is not something the source can decode (not a video, no video
+    stream, corrupt data)."""
+
+
+class ModelError(HepascopeError, ValueError):
+    """A model file is missing, unreadable or lacks what the pipeline needs."""
+
+
+class ModelInputError(ModelError):
+    """The model's inputs do not match the frames the pipeline produces."""
+
+
+class RingError(HepascopeError, RuntimeError):
+    """The shared-memory frame ring could not be created, attached or written."""
+
+
+class PublishError(HepascopeError, ConnectionError):
+    """The results channel could not be bound or connected."""

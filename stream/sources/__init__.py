@@ -1,0 +1,66 @@
+"""Frame sources, one file each, all meeting ``Source`` (open, iterate, close).
+
+``open_source(spec)`` turns a CLI source spec into a source: a file path, ``rtsp://...``,
+``v4l2:/dev/video0`` or ``cam:0``, ``phantom:SEED``, ``shm:NAME`` (a running pipeline's
+frame ring)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hepascope.stream.errors import ConfigError
+from hepascope.stream.sources.base import Pacer, Source, SourceBase
+
+
+@dataclass(frozen=True, slots=True)
+class SourceOptions:
+    """CLI options that apply to the sources that understand them."""
+
+    speed: float = 1.0
+    max_rate: bool = False
+    loop: bool = False
+    width: int | None = None
+    height: int | None = None
+    fps: float | None = None
+    open_timeout_s: float = 5.0
+    read_timeout_s: float = 2.0
+
+
+def open_source(spec: str, options: SourceOptions | None = None) -> Source:
+    """Build (not yet open) the source a spec names."""
+    o = options or SourceOptions()
+    if not spec:
+        raise ConfigError("empty source spec")
+    scheme, sep, rest = spec.partition(":")
+    if spec.startswith(("rtsp://", "rtsps://")):
+        from hepascope.stream.sources.rtsp import RtspSource
+
+        return RtspSource(spec, open_timeout_s=o.open_timeout_s, read_timeout_s=o.read_timeout_s)
+    if sep and scheme in ("v4l2", "cam"):
+        from hepascope.stream.sources.capture import CaptureSource
+
+        device: str | int = int(rest) if rest.isdigit() else rest
+        if scheme == "cam" and not isinstance(device, int):
+            raise ConfigError(f"cam: takes a device index, got {rest!r} (use v4l2:/dev/...)")
+        return CaptureSource(device, width=o.width, height=o.height, fps=o.fps,
+                             source_id=spec)
+    if sep and scheme == "phantom":
+        from hepascope.stream.sources.phantom import PhantomSource
+
+        try:
+            seed = int(rest or 0)
+        except ValueError as e:
+            raise ConfigError(f"phantom: takes an integer seed, got {rest!r}") from e
+        return PhantomSource(seed, fps=o.fps or 30.0, max_rate=o.max_rate)
+    if sep and scheme == "shm":
+        from hepascope.stream.sources.shm import RingSource
+
+        return RingSource(rest)
+    if "://" in spec:
+        raise ConfigError(f"unsupported source scheme in {spec!r}")
+    from hepascope.stream.sources.file import FileSource
+
+    return FileSource(spec, speed=o.speed, max_rate=o.max_rate, loop=o.loop)
+
+
+__all__ = ["Pacer", "Source", "SourceBase", "SourceOptions", "open_source"]

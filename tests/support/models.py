@@ -1,0 +1,59 @@
+"""Small real ONNX classifiers built with onnx.helper, for tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+def make_classifier(path: Path, *, input_name: str = "bmode", shape: tuple = (1, 1, 64, 64),
+                    labels: tuple[str, ...] | None = ("normal", "cyst", "hemangioma", "hcc",
+                                                      "metastasis", "fatty_sparing"),
+                    n_classes: int | None = None, heavy: int = 0, softmax: bool = True,
+                    seed: int = 0) -> Path:
+    """GlobalAveragePool -> Flatten -> Gemm (-> Softmax). ``heavy`` adds that many 3x3
+    convolutions of 64 channels first, to make inference slow on purpose."""
+    rng = np.random.default_rng(seed)
+    k = n_classes or (len(labels) if labels else 6)
+    c = shape[1] if len(shape) == 4 else 1
+    nodes, inits = [], []
+    x = input_name
+    for i in range(heavy):
+        cin = c if i == 0 else 64
+        w = numpy_helper.from_array(
+            rng.normal(0, 0.05, (64, cin, 3, 3)).astype(np.float32), f"w{i}")
+        inits.append(w)
+        nodes.append(helper.make_node("Conv", [x, f"w{i}"], [f"conv{i}"], pads=[1, 1, 1, 1]))
+        nodes.append(helper.make_node("Relu", [f"conv{i}"], [f"relu{i}"]))
+        x, c = f"relu{i}", 64
+    if len(shape) == 4:
+        nodes.append(helper.make_node("GlobalAveragePool", [x], ["gap"]))
+        nodes.append(helper.make_node("Flatten", ["gap"], ["feat"]))
+        feat = c
+    else:
+        nodes.append(helper.make_node("Identity", [x], ["feat"]))
+        feat = shape[-1]
+    inits.append(numpy_helper.from_array(rng.normal(0, 1, (feat, k)).astype(np.float32), "W"))
+    inits.append(numpy_helper.from_array(rng.normal(0, 0.1, (k,)).astype(np.float32), "b"))
+    nodes.append(helper.make_node("Gemm", ["feat", "W", "b"], ["logits"]))
+    out = "logits"
+    if softmax:
+        nodes.append(helper.make_node("Softmax", ["logits"], ["probs"], axis=1))
+        out = "probs"
+    dims = list(shape)
+    graph = helper.make_graph(
+        nodes, "test-classifier",
+        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, dims)],
+        [helper.make_tensor_value_info(out, TensorProto.FLOAT, [shape[0], k])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    if labels:
+        helper.set_model_props(model, {"hepascope.labels": json.dumps(list(labels))})
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path

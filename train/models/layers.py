@@ -1,0 +1,105 @@
+"""Attention layers and the parallel residual block of the seed paper (S1).
+
+Both attentions are written with means over one axis (no adaptive pooling) so they export
+to ONNX as ReduceMean and stay in TensorRT's supported-op set."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class SimAM(nn.Module):
+    """Parameter-free attention (Yang et al., ICML 2021): weights each activation by an
+    energy that is low for neurons unlike their neighbours in the same channel.
+
+    The variance is computed as a *mean* of squared deviations, not a sum, so fp16 cannot
+    overflow on large feature maps (the reference sums over H*W)."""
+
+    def __init__(self, channels: int | None = None, e_lambda: float = 1e-4) -> None:
+        super().__init__()
+        del channels  # parameter-free; accepted so all attention layers share a signature
+        self.e_lambda = e_lambda
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[2] * x.shape[3]
+        d = (x - x.mean(dim=(2, 3), keepdim=True)).pow(2)
+        v = d.mean(dim=(2, 3), keepdim=True) * (n / max(n - 1, 1))
+        e_inv = d / (4 * (v + self.e_lambda)) + 0.5
+        return x * torch.sigmoid(e_inv)
+
+
+class HSwish(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.clamp(x + 3, 0, 6) / 6
+
+
+class CoordAttention(nn.Module):
+    """Coordinate attention (Hou et al., CVPR 2021): channel attention factorised along
+    height and width, so it keeps where along each axis a feature is (a lesion's position
+    and its enhancing rim in the CEUS view)."""
+
+    def __init__(self, channels: int, reduction: int = 32) -> None:
+        super().__init__()
+        mip = max(8, channels // reduction)
+        self.conv1 = nn.Conv2d(channels, mip, 1)
+        self.bn1 = nn.BatchNorm2d(mip)
+        self.act = HSwish()
+        self.conv_h = nn.Conv2d(mip, channels, 1)
+        self.conv_w = nn.Conv2d(mip, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[2], x.shape[3]
+        x_h = x.mean(dim=3, keepdim=True)                      # B, C, H, 1
+        x_w = x.mean(dim=2, keepdim=True).transpose(2, 3)      # B, C, W, 1
+        y = self.act(self.bn1(self.conv1(torch.cat([x_h, x_w], dim=2))))
+        y_h, y_w = torch.split(y, [h, w], dim=2)
+        a_h = torch.sigmoid(self.conv_h(y_h))                  # B, C, H, 1
+        a_w = torch.sigmoid(self.conv_w(y_w.transpose(2, 3)))  # B, C, 1, W
+        return x * a_h * a_w
+
+
+def conv_bn(cin: int, cout: int, k: int, stride: int = 1, dilation: int = 1,
+            groups: int = 1) -> nn.Sequential:
+    pad = dilation * (k // 2)
+    return nn.Sequential(nn.Conv2d(cin, cout, k, stride, pad, dilation, groups, bias=False),
+                         nn.BatchNorm2d(cout))
+
+
+class BasicBlock(nn.Module):
+    """ResNet's basic block (two 3x3 convolutions), with optional attention before the sum."""
+
+    expansion = 1
+
+    def __init__(self, cin: int, cout: int, stride: int = 1,
+                 attn_layer: type[nn.Module] | None = None) -> None:
+        super().__init__()
+        self.conv1 = conv_bn(cin, cout, 3, stride)
+        self.conv2 = conv_bn(cout, cout, 3)
+        self.attn = attn_layer(cout) if attn_layer else nn.Identity()
+        self.shortcut = (nn.Identity() if stride == 1 and cin == cout
+                         else conv_bn(cin, cout, 1, stride))
+        self.act = nn.ReLU(inplace=True)
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self.act(self.conv1(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.attn(self.residual(x)) + self.shortcut(x))
+
+
+class ParallelBlock(BasicBlock):
+    """The parallel residual block. S1 names it without defining it; here it is a basic
+    block with a second residual path in parallel: a dilated (d=2) depthwise 3x3 followed
+    by a pointwise 1x1, summed with the 3x3-3x3 path before attention and the shortcut.
+    The second path sees a 2x wider context (a lesion's halo, rim or posterior
+    enhancement) at about a ninth of the first path's cost."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1,
+                 attn_layer: type[nn.Module] | None = None) -> None:
+        super().__init__(cin, cout, stride, attn_layer)
+        self.wide = nn.Sequential(conv_bn(cin, cin, 3, stride, dilation=2, groups=cin),
+                                  nn.ReLU(inplace=True), conv_bn(cin, cout, 1))
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        return super().residual(x) + self.wide(x)
