@@ -58,6 +58,9 @@ class OnnxRuntimeEngine:
         opts.intra_op_num_threads = threads or cpu_budget()
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
+        # No spin-waiting after each run: the cores are shared with capture, decoding and
+        # the other engines of a chain, which spinning threads would starve.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self._session = ort.InferenceSession(
                 str(self.path), sess_options=opts, providers=["CPUExecutionProvider"])

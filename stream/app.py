@@ -6,15 +6,14 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hepascope.engines import open_engine
-from hepascope.stream.classifier import FrameClassifier
 from hepascope.stream.config import Config
+from hepascope.stream.models import open_model
 from hepascope.stream.pipeline import ResultListener, compose
 from hepascope.stream.publish import Publisher
 from hepascope.stream.record import SessionRecorder
@@ -35,6 +34,8 @@ class RunRequest:
     engine: str = "onnxruntime"
     threads: int | None = None
     labels: tuple[str, ...] | None = None
+    listeners: tuple[ResultListener, ...] = ()     # told of every published result
+    on_bound: Callable[[str], None] | None = None  # called with the bound endpoint
 
 
 @contextmanager
@@ -55,10 +56,10 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
 
 def run_pipeline(req: RunRequest) -> dict[str, Any]:
     """Run the live path once; return its summary (frames in/out/dropped, latencies)."""
-    engine = open_engine(req.model, req.engine, threads=req.threads)
+    classifier = open_model(req.model, req.config, backend=req.engine, threads=req.threads,
+                            labels=req.labels)
+    engine_name = req.engine if req.engine != "auto" else "onnxruntime"
     try:
-        classifier = FrameClassifier(engine, req.config, labels=req.labels,
-                                     model_name=req.model.stem)
         source = open_source(req.source, req.options)
         source.open()  # fail fast, before anything is bound or recorded
         endpoint = req.publish or req.config.publish.endpoint
@@ -67,17 +68,19 @@ def run_pipeline(req: RunRequest) -> dict[str, Any]:
         except BaseException:
             source.close()
             raise
+        if req.on_bound is not None:
+            req.on_bound(publisher.bound)
         recorder = None
-        listeners: tuple[ResultListener, ...] = ()
+        listeners: tuple[ResultListener, ...] = req.listeners
         if req.record is not None:
             recorder = SessionRecorder(req.record, {
                 "source": req.source, "source_id": source.source_id,
-                "model": str(req.model.resolve()), "engine": engine.name})
-            listeners = (recorder,)
+                "model": str(req.model.resolve()), "engine": engine_name})
+            listeners = (*listeners, recorder)
         pipeline = compose(source, classifier, publisher, req.config.pipeline,
-                           listeners=listeners, engine_name=engine.name,
+                           listeners=listeners, engine_name=engine_name,
                            on_ring=recorder.attach if recorder else None)
-        log.info("running %s -> %s (%s) -> %s", source.source_id, req.model.name, engine.name,
+        log.info("running %s -> %s (%s) -> %s", source.source_id, req.model.name, engine_name,
                  publisher.bound)
         try:
             with stop_on_signals(pipeline.stop_event):
@@ -87,11 +90,11 @@ def run_pipeline(req: RunRequest) -> dict[str, Any]:
                 recorder.close()
             publisher.close()
         summary.update({"source": source.source_id, "model": classifier.model_name,
-                        "engine": engine.name, "endpoint": publisher.bound,
+                        "engine": engine_name, "endpoint": publisher.bound,
                         "published": publisher.sent, "publish_dropped": publisher.dropped})
         if recorder is not None:
             summary["record_dir"] = str(req.record)
             summary["record_dropped"] = recorder.dropped
         return summary
     finally:
-        engine.close()
+        classifier.close()

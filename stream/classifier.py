@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
 from hepascope.engines.base import Engine, TensorSpec
 from hepascope.stream.config import Config
 from hepascope.stream.errors import ModelError, ModelInputError
-from hepascope.stream.preprocess import PreprocessSpec, preprocess
+from hepascope.stream.frame import Frame
+from hepascope.stream.preprocess import PreprocessSpec, preprocess, spec_from_dict
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,18 @@ def _image_input(spec: TensorSpec) -> tuple[int, tuple[int, int] | None]:
     return int(c), hw
 
 
+class Classifier(Protocol):
+    """What the pipeline's inference stage runs: one frame in, probabilities out, with the
+    time each internal stage took (ms). May keep state across frames (feature caches)."""
+
+    labels: tuple[str, ...]
+    model_name: str
+
+    def predict(self, frame: Frame) -> tuple[np.ndarray, dict[str, float]]: ...
+
+    def close(self) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Prediction:
     probs: np.ndarray  # float64, sums to 1
@@ -77,6 +92,12 @@ class FrameClassifier:
         meta = engine.metadata
         views_meta = _json_meta(meta, "hepascope.inputs")  # {input name: view name}
         view_names = config.layout.view_names
+        meta_pre = _json_meta(meta, "hepascope.preprocess")
+        meta_spec = spec_from_dict(meta_pre) if meta_pre is not None else None
+        if meta_spec is not None:
+            if len(engine.inputs) != 1:
+                raise ModelError("'hepascope.preprocess' metadata needs a single-input model")
+            view_names = meta_spec.view_names
         self.bindings: dict[str, str] = {}
         specs: dict[str, PreprocessSpec] = {}
         for spec in engine.inputs:
@@ -93,8 +114,11 @@ class FrameClassifier:
             if view not in view_names:
                 raise ModelInputError(f"model input {spec.name!r} wants view {view!r}, "
                                       f"which the layout lacks ({', '.join(view_names)})")
-            specs[spec.name] = PreprocessSpec(config.layout, config.preprocess,
-                                              hw or config.preprocess.size, channels, (view,))
+            if meta_spec is not None:  # an exported model says how it was trained: obey it
+                specs[spec.name] = meta_spec
+            else:
+                specs[spec.name] = PreprocessSpec(config.layout, config.preprocess,
+                                                  hw or config.preprocess.size, channels, (view,))
             self.bindings[spec.name] = view
         self._specs = specs
         if len(engine.outputs) < 1:
@@ -137,3 +161,14 @@ class FrameClassifier:
 
     def classify(self, image: np.ndarray) -> Prediction:
         return Prediction(self.probabilities(self.engine.infer(self.feeds(image))), self.labels)
+
+    def predict(self, frame: Frame) -> tuple[np.ndarray, dict[str, float]]:
+        t0 = time.monotonic_ns()
+        feeds = self.feeds(frame.image)
+        t1 = time.monotonic_ns()
+        probs = self.probabilities(self.engine.infer(feeds))
+        t2 = time.monotonic_ns()
+        return probs, {"preprocess": (t1 - t0) / 1e6, "infer": (t2 - t1) / 1e6}
+
+    def close(self) -> None:
+        self.engine.close()

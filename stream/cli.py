@@ -157,8 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_overlay)
 
     from hepascope.stream.phantom.cli import add_subcommand as add_phantom
+    from hepascope.train.cli import add_subcommands as add_train
+    from hepascope.train.commands import add_subcommands as add_export_demo
 
     add_phantom(sub)
+    add_train(sub)  # registration is torch-free; the handlers import the training stack
+    add_export_demo(sub)
     return parser
 
 

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from hepascope.stream.classifier import FrameClassifier
+from hepascope.stream.classifier import Classifier
 from hepascope.stream.config import PipelineConfig
 from hepascope.stream.frame import Frame
 from hepascope.stream.messages import SCHEMA_VERSION, TOPIC_RESULT, TOPIC_TELEMETRY
@@ -127,7 +127,7 @@ def _worker(name: str, fn: Callable[[], None], stop: threading.Event,
     return threading.Thread(target=body, name=f"hepascope-{name}", daemon=True)
 
 
-def compose(source: Source, classifier: FrameClassifier, sink: Sink, config: PipelineConfig,
+def compose(source: Source, classifier: Classifier, sink: Sink, config: PipelineConfig,
             *, listeners: tuple[ResultListener, ...] = (), engine_name: str = "onnxruntime",
             ring_name: str | None = None,
             on_ring: Callable[[str], None] | None = None) -> Pipeline:
@@ -184,7 +184,7 @@ def compose(source: Source, classifier: FrameClassifier, sink: Sink, config: Pip
     return Pipeline(threads, stop, done, errors, stats, name)
 
 
-def _infer_loop(classifier: FrameClassifier, ring_ready: threading.Event,
+def _infer_loop(classifier: Classifier, ring_ready: threading.Event,
                 source_done: threading.Event, stop: threading.Event, stats: RunStats,
                 results: queue.Queue[dict[str, Any]], ring_name: str,
                 stats_window: LatencyWindow) -> None:
@@ -216,11 +216,8 @@ def _infer_loop(classifier: FrameClassifier, ring_ready: threading.Event,
             results.put(msg)
 
 
-def _classify(classifier: FrameClassifier, frame: Frame, t_read: int) -> dict[str, Any]:
-    feeds = classifier.feeds(frame.image)
-    t_pre = time.monotonic_ns()
-    outputs = classifier.engine.infer(feeds)
-    probs = classifier.probabilities(outputs)
+def _classify(classifier: Classifier, frame: Frame, t_read: int) -> dict[str, Any]:
+    probs, stages = classifier.predict(frame)
     t_inf = time.monotonic_ns()
     return {
         "v": SCHEMA_VERSION,
@@ -232,11 +229,7 @@ def _classify(classifier: FrameClassifier, frame: Frame, t_read: int) -> dict[st
         "top": classifier.labels[int(np.argmax(probs))],
         "t_capture_ns": frame.t_capture_ns,
         "pts_s": frame.pts_s,
-        "latency_ms": {
-            "queue": (t_read - frame.t_capture_ns) * _MS,
-            "preprocess": (t_pre - t_read) * _MS,
-            "infer": (t_inf - t_pre) * _MS,
-        },
+        "latency_ms": {"queue": (t_read - frame.t_capture_ns) * _MS, **stages},
         "_t_infer_ns": t_inf,
     }
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import cv2
 import numpy as np
 
 from hepascope.stream.config import LayoutConfig, PreprocessConfig
 from hepascope.stream.errors import ConfigError
+from hepascope.stream.geometry import Rect, SectorGeometry
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +56,23 @@ class PreprocessSpec:
             "clahe_tiles": p.clahe_tiles, "mean": p.mean, "std": p.std,
             "size": list(self.size), "channels": self.channels, "use_views": list(self.view_names),
         }
+
+
+def spec_from_dict(d: Any) -> PreprocessSpec:
+    """Inverse of ``PreprocessSpec.to_dict`` (what exported models carry in metadata)."""
+    try:
+        views = tuple((str(k), Rect(*(int(x) for x in v))) for k, v in d["views"].items())
+        sector = d.get("sector")
+        geom = SectorGeometry(**{k: float(v) for k, v in sector.items()}) if sector else None
+        size = (int(d["size"][0]), int(d["size"][1]))
+        params = PreprocessConfig(
+            gaussian_sigma=float(d["gaussian_sigma"]), clahe_clip=float(d["clahe_clip"]),
+            clahe_tiles=int(d["clahe_tiles"]), size=size, mean=float(d["mean"]),
+            std=float(d["std"]))
+        return PreprocessSpec(LayoutConfig(views, geom), params, size, int(d["channels"]),
+                              tuple(str(v) for v in d["use_views"]))
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        raise ConfigError(f"invalid preprocessing spec: {e!r}") from e
 
 
 @lru_cache(maxsize=32)

@@ -1,0 +1,117 @@
+"""Opening a model for the pipeline: a plain ONNX classifier, or a hepascope export
+(one directory of ONNX graphs whose metadata carries labels, input spec and preprocessing,
+so the pipeline needs nothing else). A hepascope model with missing or inconsistent
+metadata is refused with one clear ``ModelError``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hepascope.engines import Engine, open_engine
+from hepascope.stream.bimodal import (
+    ROLE_BMODE,
+    ROLE_CEUS,
+    ROLE_HEAD,
+    BimodalStreamer,
+    describe_parts,
+)
+from hepascope.stream.classifier import Classifier, FrameClassifier
+from hepascope.stream.config import Config
+from hepascope.stream.errors import ModelError
+from hepascope.stream.preprocess import PreprocessSpec, spec_from_dict
+
+META_VERSION = "1"
+HEAD_FILE = "head.onnx"
+REQUIRED = {
+    ROLE_HEAD: ("hepascope.version", "hepascope.model", "hepascope.role", "hepascope.labels",
+                "hepascope.window", "hepascope.parts"),
+    ROLE_BMODE: ("hepascope.version", "hepascope.model", "hepascope.role", "hepascope.labels",
+                 "hepascope.preprocess"),
+    ROLE_CEUS: ("hepascope.version", "hepascope.model", "hepascope.role", "hepascope.labels",
+                "hepascope.preprocess"),
+}
+
+
+def _check_meta(path: Path, meta: dict[str, str], role: str) -> None:
+    for key in REQUIRED[role]:
+        if key not in meta:
+            raise ModelError(f"{path.name}: missing metadata {key!r}; re-export it with "
+                             "'hepascope export'")
+    if meta["hepascope.version"] != META_VERSION:
+        raise ModelError(f"{path.name}: metadata version {meta['hepascope.version']} is not "
+                         f"{META_VERSION}")
+    if meta["hepascope.role"] != role:
+        raise ModelError(f"{path.name}: is a {meta['hepascope.role']}, expected a {role}")
+
+
+def _labels(path: Path, meta: dict[str, str]) -> tuple[str, ...]:
+    try:
+        labels = json.loads(meta["hepascope.labels"])
+    except json.JSONDecodeError as e:
+        raise ModelError(f"{path.name}: 'hepascope.labels' is not JSON") from e
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+        raise ModelError(f"{path.name}: 'hepascope.labels' must be a list of names")
+    return tuple(labels)
+
+
+def _spec(path: Path, meta: dict[str, str]) -> PreprocessSpec:
+    try:
+        return spec_from_dict(json.loads(meta["hepascope.preprocess"]))
+    except (json.JSONDecodeError, ValueError) as e:
+        raise ModelError(f"{path.name}: invalid 'hepascope.preprocess' metadata ({e})") from e
+
+
+def _open_bimodal(head_path: Path, head: Engine, backend: str,
+                  threads: int | None) -> BimodalStreamer:
+    _check_meta(head_path, head.metadata, ROLE_HEAD)
+    labels = _labels(head_path, head.metadata)
+    engines: dict[str, Engine] = {}
+    specs: dict[str, PreprocessSpec] = {}
+    try:
+        for role, path in describe_parts(head.metadata, head_path.parent).items():
+            engines[role] = open_engine(path, backend, threads=threads)
+            _check_meta(path, engines[role].metadata, role)
+            if _labels(path, engines[role].metadata) != labels:
+                raise ModelError(f"{path.name}: labels differ from {head_path.name}'s")
+            specs[role] = _spec(path, engines[role].metadata)
+        window = json.loads(head.metadata["hepascope.window"])
+        return BimodalStreamer(engines[ROLE_BMODE], engines[ROLE_CEUS], head, labels=labels,
+                               bmode_spec=specs[ROLE_BMODE], ceus_spec=specs[ROLE_CEUS],
+                               window=int(window["frames"]), interval_s=float(window["interval_s"]),
+                               model_name=head.metadata["hepascope.model"])
+    except (KeyError, TypeError, ValueError) as e:
+        for eng in engines.values():
+            eng.close()
+        if isinstance(e, ModelError):
+            raise
+        raise ModelError(f"{head_path.name}: invalid 'hepascope.window' metadata ({e!r})") from e
+    except BaseException:
+        for eng in engines.values():
+            eng.close()
+        raise
+
+
+def open_model(path: str | Path, config: Config, *, backend: str = "onnxruntime",
+               threads: int | None = None,
+               labels: tuple[str, ...] | None = None) -> Classifier:
+    """The classifier for ``path``: an export directory, its ``head.onnx``, or any ONNX
+    image classifier (labels from metadata, ``labels``, or class0..N)."""
+    p = Path(path)
+    if p.is_dir():
+        if not (p / HEAD_FILE).is_file():
+            raise ModelError(f"{p}: no {HEAD_FILE}; not a hepascope export directory")
+        p = p / HEAD_FILE
+    engine = open_engine(p, backend, threads=threads)
+    try:
+        role = engine.metadata.get("hepascope.role")
+        if role == ROLE_HEAD:
+            return _open_bimodal(p, engine, backend, threads)
+        if role in (ROLE_BMODE, ROLE_CEUS):
+            raise ModelError(f"{p.name} is the {role} of a bimodal export; pass its directory")
+        if role is None and "hepascope.version" in engine.metadata:
+            raise ModelError(f"{p.name}: missing metadata 'hepascope.role'")
+        return FrameClassifier(engine, config, labels=labels, model_name=p.stem)
+    except BaseException:
+        engine.close()
+        raise

@@ -1,0 +1,76 @@
+"""CLI registration for ``export`` and ``demo``. Torch-free at import: handlers import the
+training stack only when they run, so ``hepascope --help`` stays fast on inference boxes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hepascope.stream.errors import HepascopeError
+
+
+def needs_torch(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Turn a missing training stack into one clear error line."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            import torch  # noqa: F401
+        except ImportError as e:
+            raise HepascopeError("this command needs the training extras: "
+                                 "pip install torch==2.13.0 'hepascope[train]'") from e
+        return fn(args)
+
+    return run
+
+
+@needs_torch
+def cmd_export(args: argparse.Namespace) -> int:
+    from hepascope.train.export import export_bimodal
+    from hepascope.train.trainer import load_checkpoint
+
+    if not (args.checkpoint / "model.json").is_file():
+        raise HepascopeError(f"{args.checkpoint}: no model.json; train one with 'hepascope train'")
+    model, meta = load_checkpoint(args.checkpoint)
+    out = args.out or args.checkpoint / "onnx"
+    report = export_bimodal(model, meta, out)
+    parts = ", ".join(f"{r}: {p['max_abs_diff']:.1e}" for r, p in report["parts"].items())
+    print(f"exported {meta['model']} to {out}; max |torch - onnxruntime| {parts}")
+    return 0
+
+
+@needs_torch
+def cmd_demo(args: argparse.Namespace) -> int:
+    from hepascope.train.demo import run_demo
+
+    report: dict[str, Any] = run_demo(args.out, cases_per_class=args.cases_per_class,
+                                      epochs=args.epochs, max_minutes=args.max_minutes)
+    print(json.dumps({k: report[k] for k in ("results_per_s", "latency_capture_to_publish_ms",
+                                             "live_accuracy")}))
+    return 0
+
+
+def add_subcommands(sub: Any) -> None:
+    p = sub.add_parser("export", help="export a trained checkpoint as the pipeline's ONNX graphs",
+                       description="Write bmode_encoder.onnx, ceus_encoder.onnx and head.onnx "
+                       "with labels, input spec and preprocessing in their metadata; check "
+                       "parity with PyTorch.")
+    p.add_argument("--checkpoint", type=Path, default=Path("out/model"), metavar="DIR",
+                   help="directory with model.safetensors + model.json (default out/model)")
+    p.add_argument("--out", type=Path, metavar="DIR", help="output (default CHECKPOINT/onnx)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("demo", help="the whole product in one command, offline, on a CPU",
+                       description="Make (or reuse) a phantom session and a trained model, "
+                       "replay the session at 30 fps through the pipeline with the overlay, "
+                       "and write overlay.mp4, snapshot.png and report.json.")
+    p.add_argument("--out", type=Path, default=Path("out/demo"), metavar="DIR",
+                   help="output directory (default out/demo)")
+    p.add_argument("--cases-per-class", type=int, default=16,
+                   help="phantom patients per class for training (default 16)")
+    p.add_argument("--epochs", type=int, default=4, help="training epochs (default 4)")
+    p.add_argument("--max-minutes", type=float, default=6.0,
+                   help="training time budget in minutes (default 6)")
+    p.set_defaults(func=cmd_demo)

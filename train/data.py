@@ -1,0 +1,304 @@
+"""The phantom training set of the bimodal model: B-mode frames and CEUS windows,
+preprocessed by the same ``preprocess_view`` the live pipeline runs.
+
+Each case is one patient: its own case seed (disjoint from demo sessions' seeds), fatty
+grade and lesion from ``make_case``, a CEUS clock drawn like ``plan_segment``'s (t0 in
+[5, 60] s, 3-4x real time). Only frames at multiples of ``interval_frames`` are rendered
+and stored (float16); a sample is (case, position p >= T - 1): B-mode at p, CEUS at
+p - (T - 1) .. p, oldest first, i.e. exactly what the pipeline's window holds at p."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from hepascope.stream.config import Config
+from hepascope.stream.phantom import LESION_CLASSES, Phantom, make_case
+from hepascope.stream.preprocess import PreprocessSpec, preprocess_view
+
+TRAIN_SEED_BASE = 1_000_000  # demo sessions draw 32-bit case seeds; training uses this block
+SEEDS_PER_SET = 100_000
+DATA_VERSION = 1  # bump when the layout of a PhantomSet changes (invalidates caches)
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """T CEUS frames, ``interval_frames`` source frames apart (at ``fps``)."""
+
+    window: int = 6
+    interval_frames: int = 10
+    fps: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.window < 1 or self.interval_frames < 1 or self.fps <= 0:
+            raise ValueError(f"invalid window spec {self}: window, interval_frames >= 1, fps > 0")
+
+    @property
+    def interval_s(self) -> float:
+        return self.interval_frames / self.fps
+
+
+def make_specs(config: Config, bmode_size: tuple[int, int] = (112, 112),
+               ceus_size: tuple[int, int] = (64, 64)) -> tuple[PreprocessSpec, PreprocessSpec]:
+    """(B-mode spec, CEUS spec): one grey channel each, from the config's layout/params."""
+    bs, cs = (int(bmode_size[0]), int(bmode_size[1])), (int(ceus_size[0]), int(ceus_size[1]))
+    return (PreprocessSpec(config.layout, config.preprocess, bs, 1, ("bmode",)),
+            PreprocessSpec(config.layout, config.preprocess, cs, 1, ("ceus",)))
+
+
+def case_plan(seed: int, i: int, classes: Sequence[str]) -> dict[str, Any]:
+    """Case seed, class, patient id and CEUS clock of training case ``i``."""
+    case_seed = TRAIN_SEED_BASE + seed * SEEDS_PER_SET + i
+    rng = np.random.default_rng(np.random.SeedSequence([case_seed, 0x5E6]))
+    return {"case_seed": case_seed, "label": classes[i % len(classes)],
+            "patient_id": f"train{seed}-{i:05d}", "ceus_t0_s": float(rng.uniform(5.0, 60.0)),
+            "ceus_speed": float(rng.uniform(3.0, 4.0))}
+
+
+def _render_case(job: tuple[dict[str, Any], int, WindowSpec, tuple[PreprocessSpec, ...]]
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Worker: (bmode f16, ceus f16, frame indices, fatty grade) of one case."""
+    plan, n_frames, win, (sb, sc) = job
+    case = make_case(plan["case_seed"], lesion=plan["label"], patient_id=plan["patient_id"])
+    ph = Phantom(case, fps=win.fps, ceus_t0_s=plan["ceus_t0_s"], ceus_speed=plan["ceus_speed"])
+    idx = np.arange(n_frames, dtype=np.int32) * win.interval_frames
+    bm = np.empty((n_frames, 1, *sb.size), np.float16)
+    ce = np.empty((n_frames, 1, *sc.size), np.float16)
+    for k, i in enumerate(idx):
+        frame, _ = ph.render(int(i))
+        bm[k] = preprocess_view(frame, sb, "bmode")
+        ce[k] = preprocess_view(frame, sc, "ceus")
+    return bm, ce, idx, case.fatty_grade
+
+
+def _init_worker() -> None:
+    import cv2  # one OpenCV thread per worker process: the pool already fills the cores
+
+    cv2.setNumThreads(1)
+
+
+@dataclass
+class PhantomSet:
+    """Frames of all cases (contiguous per case, in time order) and per-case truth."""
+
+    bmode: np.ndarray  # (N, 1, H, W) float16
+    ceus: np.ndarray  # (N, 1, h, w) float16
+    case_index: np.ndarray  # (N,) int32
+    frame_index: np.ndarray  # (N,) int32, source frame number within the case
+    labels: np.ndarray  # (n_cases,) int64 class index
+    patient_ids: tuple[str, ...]
+    fatty_grades: np.ndarray  # (n_cases,) int32
+    classes: tuple[str, ...]
+    window: WindowSpec
+    preprocess: dict[str, dict[str, Any]]  # {"bmode": spec.to_dict(), "ceus": ...}
+    seed: int
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_cases(self) -> int:
+        return len(self.labels)
+
+    @property
+    def position(self) -> np.ndarray:
+        """Position of each frame within its case (0, 1, ...)."""
+        starts = np.searchsorted(self.case_index, self.case_index, side="left")
+        return np.arange(len(self.case_index)) - starts
+
+    @property
+    def sample_rows(self) -> np.ndarray:
+        """Frame row of each sample's newest frame (only rows with a full window)."""
+        return np.flatnonzero(self.position >= self.window.window - 1)
+
+    @property
+    def sample_labels(self) -> np.ndarray:
+        return self.labels[self.case_index[self.sample_rows]]
+
+    def split_by_patient(self, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """(train, val) sample indices; per class, ``val_fraction`` of its cases (at least one
+        each side) go to validation, so no patient is on both sides."""
+        if not 0 < val_fraction < 1:
+            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5917]))
+        val_cases: list[int] = []
+        for c in range(len(self.classes)):
+            cases = np.flatnonzero(self.labels == c)
+            if len(cases) < 2:
+                raise ValueError(f"class {self.classes[c]!r} has {len(cases)} case(s); "
+                                 "a patient split needs at least 2 per class")
+            n_val = min(len(cases) - 1, max(1, round(val_fraction * len(cases))))
+            val_cases += rng.permutation(cases)[:n_val].tolist()
+        is_val = np.isin(self.case_index[self.sample_rows], val_cases)
+        return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+    def metadata(self) -> dict[str, Any]:
+        return {"version": DATA_VERSION, "classes": list(self.classes), "seed": self.seed,
+                "window": asdict(self.window), "preprocess": self.preprocess,
+                "patient_ids": list(self.patient_ids), "params": self.params}
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``path`` (.npz, compressed) and its .json metadata; returns the .npz path."""
+        p = Path(path).with_suffix(".npz")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(p.stem + f".tmp{os.getpid()}.npz")
+        np.savez_compressed(tmp, bmode=self.bmode, ceus=self.ceus, case_index=self.case_index,
+                            frame_index=self.frame_index, labels=self.labels,
+                            fatty_grades=self.fatty_grades)
+        p.with_suffix(".json").write_text(json.dumps(self.metadata(), indent=1))
+        os.replace(tmp, p)  # the .npz appears last: its presence means the pair is complete
+        return p
+
+    @classmethod
+    def load(cls, path: str | Path) -> PhantomSet:
+        p = Path(path).with_suffix(".npz")
+        meta = json.loads(p.with_suffix(".json").read_text())
+        if meta.get("version") != DATA_VERSION:
+            raise ValueError(f"{p}: phantom set version {meta.get('version')!r}, "
+                             f"expected {DATA_VERSION}")
+        with np.load(p) as z:
+            arrays = {k: z[k] for k in z.files}
+        return cls(**arrays, patient_ids=tuple(meta["patient_ids"]),
+                   classes=tuple(meta["classes"]), window=WindowSpec(**meta["window"]),
+                   preprocess=meta["preprocess"], seed=int(meta["seed"]), params=meta["params"])
+
+
+def build_phantom_set(*, n_cases_per_class: int, seconds_per_case: float = 10.0,
+                      window: WindowSpec, specs: tuple[PreprocessSpec, PreprocessSpec],
+                      seed: int, classes: Sequence[str] = LESION_CLASSES, workers: int = 2,
+                      progress: Progress | None = None) -> PhantomSet:
+    """Render and preprocess ``n_cases_per_class * len(classes)`` cases on ``workers``
+    processes; ``progress(done, total)`` is called per case."""
+    classes = tuple(classes)
+    if not classes or len(set(classes)) != len(classes) or set(classes) - set(LESION_CLASSES):
+        raise ValueError(f"classes must be distinct names from {LESION_CLASSES}, got {classes}")
+    n_cases = n_cases_per_class * len(classes)
+    if n_cases_per_class < 1 or n_cases > SEEDS_PER_SET or not 0 <= seed < 10_000:
+        raise ValueError(f"need n_cases_per_class >= 1 (got {n_cases_per_class}, at most "
+                         f"{SEEDS_PER_SET} cases) and 0 <= seed < 10000 (got {seed})")
+    n_frames = round(seconds_per_case * window.fps) // window.interval_frames
+    if n_frames < window.window:
+        raise ValueError(f"{seconds_per_case} s per case gives {n_frames} frames at "
+                         f"{window.interval_s:.3g} s intervals, fewer than window {window.window}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    plans = [case_plan(seed, i, classes) for i in range(n_cases)]
+    jobs = [(plan, n_frames, window, tuple(specs)) for plan in plans]
+    results = []
+    if workers == 1:
+        for job in jobs:
+            results.append(_render_case(job))
+            if progress is not None:
+                progress(len(results), n_cases)
+    else:
+        with mp.get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
+            for res in pool.imap(_render_case, jobs, chunksize=1):
+                results.append(res)
+                if progress is not None:
+                    progress(len(results), n_cases)
+    return PhantomSet(
+        bmode=np.concatenate([r[0] for r in results]),
+        ceus=np.concatenate([r[1] for r in results]),
+        case_index=np.repeat(np.arange(n_cases, dtype=np.int32), n_frames),
+        frame_index=np.concatenate([r[2] for r in results]),
+        labels=np.array([classes.index(p["label"]) for p in plans], np.int64),
+        patient_ids=tuple(p["patient_id"] for p in plans),
+        fatty_grades=np.array([r[3] for r in results], np.int32),
+        classes=classes, window=window, seed=seed,
+        preprocess={"bmode": specs[0].to_dict(), "ceus": specs[1].to_dict()},
+        params={"n_cases_per_class": n_cases_per_class, "seconds_per_case": seconds_per_case,
+                "n_cases": n_cases, "frames_per_case": n_frames, "phantom": phantom_version(),
+                "ceus_t0_s": [p["ceus_t0_s"] for p in plans],
+                "ceus_speed": [p["ceus_speed"] for p in plans]})
+
+
+def phantom_version() -> str:
+    """Hash of the phantom's sources: a changed phantom is a different data set."""
+    from hepascope.stream import phantom
+
+    h = hashlib.sha256()
+    for f in sorted(Path(phantom.__file__).parent.glob("*.py")):
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def cached_phantom_set(cache_dir: str | Path, *, progress: Progress | None = None,
+                       **params: Any) -> PhantomSet:
+    """``build_phantom_set(**params)``, stored under ``cache_dir`` keyed by the params, the
+    phantom's source hash and the data version (``workers`` does not change the data)."""
+    key_src = {k: v for k, v in params.items() if k != "workers"}
+    key_src["specs"] = [s.to_dict() for s in params["specs"]]
+    key_src["window"] = asdict(params["window"])
+    key_src["classes"] = list(params.get("classes", LESION_CLASSES))
+    key_src["_phantom"], key_src["_version"] = phantom_version(), DATA_VERSION
+    key = hashlib.sha256(json.dumps(key_src, sort_keys=True).encode()).hexdigest()[:20]
+    path = Path(cache_dir).expanduser() / f"phantom-{key}.npz"
+    if path.is_file() and path.with_suffix(".json").is_file():
+        return PhantomSet.load(path)
+    pset = build_phantom_set(progress=progress, **params)
+    pset.save(path)
+    return pset
+
+
+class WindowDataset(Dataset[tuple[torch.Tensor, torch.Tensor, int]]):
+    """Samples of a PhantomSet as ``(bmode (1,H,W), ceus (T,1,h,w), label)`` float32.
+
+    ``augment``: flip (both views), a shift of a few pixels (both views, the same fraction
+    of their size, the whole CEUS window alike) and gain (x[1 +- gain]) / offset (+- offset,
+    normalised units) jitter per view inside the sector; nothing that changes speckle
+    statistics. Uses its own seeded generator (DataLoader with num_workers=0)."""
+
+    def __init__(self, pset: PhantomSet, sample_indices: np.ndarray | Sequence[int],
+                 augment: bool, *, seed: int = 0, max_shift: float = 0.04,
+                 gain: float = 0.1, offset: float = 0.1) -> None:
+        self.pset, self.augment = pset, augment
+        rows = pset.sample_rows
+        self.rows = rows[np.asarray(sample_indices, dtype=np.int64)]
+        self.rng = np.random.default_rng(seed)
+        self.max_shift, self.gain, self.offset = max_shift, gain, offset
+        # normalised value of black (outside the sector): offsets apply only above it
+        self.black = {v: -d["mean"] / d["std"] for v, d in pset.preprocess.items()}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def labels(self) -> np.ndarray:
+        return self.pset.labels[self.pset.case_index[self.rows]]
+
+    def _jitter(self, x: np.ndarray, view: str, flip: bool, frac: tuple[float, float]
+                ) -> np.ndarray:
+        h, w = x.shape[-2:]
+        dy, dx = round(frac[0] * h), round(frac[1] * w)
+        black = self.black[view]
+        out = np.full_like(x, black)
+        out[..., max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+            x[..., max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+        if flip:
+            out = out[..., ::-1]
+        a = 1.0 + self.rng.uniform(-self.gain, self.gain)
+        b = self.rng.uniform(-self.offset, self.offset)
+        inside = out > black + 1e-3
+        return np.where(inside, (out - black) * a + black + b, out).astype(np.float32)
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        r = int(self.rows[k])
+        t = self.pset.window.window
+        bm = self.pset.bmode[r].astype(np.float32)
+        ce = self.pset.ceus[r - t + 1:r + 1].astype(np.float32)
+        if self.augment:
+            flip = bool(self.rng.random() < 0.5)
+            fy, fx = (float(v) for v in self.rng.uniform(-self.max_shift, self.max_shift, 2))
+            bm = self._jitter(bm, "bmode", flip, (fy, fx))
+            ce = self._jitter(ce, "ceus", flip, (fy, fx))
+        label = int(self.pset.labels[self.pset.case_index[r]])
+        return torch.from_numpy(np.ascontiguousarray(bm)), \
+            torch.from_numpy(np.ascontiguousarray(ce)), label
