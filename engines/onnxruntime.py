@@ -11,7 +11,7 @@ import onnxruntime as ort
 from hepascope.engines.base import Dim, TensorSpec, check_feeds
 from hepascope.stream.errors import ModelError
 
-_ORT_TYPES = {
+_ORT_TYPES: dict[str, np.dtype] = {
     "tensor(float)": np.dtype(np.float32),
     "tensor(float16)": np.dtype(np.float16),
     "tensor(double)": np.dtype(np.float64),

@@ -7,7 +7,7 @@ import logging
 import signal
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,46 +55,43 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
 
 
 def run_pipeline(req: RunRequest) -> dict[str, Any]:
-    """Run the live path once; return its summary (frames in/out/dropped, latencies)."""
-    classifier = open_model(req.model, req.config, backend=req.engine, threads=req.threads,
-                            labels=req.labels)
+    """Run the live path once; return its summary (frames in/out/dropped, latencies).
+
+    Everything opened is closed in reverse order whatever fails (ExitStack); the source is
+    opened first so a bad input fails before anything is bound or recorded."""
     engine_name = req.engine if req.engine != "auto" else "onnxruntime"
-    try:
+    with ExitStack() as stack:
+        classifier = open_model(req.model, req.config, backend=req.engine, threads=req.threads,
+                                labels=req.labels)
+        stack.callback(classifier.close)
         source = open_source(req.source, req.options)
-        source.open()  # fail fast, before anything is bound or recorded
-        endpoint = req.publish or req.config.publish.endpoint
-        try:
-            publisher = Publisher(endpoint, send_hwm=req.config.publish.send_hwm)
-        except BaseException:
-            source.close()
-            raise
+        source.open()
+        stack.callback(source.close)  # the grabber closes it too; close() is idempotent
+        publisher = Publisher(req.publish or req.config.publish.endpoint,
+                              send_hwm=req.config.publish.send_hwm)
+        stack.callback(publisher.close)
         if req.on_bound is not None:
             req.on_bound(publisher.bound)
-        recorder = None
         listeners: tuple[ResultListener, ...] = req.listeners
+        recorder = None
         if req.record is not None:
             recorder = SessionRecorder(req.record, {
                 "source": req.source, "source_id": source.source_id,
                 "model": str(req.model.resolve()), "engine": engine_name})
+            stack.callback(recorder.close)
             listeners = (*listeners, recorder)
         pipeline = compose(source, classifier, publisher, req.config.pipeline,
                            listeners=listeners, engine_name=engine_name,
                            on_ring=recorder.attach if recorder else None)
         log.info("running %s -> %s (%s) -> %s", source.source_id, req.model.name, engine_name,
                  publisher.bound)
-        try:
-            with stop_on_signals(pipeline.stop_event):
-                summary = pipeline.run(req.duration_s)
-        finally:
-            if recorder is not None:
-                recorder.close()
-            publisher.close()
+        with stop_on_signals(pipeline.stop_event):
+            summary = pipeline.run(req.duration_s)
+        if recorder is not None:
+            stack.pop_all().close()  # finalise the recording before reporting on it
+            summary["record_dir"] = str(req.record)
+            summary["record_dropped"] = recorder.dropped
         summary.update({"source": source.source_id, "model": classifier.model_name,
                         "engine": engine_name, "endpoint": publisher.bound,
                         "published": publisher.sent, "publish_dropped": publisher.dropped})
-        if recorder is not None:
-            summary["record_dir"] = str(req.record)
-            summary["record_dropped"] = recorder.dropped
         return summary
-    finally:
-        classifier.close()

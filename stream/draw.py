@@ -1,5 +1,8 @@
 """Drawing of the overlay: pure functions from (background, what to show) to an image, so
-they are tested without sockets and reused by any display."""
+they are tested without sockets and reused by any display.
+
+The panel goes *beside* the ultrasound (a column on the right), never over it: nothing the
+surgeon looks at in the image is covered."""
 
 from __future__ import annotations
 
@@ -10,7 +13,9 @@ import numpy as np
 
 # BGR colours: green live, amber stale, grey no data.
 STATUS_COLOURS = {"LIVE": (60, 200, 60), "STALE": (0, 170, 255), "NO DATA": (150, 150, 150)}
+PANEL_W = 260
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
+_WHITE, _GREY = (235, 235, 235), (170, 170, 170)
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,57 +38,60 @@ class OverlayView:
             raise ValueError("labels and probs differ in length")
 
 
+def status_badge_rect(width: int) -> tuple[int, int, int, int]:
+    """(x, y, w, h) of the status badge in an overlay image ``width`` wide (panel top)."""
+    return width - PANEL_W + 12, 12, PANEL_W - 24, 36
+
+
 def _text(img: np.ndarray, s: str, org: tuple[int, int], scale: float,
           colour: tuple[int, int, int], thick: int = 1) -> None:
-    cv2.putText(img, s, org, _FONT, scale, (0, 0, 0), thick + 2, cv2.LINE_AA)
     cv2.putText(img, s, org, _FONT, scale, colour, thick, cv2.LINE_AA)
 
 
-def status_badge_rect(width: int) -> tuple[int, int, int, int]:
-    """(x, y, w, h) of the status badge: top-right corner; tests read its colour."""
-    return width - 132, 8, 124, 28
+def _pretty(label: str) -> str:
+    return label.replace("_", " ")
 
 
 def draw_overlay(background: np.ndarray, view: OverlayView) -> np.ndarray:
-    """A copy of ``background`` (BGR) with the classification panel and status drawn on."""
-    if background.ndim == 3:
-        img = background.copy()
-    else:
-        img = cv2.cvtColor(background, cv2.COLOR_GRAY2BGR)
-    h, w = img.shape[:2]
+    """``background`` (BGR or grey) with the classification panel added on its right."""
+    bg = background if background.ndim == 3 else cv2.cvtColor(background, cv2.COLOR_GRAY2BGR)
+    h, w = bg.shape[:2]
+    img = np.zeros((h, w + PANEL_W, 3), np.uint8)
+    img[:, :w] = bg
+    img[:, w:] = (32, 28, 24)
     colour = STATUS_COLOURS[view.status]
-    x, y, bw, bh = status_badge_rect(w)
+    x, y, bw, bh = status_badge_rect(img.shape[1])
     cv2.rectangle(img, (x, y), (x + bw, y + bh), colour, -1)
-    cv2.putText(img, view.status, (x + 8, y + 20), _FONT, 0.55, (0, 0, 0), 2, cv2.LINE_AA)
-
-    panel_w, row = 250, 18
-    n = len(view.labels)
-    panel_h = 58 + row * n
-    roi = img[h - panel_h - 8 : h - 8, 8 : 8 + panel_w]
-    roi[:] = (roi * 0.35).astype(np.uint8)  # darken under the text for legibility
-    top = h - panel_h - 8
-    if n:
+    _text(img, view.status, (x + 10, y + 26), 0.8, (0, 0, 0), 2)
+    if view.status != "LIVE":
+        cv2.rectangle(img, (0, 0), (w - 1, h - 1), colour, 3)  # the image itself is not fresh
+    left, top = w + 12, y + bh + 34
+    if view.labels:
         i = int(np.argmax(view.probs))
-        head_colour = (255, 255, 255) if view.status == "LIVE" else colour
-        _text(img, f"{view.labels[i]}  {view.probs[i] * 100:.0f}%", (16, top + 22), 0.65,
-              head_colour, 2)
+        head = _WHITE if view.status == "LIVE" else colour
+        _text(img, _pretty(view.labels[i]), (left, top), 0.8, head, 2)
+        _text(img, f"{view.probs[i] * 100:.0f}%", (left, top + 28), 0.7, head, 2)
+        row = min(24, max(14, (h - top - 90) // max(len(view.labels), 1)))
         for k, (label, p) in enumerate(zip(view.labels, view.probs, strict=True)):
-            yy = top + 34 + k * row
-            cv2.rectangle(img, (110, yy + 3), (110 + int(130 * p), yy + row - 3),
-                          (80, 180, 255) if k == i else (160, 160, 160), -1)
-            _text(img, f"{label[:12]:<12}", (16, yy + row - 5), 0.4, (230, 230, 230))
+            yy = top + 44 + k * row
+            _text(img, _pretty(label)[:14], (left, yy + row - 8), 0.42, _WHITE)
+            bar_x = left + 122
+            cv2.rectangle(img, (bar_x, yy + 4), (bar_x + 80, yy + row - 4), (70, 70, 70), -1)
+            cv2.rectangle(img, (bar_x, yy + 4), (bar_x + int(80 * p), yy + row - 4),
+                          (80, 180, 255) if k == i else _GREY, -1)
+            _text(img, f"{p * 100:.0f}", (bar_x + 86, yy + row - 8), 0.38, _GREY)
     else:
-        _text(img, "waiting for results", (16, top + 22), 0.55, colour)
-    parts = []
+        _text(img, "waiting for results", (left, top), 0.55, colour)
+    lines = []
     if view.fps_out is not None:
-        parts.append(f"{view.fps_out:.1f} res/s")
+        lines.append(f"{view.fps_out:.1f} results/s")
     if view.latency_ms is not None:
-        parts.append(f"lat {view.latency_ms:.0f} ms")
-    if view.p99_ms is not None:
-        parts.append(f"p99 {view.p99_ms:.0f}")
+        p99 = f" (p99 {view.p99_ms:.0f})" if view.p99_ms is not None else ""
+        lines.append(f"latency {view.latency_ms:.0f} ms{p99}")
     if view.age_ms is not None and view.status != "LIVE":
-        parts.append(f"age {view.age_ms / 1000:.1f} s")
-    _text(img, "  ".join(parts), (16, h - 16), 0.42, (230, 230, 230))
+        lines.append(f"result age {view.age_ms / 1000:.1f} s")
     if view.model:
-        _text(img, view.model[:40], (16, top - 6), 0.4, (200, 200, 200))
+        lines.append(view.model[:30])
+    for k, s in enumerate(reversed(lines)):
+        _text(img, s, (left, h - 14 - 20 * k), 0.45, _GREY if k else _WHITE)
     return img

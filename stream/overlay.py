@@ -28,7 +28,7 @@ from hepascope.stream.video import Mp4Writer
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SIZE = (384, 768)  # H, W of the canvas when there is no background yet
+DEFAULT_SIZE = (384, 768)  # H, W of the background canvas before any frame arrives
 
 
 class OverlayState:

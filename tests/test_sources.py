@@ -6,6 +6,7 @@ import glob
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from support.media import matches_pattern, write_video
 
@@ -123,3 +124,41 @@ def test_capture_card_delivers_frames() -> None:
     with CaptureSource(dev, width=640, height=480, fps=30) as src:
         frame = next(iter(src))
     assert frame.image.ndim == 3
+
+
+def test_ring_source_reads_another_pipelines_frames() -> None:
+    import threading
+    import uuid
+
+    from hepascope.stream.frame import Frame
+    from hepascope.stream.ring import RingWriter, slot_bytes_for
+    from hepascope.stream.sources.shm import RingSource
+
+    name = f"hs-test-{uuid.uuid4().hex[:8]}"
+    writer = RingWriter(name, slots=16, slot_bytes=slot_bytes_for(48, 64))
+    src = open_source(f"shm:{name}")
+    assert isinstance(src, RingSource)
+    src.open()
+
+    errors: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            time.sleep(0.2)
+            for i in range(10):
+                writer.write(Frame(np.full((48, 64, 3), i, np.uint8), i, 1_000 + i, "cam:0"))
+                time.sleep(0.01)
+        except BaseException as e:
+            errors.append(e)
+        finally:
+            writer.close()
+
+    t = threading.Thread(target=produce)
+    t.start()
+    frames = list(src)
+    t.join()
+    src.close()
+    assert not errors, errors
+    assert [int(f.image[0, 0, 0]) for f in frames] == list(range(10))
+    assert [f.t_capture_ns for f in frames] == [1_000 + i for i in range(10)]  # kept
+    assert [f.seq for f in frames] == list(range(10)) and src.drops == 0

@@ -68,9 +68,9 @@ def add_subcommands(sub: Any) -> None:
                        "and write overlay.mp4, snapshot.png and report.json.")
     p.add_argument("--out", type=Path, default=Path("out/demo"), metavar="DIR",
                    help="output directory (default out/demo)")
-    p.add_argument("--cases-per-class", type=int, default=16,
-                   help="phantom patients per class for training (default 16)")
-    p.add_argument("--epochs", type=int, default=4, help="training epochs (default 4)")
-    p.add_argument("--max-minutes", type=float, default=6.0,
-                   help="training time budget in minutes (default 6)")
+    p.add_argument("--cases-per-class", type=int, default=64,
+                   help="phantom patients per class for training (default 64)")
+    p.add_argument("--epochs", type=int, default=14, help="training epochs (default 14)")
+    p.add_argument("--max-minutes", type=float, default=5.0,
+                   help="training time budget in minutes (default 5)")
     p.set_defaults(func=cmd_demo)

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -30,6 +31,9 @@ TRAIN_SEED_BASE = 1_000_000  # demo sessions draw 32-bit case seeds; training us
 SEEDS_PER_SET = 100_000
 DATA_VERSION = 1  # bump when the layout of a PhantomSet changes (invalidates caches)
 Progress = Callable[[int, int], None]
+# fork where there is one: no re-import of the caller's main module (scripts without a
+# ``__main__`` guard work) and no torch import per worker; workers use only numpy/OpenCV.
+_START_METHOD = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
 
 
 @dataclass(frozen=True)
@@ -57,13 +61,15 @@ def make_specs(config: Config, bmode_size: tuple[int, int] = (112, 112),
             PreprocessSpec(config.layout, config.preprocess, cs, 1, ("ceus",)))
 
 
-def case_plan(seed: int, i: int, classes: Sequence[str]) -> dict[str, Any]:
-    """Case seed, class, patient id and CEUS clock of training case ``i``."""
+def case_plan(seed: int, i: int, classes: Sequence[str], max_start: int = 0) -> dict[str, Any]:
+    """Case seed, class, patient id, CEUS clock (as ``plan_segment``) and first frame (in
+    [0, max_start]: a short case is a random stretch of a live segment) of case ``i``."""
     case_seed = TRAIN_SEED_BASE + seed * SEEDS_PER_SET + i
     rng = np.random.default_rng(np.random.SeedSequence([case_seed, 0x5E6]))
     return {"case_seed": case_seed, "label": classes[i % len(classes)],
             "patient_id": f"train{seed}-{i:05d}", "ceus_t0_s": float(rng.uniform(5.0, 60.0)),
-            "ceus_speed": float(rng.uniform(3.0, 4.0))}
+            "ceus_speed": float(rng.uniform(3.0, 4.0)),
+            "start": int(rng.integers(0, max_start + 1))}
 
 
 def _render_case(job: tuple[dict[str, Any], int, WindowSpec, tuple[PreprocessSpec, ...]]
@@ -72,7 +78,7 @@ def _render_case(job: tuple[dict[str, Any], int, WindowSpec, tuple[PreprocessSpe
     plan, n_frames, win, (sb, sc) = job
     case = make_case(plan["case_seed"], lesion=plan["label"], patient_id=plan["patient_id"])
     ph = Phantom(case, fps=win.fps, ceus_t0_s=plan["ceus_t0_s"], ceus_speed=plan["ceus_speed"])
-    idx = np.arange(n_frames, dtype=np.int32) * win.interval_frames
+    idx = plan["start"] + np.arange(n_frames, dtype=np.int32) * win.interval_frames
     bm = np.empty((n_frames, 1, *sb.size), np.float16)
     ce = np.empty((n_frames, 1, *sc.size), np.float16)
     for k, i in enumerate(idx):
@@ -80,12 +86,6 @@ def _render_case(job: tuple[dict[str, Any], int, WindowSpec, tuple[PreprocessSpe
         bm[k] = preprocess_view(frame, sb, "bmode")
         ce[k] = preprocess_view(frame, sc, "ceus")
     return bm, ce, idx, case.fatty_grade
-
-
-def _init_worker() -> None:
-    import cv2  # one OpenCV thread per worker process: the pool already fills the cores
-
-    cv2.setNumThreads(1)
 
 
 @dataclass
@@ -172,12 +172,13 @@ class PhantomSet:
                    preprocess=meta["preprocess"], seed=int(meta["seed"]), params=meta["params"])
 
 
-def build_phantom_set(*, n_cases_per_class: int, seconds_per_case: float = 10.0,
+def build_phantom_set(*, n_cases_per_class: int, seconds_per_case: float = 3.0,
                       window: WindowSpec, specs: tuple[PreprocessSpec, PreprocessSpec],
                       seed: int, classes: Sequence[str] = LESION_CLASSES, workers: int = 2,
-                      progress: Progress | None = None) -> PhantomSet:
+                      segment_s: float = 10.0, progress: Progress | None = None) -> PhantomSet:
     """Render and preprocess ``n_cases_per_class * len(classes)`` cases on ``workers``
-    processes; ``progress(done, total)`` is called per case."""
+    processes; ``progress(done, total)`` is called per case. A case shorter than the live
+    ``segment_s`` starts at a random frame of it, so CEUS times cover the live range."""
     classes = tuple(classes)
     if not classes or len(set(classes)) != len(classes) or set(classes) - set(LESION_CLASSES):
         raise ValueError(f"classes must be distinct names from {LESION_CLASSES}, got {classes}")
@@ -191,7 +192,8 @@ def build_phantom_set(*, n_cases_per_class: int, seconds_per_case: float = 10.0,
                          f"{window.interval_s:.3g} s intervals, fewer than window {window.window}")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    plans = [case_plan(seed, i, classes) for i in range(n_cases)]
+    max_start = round(segment_s * window.fps) - (n_frames - 1) * window.interval_frames - 1
+    plans = [case_plan(seed, i, classes, max(0, max_start)) for i in range(n_cases)]
     jobs = [(plan, n_frames, window, tuple(specs)) for plan in plans]
     results = []
     if workers == 1:
@@ -200,11 +202,18 @@ def build_phantom_set(*, n_cases_per_class: int, seconds_per_case: float = 10.0,
             if progress is not None:
                 progress(len(results), n_cases)
     else:
-        with mp.get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
-            for res in pool.imap(_render_case, jobs, chunksize=1):
-                results.append(res)
-                if progress is not None:
-                    progress(len(results), n_cases)
+        # one OpenCV thread per worker (the pool already fills the cores); set in the parent
+        # around the fork: cv2.setNumThreads in a forked child deadlocks
+        cv_threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)
+        try:
+            with mp.get_context(_START_METHOD).Pool(workers) as pool:
+                for res in pool.imap(_render_case, jobs, chunksize=1):
+                    results.append(res)
+                    if progress is not None:
+                        progress(len(results), n_cases)
+        finally:
+            cv2.setNumThreads(cv_threads)
     return PhantomSet(
         bmode=np.concatenate([r[0] for r in results]),
         ceus=np.concatenate([r[1] for r in results]),
@@ -216,6 +225,7 @@ def build_phantom_set(*, n_cases_per_class: int, seconds_per_case: float = 10.0,
         classes=classes, window=window, seed=seed,
         preprocess={"bmode": specs[0].to_dict(), "ceus": specs[1].to_dict()},
         params={"n_cases_per_class": n_cases_per_class, "seconds_per_case": seconds_per_case,
+                "segment_s": segment_s, "start_frame": [p["start"] for p in plans],
                 "n_cases": n_cases, "frames_per_case": n_frames, "phantom": phantom_version(),
                 "ceus_t0_s": [p["ceus_t0_s"] for p in plans],
                 "ceus_speed": [p["ceus_speed"] for p in plans]})
@@ -267,6 +277,7 @@ class WindowDataset(Dataset[tuple[torch.Tensor, torch.Tensor, int]]):
         self.max_shift, self.gain, self.offset = max_shift, gain, offset
         # normalised value of black (outside the sector): offsets apply only above it
         self.black = {v: -d["mean"] / d["std"] for v, d in pset.preprocess.items()}
+        self.white = {v: (1 - d["mean"]) / d["std"] for v, d in pset.preprocess.items()}
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -287,7 +298,8 @@ class WindowDataset(Dataset[tuple[torch.Tensor, torch.Tensor, int]]):
         a = 1.0 + self.rng.uniform(-self.gain, self.gain)
         b = self.rng.uniform(-self.offset, self.offset)
         inside = out > black + 1e-3
-        return np.where(inside, (out - black) * a + black + b, out).astype(np.float32)
+        out = np.where(inside, (out - black) * a + black + b, out)
+        return np.clip(out, black, self.white[view]).astype(np.float32)  # grey stays 0..255
 
     def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         r = int(self.rows[k])

@@ -59,7 +59,7 @@ def ensure_model(cache: Path, console: Any, *, cases_per_class: int, epochs: int
     from hepascope.train.export import export_bimodal
     from hepascope.train.trainer import TrainConfig, load_checkpoint, train
 
-    key = hashlib.sha256(json.dumps([phantom_version(), cases_per_class, epochs],
+    key = hashlib.sha256(json.dumps([phantom_version(), cases_per_class, epochs, max_minutes],
                                     sort_keys=True).encode()).hexdigest()[:12]
     ckpt = cache / f"model-{key}"
     onnx_dir = ckpt / "onnx"
@@ -69,7 +69,7 @@ def ensure_model(cache: Path, console: Any, *, cases_per_class: int, epochs: int
 
     specs = make_specs(load_config())
     pset = cached_phantom_set(cache, n_cases_per_class=cases_per_class, window=WindowSpec(),
-                              specs=specs, seed=0)
+                              specs=specs, seed=0, workers=os.cpu_count() or 1)
     train(pset, TrainConfig(epochs=epochs, max_minutes=max_minutes), ckpt, progress=True)
     model, meta = load_checkpoint(ckpt)
     with console.status("exporting ONNX graphs and checking parity..."):
@@ -115,8 +115,8 @@ def snapshot(overlay_mp4: Path, states_jsonl: Path, png: Path) -> int:
     raise HepascopeError(f"{overlay_mp4} has no frame {want}")
 
 
-def run_demo(out: Path, *, cases_per_class: int = 16, epochs: int = 4,
-             max_minutes: float = 6.0) -> dict[str, Any]:
+def run_demo(out: Path, *, cases_per_class: int = 64, epochs: int = 14,
+             max_minutes: float = 5.0) -> dict[str, Any]:
     from rich.console import Console
 
     from hepascope.stream.app import RunRequest, run_pipeline

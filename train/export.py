@@ -77,8 +77,8 @@ def export_bimodal(model: nn.Module, meta: dict[str, Any], out_dir: str | Path) 
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             # the wrapper must be in eval mode too: export restores the wrapper's mode
             # recursively afterwards, which would put the model back in training mode
-            torch.onnx.export(_Part(m, role).eval(), args, str(path), dynamo=False, opset_version=OPSET,
-                              input_names=ins, output_names=outs,
+            torch.onnx.export(_Part(m, role).eval(), args, str(path), dynamo=False,
+                              opset_version=OPSET, input_names=ins, output_names=outs,
                               dynamic_axes={n: {0: "batch"} for n in ins + outs})
         part_meta = {**common, "hepascope.role": role}
         if role == ROLE_HEAD:
