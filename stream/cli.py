@@ -17,7 +17,9 @@ from hepascope.stream.errors import HepascopeError
 log = logging.getLogger("hepascope")
 
 
-def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+def positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    """argparse type: a number of ``kind`` that must be > 0."""
+
     def parse(text: str) -> Any:
         try:
             value = kind(text)
@@ -32,24 +34,24 @@ def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
 
 def _source_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("source pacing")
-    g.add_argument("--speed", type=_positive(float), default=1.0,
+    g.add_argument("--speed", type=positive(float), default=1.0,
                    help="file replay: play X times real time (default 1)")
     g.add_argument("--max-rate", action="store_true",
                    help="file replay: ignore timestamps, as fast as possible")
     g.add_argument("--loop", action="store_true", help="file replay: start again at the end")
-    g.add_argument("--width", type=_positive(int), help="capture card: requested width")
-    g.add_argument("--height", type=_positive(int), help="capture card: requested height")
-    g.add_argument("--fps", type=_positive(float), help="capture card / phantom: frame rate")
+    g.add_argument("--width", type=positive(int), help="capture card: requested width")
+    g.add_argument("--height", type=positive(int), help="capture card: requested height")
+    g.add_argument("--fps", type=positive(float), help="capture card / phantom: frame rate")
 
 
 def _pipeline_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--publish", metavar="ENDPOINT",
                    help="ZeroMQ endpoint to bind (default from config: tcp://127.0.0.1:5555)")
     p.add_argument("--config", type=Path, help="YAML config (default: the packaged one)")
-    p.add_argument("--duration", type=_positive(float), metavar="S", help="stop after S seconds")
+    p.add_argument("--duration", type=positive(float), metavar="S", help="stop after S seconds")
     p.add_argument("--engine", default="onnxruntime", choices=["onnxruntime", "auto"],
                    help="inference backend (default onnxruntime, CPU)")
-    p.add_argument("--threads", type=_positive(int), help="inference threads (default: all cores)")
+    p.add_argument("--threads", type=positive(int), help="inference threads (default: all cores)")
     p.add_argument("--labels", help="comma-separated class names if the model has none")
     p.add_argument("--summary", type=Path, metavar="FILE.json", help="write the run summary here")
 
@@ -150,9 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="background source spec (default: the pipeline's own frames)")
     p.add_argument("--out", type=Path, metavar="FILE.mp4", help="write the overlay video here")
     p.add_argument("--window", action="store_true", help="show an OpenCV window")
-    p.add_argument("--duration", type=_positive(float), metavar="S", help="stop after S seconds")
-    p.add_argument("--stale-ms", type=_positive(float), help="STALE threshold (default 250)")
-    p.add_argument("--fps", type=_positive(float), help="display rate (default 30)")
+    p.add_argument("--duration", type=positive(float), metavar="S", help="stop after S seconds")
+    p.add_argument("--stale-ms", type=positive(float), help="STALE threshold (default 250)")
+    p.add_argument("--fps", type=positive(float), help="display rate (default 30)")
     p.add_argument("--config", type=Path, help="YAML config (default: the packaged one)")
     p.set_defaults(func=cmd_overlay)
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 import argparse
 import ast
 import os
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
+from hepascope.stream.cli import positive
 from hepascope.train.commands import needs_torch
+from hepascope.train.demo import cache_dir
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 
@@ -27,23 +27,6 @@ def bimodal_models() -> list[str]:
                     for d in node.decorator_list):
                 names.append(node.name)
     return sorted(names)
-
-
-def default_cache() -> Path:
-    return Path(os.environ.get("HEPASCOPE_CACHE", "~/.cache/hepascope")).expanduser()
-
-
-def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError as e:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from e
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return value
-
-    return parse
 
 
 @needs_torch
@@ -94,21 +77,21 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                    help="checkpoint directory (default out/model)")
     p.add_argument("--model", default="bimodal_resnet18_lite", choices=bimodal_models(),
                    help="registered model (default bimodal_resnet18_lite)")
-    p.add_argument("--cases-per-class", type=_positive(int), default=64, metavar="N",
+    p.add_argument("--cases-per-class", type=positive(int), default=64, metavar="N",
                    help="phantom patients per class (default 64)")
-    p.add_argument("--seconds-per-case", type=_positive(float), default=3.0, metavar="S",
+    p.add_argument("--seconds-per-case", type=positive(float), default=3.0, metavar="S",
                    help="seconds rendered per patient, a random stretch of a 10 s live "
                    "segment (default 3: many short patients generalise better than few long)")
-    p.add_argument("--epochs", type=_positive(int), default=14, help="epochs (default 14)")
-    p.add_argument("--batch-size", type=_positive(int), default=32, help="batch (default 32)")
-    p.add_argument("--lr", type=_positive(float), default=2e-3, help="peak lr (default 2e-3)")
+    p.add_argument("--epochs", type=positive(int), default=14, help="epochs (default 14)")
+    p.add_argument("--batch-size", type=positive(int), default=32, help="batch (default 32)")
+    p.add_argument("--lr", type=positive(float), default=2e-3, help="peak lr (default 2e-3)")
     p.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw",
                    help="optimizer (default adamw)")
     p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     p.add_argument("--data-seed", type=int, default=0,
                    help="phantom set seed, 0..9999 (default 0)")
-    p.add_argument("--max-minutes", type=_positive(float), metavar="M",
+    p.add_argument("--max-minutes", type=positive(float), metavar="M",
                    help="training time budget; stops cleanly after the current batch")
-    p.add_argument("--cache", type=Path, default=default_cache(), metavar="DIR",
+    p.add_argument("--cache", type=Path, default=cache_dir(), metavar="DIR",
                    help="phantom set cache (default $HEPASCOPE_CACHE or ~/.cache/hepascope)")
     p.set_defaults(func=cmd_train)
