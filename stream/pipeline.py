@@ -164,8 +164,7 @@ def compose(source: Source, classifier: Classifier, sink: Sink, config: Pipeline
 
     def infer() -> None:
         try:
-            _infer_loop(classifier, ring_ready, source_done, stop, stats, results, name,
-                        stats_window=window)
+            _infer_loop(classifier, ring_ready, source_done, stop, stats, results, name)
         finally:
             infer_done.set()
 
@@ -186,8 +185,7 @@ def compose(source: Source, classifier: Classifier, sink: Sink, config: Pipeline
 
 def _infer_loop(classifier: Classifier, ring_ready: threading.Event,
                 source_done: threading.Event, stop: threading.Event, stats: RunStats,
-                results: queue.Queue[dict[str, Any]], ring_name: str,
-                stats_window: LatencyWindow) -> None:
+                results: queue.Queue[dict[str, Any]], ring_name: str) -> None:
     while not ring_ready.wait(0.05):
         if stop.is_set() or source_done.is_set():
             return

@@ -1,15 +1,10 @@
 """The phantom training set of the bimodal model: B-mode frames and CEUS windows,
 preprocessed by the same ``preprocess_view`` the live pipeline runs.
 
-Each case is one patient: its own case seed (disjoint from demo sessions' seeds) and lesion
-from ``make_case``, a CEUS clock drawn like ``plan_segment``'s (t0 in [5, 60] s, 3-4x real
-time) and a fatty grade drawn here, not by ``make_case``: the phantom gives every focal fatty
-sparing a fatty liver but only ~35% of the other classes, a shortcut ("fatty liver =>
-fatty_sparing") that misclassifies any lesion in a fatty liver. Here every class draws its
-grade from the same distribution (grade 0 for one case in ``ZERO_GRADE_EVERY``, else
-1-3 uniformly, as the phantom draws them), except that fatty sparing, which needs a fatty
-liver, is never grade 0. Only frames at multiples of ``interval_frames`` are rendered and
-stored (float16); a sample is (case, position p >= T - 1): B-mode at p, CEUS at
+Each case is one patient: its own case seed (disjoint from demo sessions' seeds), fatty
+grade and lesion from ``make_case``, a CEUS clock drawn like ``plan_segment``'s (t0 in
+[5, 60] s, 3-4x real time). Only frames at multiples of ``interval_frames`` are rendered
+and stored (float16); a sample is (case, position p >= T - 1): B-mode at p, CEUS at
 p - (T - 1) .. p, oldest first, i.e. exactly what the pipeline's window holds at p."""
 
 from __future__ import annotations
@@ -34,11 +29,7 @@ from hepascope.stream.preprocess import PreprocessSpec, preprocess_view
 
 TRAIN_SEED_BASE = 1_000_000  # demo sessions draw 32-bit case seeds; training uses this block
 SEEDS_PER_SET = 100_000
-# bump when the layout of a PhantomSet or how its cases are drawn changes (invalidates the
-# data cache and, through phantom_version, the demo's model cache)
-DATA_VERSION = 2  # 2: fatty grade alike for all classes, stratified CEUS clock with lead
-ZERO_GRADE_EVERY = 4  # one case in 4 of every class but fatty_sparing has a non-fatty liver
-_R2 = (0.7548776662466927, 0.5698402909980532)  # 2-d golden-ratio (R2) sequence steps
+DATA_VERSION = 1  # bump when the layout of a PhantomSet changes (invalidates caches)
 Progress = Callable[[int, int], None]
 # fork where there is one: no re-import of the caller's main module (scripts without a
 # ``__main__`` guard work) and no torch import per worker; workers use only numpy/OpenCV.
@@ -70,44 +61,22 @@ def make_specs(config: Config, bmode_size: tuple[int, int] = (112, 112),
             PreprocessSpec(config.layout, config.preprocess, cs, 1, ("ceus",)))
 
 
-def case_plan(seed: int, i: int, classes: Sequence[str], max_start: int = 0,
-              lead_s: float = 0.0) -> dict[str, Any]:
-    """Case seed, class, patient id, CEUS clock, first frame and fatty grade of case ``i``.
-
-    The live CEUS clock is drawn like ``plan_segment``'s (t0 in [5, 60] s, 3-4x real time),
-    but t0 and the first frame are stratified per class (a 2-d golden-ratio sequence over the
-    class's cases, random phase, a little jitter), so every class covers the arterial, portal
-    and late phases evenly even with few cases. The case's own clock starts ``lead_s`` real
-    seconds earlier: the window that ends at live segment frame f then holds the contrast
-    times the pipeline sees there (the first window of a case is not at t0 + T - 1 frames).
-    The first frame is in [0, max_start] (a short case is a random stretch of a segment).
-    Fatty grade: 0 for one in ``ZERO_GRADE_EVERY`` of each class's cases, else 1-3 alike; fatty
-    sparing is 1-3 (it needs a fatty liver), so the grade says nothing more about the class.
-    Grades cycle over a class's cases from a random phase: exact shares even in small sets."""
+def case_plan(seed: int, i: int, classes: Sequence[str], max_start: int = 0) -> dict[str, Any]:
+    """Case seed, class, patient id, CEUS clock (as ``plan_segment``) and first frame (in
+    [0, max_start]: a short case is a random stretch of a live segment) of case ``i``."""
     case_seed = TRAIN_SEED_BASE + seed * SEEDS_PER_SET + i
-    label, j = classes[i % len(classes)], i // len(classes)
     rng = np.random.default_rng(np.random.SeedSequence([case_seed, 0x5E6]))
-    cls_rng = np.random.default_rng(np.random.SeedSequence(
-        [seed, 0xFA7, LESION_CLASSES.index(label)]))
-    q = (j * np.array(_R2) + cls_rng.random(2) + rng.uniform(-0.02, 0.02, 2)) % 1.0
-    t0, speed = 5.0 + 55.0 * float(q[0]), float(rng.uniform(3.0, 4.0))
-    phase = int(cls_rng.integers(0, 12))
-    if label == "fatty_sparing":
-        grade = 1 + (j + phase) % 3
-    else:
-        zero = (j + phase) % ZERO_GRADE_EVERY == 0
-        grade = 0 if zero else 1 + (j + phase) % 3
-    return {"case_seed": case_seed, "label": label, "patient_id": f"train{seed}-{i:05d}",
-            "ceus_t0_s": float(t0 - lead_s * speed), "ceus_speed": speed,
-            "start": min(max_start, int(q[1] * (max_start + 1))), "fatty_grade": grade}
+    return {"case_seed": case_seed, "label": classes[i % len(classes)],
+            "patient_id": f"train{seed}-{i:05d}", "ceus_t0_s": float(rng.uniform(5.0, 60.0)),
+            "ceus_speed": float(rng.uniform(3.0, 4.0)),
+            "start": int(rng.integers(0, max_start + 1))}
 
 
 def _render_case(job: tuple[dict[str, Any], int, WindowSpec, tuple[PreprocessSpec, ...]]
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """Worker: (bmode f16, ceus f16, frame indices, fatty grade) of one case."""
     plan, n_frames, win, (sb, sc) = job
-    case = make_case(plan["case_seed"], lesion=plan["label"], fatty_grade=plan["fatty_grade"],
-                     patient_id=plan["patient_id"])
+    case = make_case(plan["case_seed"], lesion=plan["label"], patient_id=plan["patient_id"])
     ph = Phantom(case, fps=win.fps, ceus_t0_s=plan["ceus_t0_s"], ceus_speed=plan["ceus_speed"])
     idx = plan["start"] + np.arange(n_frames, dtype=np.int32) * win.interval_frames
     bm = np.empty((n_frames, 1, *sb.size), np.float16)
@@ -223,12 +192,8 @@ def build_phantom_set(*, n_cases_per_class: int, seconds_per_case: float = 3.0,
                          f"{window.interval_s:.3g} s intervals, fewer than window {window.window}")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    # samples' newest frames (positions >= T - 1) span live segment frames [0, segment)
-    lead = (window.window - 1) * window.interval_frames
-    max_start = round(segment_s * window.fps) - (n_frames - window.window) \
-        * window.interval_frames - 1
-    plans = [case_plan(seed, i, classes, max(0, max_start), lead / window.fps)
-             for i in range(n_cases)]
+    max_start = round(segment_s * window.fps) - (n_frames - 1) * window.interval_frames - 1
+    plans = [case_plan(seed, i, classes, max(0, max_start)) for i in range(n_cases)]
     jobs = [(plan, n_frames, window, tuple(specs)) for plan in plans]
     results = []
     if workers == 1:
@@ -262,17 +227,15 @@ def build_phantom_set(*, n_cases_per_class: int, seconds_per_case: float = 3.0,
         params={"n_cases_per_class": n_cases_per_class, "seconds_per_case": seconds_per_case,
                 "segment_s": segment_s, "start_frame": [p["start"] for p in plans],
                 "n_cases": n_cases, "frames_per_case": n_frames, "phantom": phantom_version(),
-                "zero_grade_every": ZERO_GRADE_EVERY,
                 "ceus_t0_s": [p["ceus_t0_s"] for p in plans],
                 "ceus_speed": [p["ceus_speed"] for p in plans]})
 
 
 def phantom_version() -> str:
-    """Hash of the phantom's sources and ``DATA_VERSION``: a changed phantom or a change in
-    how training cases are drawn is a different data set (the demo keys its model on it)."""
+    """Hash of the phantom's sources: a changed phantom is a different data set."""
     from hepascope.stream import phantom
 
-    h = hashlib.sha256(f"data-v{DATA_VERSION}\0".encode())
+    h = hashlib.sha256()
     for f in sorted(Path(phantom.__file__).parent.glob("*.py")):
         h.update(f.name.encode() + b"\0" + f.read_bytes())
     return h.hexdigest()[:16]
