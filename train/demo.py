@@ -22,8 +22,8 @@ import numpy as np
 from hepascope.stream.errors import HepascopeError
 
 SESSION_SEED = 7        # the demo's session; training cases come from a disjoint seed space
-SEGMENT_S = 7.0         # one patient every 7 s
-SEGMENTS = 6            # each lesion class once: 42 s at 30 fps
+SEGMENT_S = 6.0         # one patient every 6 s
+SEGMENTS = 6            # each lesion class once: 36 s at 30 fps
 
 
 def cache_dir() -> Path:
