@@ -28,7 +28,7 @@ from hepascope.stream.frame import Frame
 from hepascope.stream.messages import SCHEMA_VERSION, TOPIC_RESULT, TOPIC_TELEMETRY
 from hepascope.stream.ring import RingReader, RingWriter, slot_bytes_for
 from hepascope.stream.sources.base import Source
-from hepascope.stream.stats import LatencyWindow, RateMeter
+from hepascope.stream.stats import LatencyHistogram, LatencyWindow, RateMeter
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +56,13 @@ class RunStats:
     dropped: int = 0
     rate_in: RateMeter = field(default_factory=RateMeter)
     rate_out: RateMeter = field(default_factory=RateMeter)
-    totals_ms: list[float] = field(default_factory=list)
-    stages_ms: dict[str, list[float]] = field(default_factory=dict)
+    totals: LatencyHistogram = field(default_factory=LatencyHistogram)
+    stage_sum_ms: dict[str, float] = field(default_factory=dict)
     t_start_ns: int = field(default_factory=time.monotonic_ns)
 
     def summary(self) -> dict[str, Any]:
         seconds = max((time.monotonic_ns() - self.t_start_ns) / 1e9, 1e-9)
-        tot = np.asarray(self.totals_ms) if self.totals_ms else np.zeros(1)
+        tot, n = self.totals, max(self.totals.count, 1)
         return {
             "seconds": round(seconds, 3),
             "frames_in": self.frames_in,
@@ -70,10 +70,10 @@ class RunStats:
             "dropped": self.dropped,
             "fps_in": round(self.frames_in / seconds, 2),
             "results_per_s": round(self.frames_out / seconds, 2),
-            "latency_p50_ms": round(float(np.percentile(tot, 50)), 2),
-            "latency_p99_ms": round(float(np.percentile(tot, 99)), 2),
-            "latency_max_ms": round(float(tot.max()), 2),
-            "stage_mean_ms": {k: round(float(np.mean(v)), 3) for k, v in self.stages_ms.items()},
+            "latency_p50_ms": round(tot.percentile(50), 2),
+            "latency_p99_ms": round(tot.percentile(99), 2),
+            "latency_max_ms": round(tot.max, 2),
+            "stage_mean_ms": {k: round(v / n, 3) for k, v in self.stage_sum_ms.items()},
         }
 
 
@@ -253,9 +253,9 @@ def _publish_loop(sink: Sink, results: queue.Queue[dict[str, Any]], infer_done: 
             sink.send(TOPIC_RESULT, msg)
             stats.rate_out.tick(now)
             window.add(lat["total"])
-            stats.totals_ms.append(lat["total"])
+            stats.totals.add(lat["total"])
             for k, v in lat.items():
-                stats.stages_ms.setdefault(k, []).append(v)
+                stats.stage_sum_ms[k] = stats.stage_sum_ms.get(k, 0.0) + v
             for listener in listeners:
                 listener.on_result(msg)
         if now >= next_telemetry:

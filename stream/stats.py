@@ -56,3 +56,35 @@ class RateMeter:
         with self._lock:
             self._trim(now)
             return len(self._times) * 1e9 / self.window_ns
+
+
+class LatencyHistogram:
+    """Whole-run latency distribution in fixed memory (a surgery lasts hours): 0.05 ms bins
+    up to ``max_ms``, beyond that one overflow bin; exact count, mean and maximum."""
+
+    def __init__(self, max_ms: float = 2000.0, bin_ms: float = 0.05) -> None:
+        if max_ms <= 0 or bin_ms <= 0:
+            raise ValueError("max_ms and bin_ms must be > 0")
+        self.bin_ms = bin_ms
+        self._counts = np.zeros(int(max_ms / bin_ms) + 1, np.int64)
+        self.count = 0
+        self.total = 0.0
+        self.max = 0.0
+
+    def add(self, ms: float) -> None:
+        self._counts[min(max(int(ms / self.bin_ms), 0), len(self._counts) - 1)] += 1
+        self.count += 1
+        self.total += ms
+        self.max = max(self.max, ms)
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.count if self.count else 0.0
+
+    def percentile(self, q: float) -> float:
+        """Upper edge of the bin holding the q-th percentile (the maximum if it overflows)."""
+        if not self.count:
+            return 0.0
+        rank = q / 100.0 * self.count
+        i = int(np.searchsorted(np.cumsum(self._counts), max(rank, 1), side="left"))
+        return self.max if i >= len(self._counts) - 1 else min((i + 1) * self.bin_ms, self.max)

@@ -118,3 +118,18 @@ def test_messages_roundtrip_and_validation() -> None:
         parse([b"result"])
     with pytest.raises(MessageError):
         parse([b"other", encode(_result())])
+
+
+def test_latency_histogram_matches_numpy_within_a_bin() -> None:
+    from hepascope.stream.stats import LatencyHistogram
+
+    rng = np.random.default_rng(0)
+    values = rng.gamma(2.0, 5.0, 5000)
+    h = LatencyHistogram()
+    for v in values:
+        h.add(float(v))
+    for q in (50, 90, 99):
+        assert abs(h.percentile(q) - np.percentile(values, q)) <= 0.1
+    assert h.max == pytest.approx(values.max()) and h.mean == pytest.approx(values.mean())
+    h.add(5000.0)  # beyond the range: the maximum, exactly
+    assert h.percentile(100) == 5000.0
