@@ -190,21 +190,19 @@ def _infer_loop(classifier: Classifier, ring_ready: threading.Event,
         if stop.is_set() or source_done.is_set():
             return
     last = -1
+    seen = 0  # ring writes already looked at: one copy per inferred frame, not two
     with RingReader(ring_name, start="oldest") as reader:
         while not stop.is_set():
-            frame = reader.next(timeout_s=0.05)
-            if frame is None:
-                if source_done.is_set():
-                    newest = reader.latest()
-                    if newest is None or newest.seq <= last:
-                        break
-                    frame = newest
-                else:
-                    continue
-            newest = reader.latest()  # newest frame wins: skip what arrived meanwhile
-            if newest is not None and newest.seq > frame.seq:
-                frame = newest
-            if frame.seq <= last:
+            written = reader.written
+            if written > seen:  # frames arrived while we were busy: the newest wins
+                frame, seen = reader.latest(), written
+            else:  # idle: wait for the next one (latest() moved the cursor past the last)
+                frame = reader.next(timeout_s=0.05)
+                if frame is not None:
+                    seen = written + 1
+                elif source_done.is_set() and reader.written == seen:
+                    break
+            if frame is None or frame.seq <= last:
                 continue
             t_read = time.monotonic_ns()
             stats.dropped += frame.seq - last - 1
