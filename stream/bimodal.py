@@ -8,6 +8,7 @@ slightly, never a stall). Until a full window exists the oldest feature is repea
 
 from __future__ import annotations
 
+import json
 import time
 from collections import deque
 from pathlib import Path
@@ -105,9 +106,7 @@ def _single_input(engine: Engine, spec: PreprocessSpec) -> str:
 
 
 def describe_parts(head_meta: dict[str, str], directory: Path) -> dict[str, Path]:
-    """Paths of the three graphs a head's metadata names."""
-    import json
-
+    """Paths of the two encoder graphs a head's metadata names."""
     try:
         parts: Any = json.loads(head_meta["hepascope.parts"])
         return {role: directory / str(parts[role]) for role in (ROLE_BMODE, ROLE_CEUS)}

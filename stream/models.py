@@ -62,10 +62,19 @@ def _spec(path: Path, meta: dict[str, str]) -> PreprocessSpec:
         raise ModelError(f"{path.name}: invalid 'hepascope.preprocess' metadata ({e})") from e
 
 
+def _window(path: Path, meta: dict[str, str]) -> tuple[int, float]:
+    try:
+        window = json.loads(meta["hepascope.window"])
+        return int(window["frames"]), float(window["interval_s"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise ModelError(f"{path.name}: invalid 'hepascope.window' metadata ({e!r})") from e
+
+
 def _open_bimodal(head_path: Path, head: Engine, backend: str,
                   threads: int | None) -> BimodalStreamer:
     _check_meta(head_path, head.metadata, ROLE_HEAD)
     labels = _labels(head_path, head.metadata)
+    frames, interval_s = _window(head_path, head.metadata)
     engines: dict[str, Engine] = {}
     specs: dict[str, PreprocessSpec] = {}
     try:
@@ -75,18 +84,11 @@ def _open_bimodal(head_path: Path, head: Engine, backend: str,
             if _labels(path, engines[role].metadata) != labels:
                 raise ModelError(f"{path.name}: labels differ from {head_path.name}'s")
             specs[role] = _spec(path, engines[role].metadata)
-        window = json.loads(head.metadata["hepascope.window"])
         return BimodalStreamer(engines[ROLE_BMODE], engines[ROLE_CEUS], head, labels=labels,
                                bmode_spec=specs[ROLE_BMODE], ceus_spec=specs[ROLE_CEUS],
-                               window=int(window["frames"]), interval_s=float(window["interval_s"]),
+                               window=frames, interval_s=interval_s,
                                model_name=head.metadata["hepascope.model"])
-    except (KeyError, TypeError, ValueError) as e:
-        for eng in engines.values():
-            eng.close()
-        if isinstance(e, ModelError):
-            raise
-        raise ModelError(f"{head_path.name}: invalid 'hepascope.window' metadata ({e!r})") from e
-    except BaseException:
+    except BaseException:  # close what was opened, then let the error through
         for eng in engines.values():
             eng.close()
         raise
