@@ -2,9 +2,12 @@
 report capture->publish latency per 15 s window, frames in/out/dropped.
 
     python -m hepascope.bench.live --source session.mp4 --model m.onnx --seconds 120
+    python -m hepascope.bench.live --source session.mp4 --model DIR --clip-model CLIP \
+        --clip-every 30 --seconds 60
 
 With inference slower than the source, the windows' percentiles should stay flat while
-``dropped`` grows: newest-frame-wins never lets a queue build up."""
+``dropped`` grows: newest-frame-wins never lets a queue build up. The latency windows are
+the main model's; a clip model's figures are in ``models`` (one entry per model)."""
 
 from __future__ import annotations
 
@@ -22,20 +25,23 @@ from hepascope.stream.sources import SourceOptions
 
 class _Latencies:
     def __init__(self) -> None:
-        self.rows: list[tuple[int, float]] = []
+        self.rows: list[tuple[str, int, float]] = []
 
     def on_result(self, msg: dict[str, Any]) -> None:
-        self.rows.append((msg["t_publish_ns"], msg["latency_ms"]["total"]))
+        self.rows.append((msg["model"], msg["t_publish_ns"], msg["latency_ms"]["total"]))
 
 
-def measure(source: str, model: Path, seconds: float, window_s: float = 15.0) -> dict[str, Any]:
+def measure(source: str, model: Path, seconds: float, window_s: float = 15.0, *,
+            clip_model: Path | None = None, clip_every: int = 30) -> dict[str, Any]:
     lat = _Latencies()
     summary = run_pipeline(RunRequest(source=source, model=model, config=load_config(),
                                       publish="tcp://127.0.0.1:*",
                                       options=SourceOptions(loop=True), duration_s=seconds,
-                                      listeners=(lat,)))
-    t = np.array([r[0] for r in lat.rows], dtype=np.float64)
-    ms = np.array([r[1] for r in lat.rows])
+                                      listeners=(lat,), clip_model=clip_model,
+                                      clip_every=clip_every))
+    main = [r for r in lat.rows if r[0] == summary["model"]]
+    t = np.array([r[1] for r in main], dtype=np.float64)
+    ms = np.array([r[2] for r in main])
     t = (t - t[0]) / 1e9 if t.size else t
     windows = []
     for start in np.arange(0.0, seconds, window_s):
@@ -52,9 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--source", required=True, help="a video file (looped at its own rate)")
     p.add_argument("--model", required=True, type=Path)
     p.add_argument("--seconds", type=float, default=120.0)
+    p.add_argument("--clip-model", type=Path, help="a clip export to run beside --model")
+    p.add_argument("--clip-every", type=int, default=30, help="clip model cadence (frames)")
     p.add_argument("--out", type=Path, help="write the JSON here too")
     args = p.parse_args(argv)
-    result = measure(args.source, args.model, args.seconds)
+    result = measure(args.source, args.model, args.seconds, clip_model=args.clip_model,
+                     clip_every=args.clip_every)
     text = json.dumps(result, indent=1)
     if args.out:
         args.out.write_text(text)

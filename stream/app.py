@@ -1,5 +1,6 @@
 """What ``hepascope run`` and ``hepascope replay`` do, as functions the CLI, the demo and
-tests call: build the engine, classifier, source, publisher and recorder, compose, run."""
+tests call: build the engine, classifier (and a clip model beside it, if asked), source,
+publisher and recorder, compose, run."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from hepascope.stream.config import Config
-from hepascope.stream.models import open_model
-from hepascope.stream.pipeline import ResultListener, compose
+from hepascope.stream.models import open_clip_model, open_model
+from hepascope.stream.pipeline import ResultListener, SideModel, compose
 from hepascope.stream.publish import Publisher
 from hepascope.stream.record import SessionRecorder
 from hepascope.stream.sources import SourceOptions, open_source
@@ -36,6 +37,8 @@ class RunRequest:
     labels: tuple[str, ...] | None = None
     listeners: tuple[ResultListener, ...] = ()     # told of every published result
     on_bound: Callable[[str], None] | None = None  # called with the bound endpoint
+    clip_model: Path | None = None  # a clip export run beside the main model, own thread
+    clip_every: int = 30            # the clip model runs on every k-th source frame
 
 
 @contextmanager
@@ -64,6 +67,13 @@ def run_pipeline(req: RunRequest) -> dict[str, Any]:
         classifier = open_model(req.model, req.config, backend=req.engine, threads=req.threads,
                                 labels=req.labels)
         stack.callback(classifier.close)
+        side: tuple[SideModel, ...] = ()
+        if req.clip_model is not None:
+            # one engine thread: it shares the cores with the main model, never takes them
+            clip = open_clip_model(req.clip_model, backend=req.engine, threads=1,
+                                   every=req.clip_every)
+            stack.callback(clip.close)
+            side = (clip,)
         source = open_source(req.source, req.options)
         source.open()
         stack.callback(source.close)  # the grabber closes it too; close() is idempotent
@@ -75,16 +85,18 @@ def run_pipeline(req: RunRequest) -> dict[str, Any]:
         listeners: tuple[ResultListener, ...] = req.listeners
         recorder = None
         if req.record is not None:
-            recorder = SessionRecorder(req.record, {
-                "source": req.source, "source_id": source.source_id,
-                "model": str(req.model.resolve()), "engine": engine_name})
+            meta = {"source": req.source, "source_id": source.source_id,
+                    "model": str(req.model.resolve()), "engine": engine_name}
+            if req.clip_model is not None:
+                meta["clip_model"] = str(req.clip_model.resolve())
+            recorder = SessionRecorder(req.record, meta)
             stack.callback(recorder.close)
             listeners = (*listeners, recorder)
-        pipeline = compose(source, classifier, publisher, req.config.pipeline,
+        pipeline = compose(source, classifier, publisher, req.config.pipeline, side=side,
                            listeners=listeners, engine_name=engine_name,
                            on_ring=recorder.attach if recorder else None)
-        log.info("running %s -> %s (%s) -> %s", source.source_id, req.model.name, engine_name,
-                 publisher.bound)
+        log.info("running %s -> %s%s (%s) -> %s", source.source_id, req.model.name,
+                 "".join(f" + {m.model_name}" for m in side), engine_name, publisher.bound)
         with stop_on_signals(pipeline.stop_event):
             summary = pipeline.run(req.duration_s)
         if recorder is not None:

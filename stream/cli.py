@@ -67,13 +67,18 @@ def _request(args: argparse.Namespace, source: str, model: Path) -> Any:
     return RunRequest(source=source, model=model, config=load_config(args.config), options=opts,
                       publish=args.publish, record=getattr(args, "record", None),
                       duration_s=args.duration, engine=args.engine, threads=args.threads,
-                      labels=labels)
+                      labels=labels, clip_model=getattr(args, "clip_model", None),
+                      clip_every=getattr(args, "clip_every", 30))
 
 
 def _report(summary: dict[str, Any], path: Path | None) -> None:
     keys = ("frames_in", "frames_out", "dropped", "fps_in", "results_per_s",
             "latency_p50_ms", "latency_p99_ms")
     print("  ".join(f"{k}={summary[k]}" for k in keys))
+    for m in summary.get("models", [])[1:]:  # side models (the clip model), one line each
+        print(f"  {m['model']}: " + "  ".join(
+            f"{k}={m[k]}" for k in ("frames_seen", "frames_out", "dropped", "results_per_s",
+                                    "latency_p50_ms", "latency_p99_ms")))
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(summary, indent=2))
@@ -132,6 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a video file, rtsp://..., v4l2:/dev/videoN, cam:N, phantom:SEED")
     p.add_argument("--model", required=True, type=Path, metavar="PATH.onnx", help="ONNX classifier")
     p.add_argument("--record", type=Path, metavar="DIR", help="record frames and results to DIR")
+    p.add_argument("--clip-model", type=Path, metavar="PATH",
+                   help="a clip export (3D-CNN over a window of CEUS frames) to run beside "
+                   "--model, in its own thread; its results carry its own model name")
+    p.add_argument("--clip-every", type=positive(int), default=30, metavar="K",
+                   help="run the clip model on every K-th source frame (default 30)")
     _pipeline_args(p)
     _source_args(p)
     p.set_defaults(func=cmd_run)

@@ -28,6 +28,11 @@ class LayoutConfig:
     def __post_init__(self) -> None:
         if not self.views:
             raise ConfigError("layout.views must name at least one view")
+        full = [name for name, rect in self.views if rect.is_full]
+        if full and self.sector is not None:
+            # the sector is in pixels of a fixed-size view; a full view has no fixed size
+            raise ConfigError(f"layout.sector needs fixed-size views; {', '.join(full)} "
+                              "is 'full' (drop the sector or give the view as [x, y, w, h])")
 
     @property
     def view_names(self) -> tuple[str, ...]:
@@ -113,12 +118,30 @@ def _section(raw: dict[str, Any], key: str, cls: type, where: str) -> Any:
         raise ConfigError(f"{where}: section '{key}': {e}") from e
 
 
+def view_rect(value: Any) -> Rect:
+    """A view from YAML/JSON: ``[x, y, w, h]`` or ``"full"`` (the whole frame, any size)."""
+    if value == "full":
+        return Rect.full()
+    if isinstance(value, str) or len(value) != 4:
+        raise ValueError(f"a view is [x, y, w, h] or 'full', got {value!r}")
+    x, y, w, h = (int(v) for v in value)
+    if w <= 0 or h <= 0:  # all zeros is the full sentinel: spell it 'full'
+        raise ValueError(f"invalid view {value!r}: w and h must be > 0")
+    return Rect(x, y, w, h)
+
+
+def view_value(rect: Rect) -> str | list[int]:
+    """Inverse of ``view_rect``."""
+    return "full" if rect.is_full else [rect.x, rect.y, rect.w, rect.h]
+
+
 def _layout(raw: dict[str, Any], where: str) -> LayoutConfig:
     data = raw.get("layout")
     if not isinstance(data, dict) or not isinstance(data.get("views"), dict):
-        raise ConfigError(f"{where}: 'layout.views' must map view names to [x, y, w, h]")
+        raise ConfigError(f"{where}: 'layout.views' must map view names to [x, y, w, h] "
+                          "or 'full'")
     try:
-        views = tuple((str(k), Rect(*(int(v) for v in r))) for k, r in data["views"].items())
+        views = tuple((str(k), view_rect(r)) for k, r in data["views"].items())
         sector = data.get("sector")
         geom = SectorGeometry(**{k: float(v) for k, v in sector.items()}) if sector else None
     except (TypeError, ValueError) as e:
@@ -141,6 +164,19 @@ def config_from_dict(raw: Any, where: str = "<dict>") -> Config:
         publish=_section(raw, "publish", PublishConfig, where),
         overlay=_section(raw, "overlay", OverlayConfig, where),
     )
+
+
+def load_packaged_config(name: str) -> Config:
+    """A config shipped in ``stream/configs/`` by name (``single_view``: one full B-mode
+    view, for image-only data)."""
+    res = resources.files("hepascope.stream").joinpath("configs", f"{name}.yaml")
+    if not res.is_file():
+        raise ConfigError(f"no packaged config {name!r}")
+    try:
+        raw = yaml.safe_load(res.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"configs/{name}.yaml: not valid YAML ({e})") from e
+    return config_from_dict(raw, f"configs/{name}.yaml")
 
 
 def load_config(path: str | Path | None = None) -> Config:

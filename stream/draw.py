@@ -30,6 +30,7 @@ class OverlayView:
     latency_ms: float | None = None  # capture -> publish of the shown result
     p99_ms: float | None = None
     age_ms: float | None = None      # since the shown result was received
+    extras: tuple[str, ...] = ()     # lines about side models' results (the clip model)
 
     def __post_init__(self) -> None:
         if self.status not in STATUS_COLOURS:
@@ -71,7 +72,8 @@ def draw_overlay(background: np.ndarray, view: OverlayView) -> np.ndarray:
         head = _WHITE if view.status == "LIVE" else colour
         _text(img, _pretty(view.labels[i]), (left, top), 0.8, head, 2)
         _text(img, f"{view.probs[i] * 100:.0f}%", (left, top + 28), 0.7, head, 2)
-        row = min(24, max(14, (h - top - 90) // max(len(view.labels), 1)))
+        room = h - top - 90 - 20 * len(view.extras)
+        row = min(24, max(14, room // max(len(view.labels), 1)))
         for k, (label, p) in enumerate(zip(view.labels, view.probs, strict=True)):
             yy = top + 44 + k * row
             _text(img, _pretty(label)[:14], (left, yy + row - 8), 0.42, _WHITE)
@@ -92,6 +94,7 @@ def draw_overlay(background: np.ndarray, view: OverlayView) -> np.ndarray:
         lines.append(f"result age {view.age_ms / 1000:.1f} s")
     if view.model:
         lines.append(view.model[:30])
+    lines = [*view.extras, *lines]  # side models above the main model's figures
     for k, s in enumerate(reversed(lines)):
         _text(img, s, (left, h - 14 - 20 * k), 0.45, _GREY if k else _WHITE)
     return img

@@ -44,3 +44,8 @@ class RingError(HepascopeError, RuntimeError):
 
 class PublishError(HepascopeError, ConnectionError):
     """The results channel could not be bound or connected."""
+
+
+class DataError(HepascopeError, ValueError):
+    """A training/evaluation dataset is missing, malformed or cannot be decoded (a bad
+    manifest row, an unreadable image, a DICOM whose pixel data cannot be decoded)."""

@@ -14,7 +14,8 @@ from hepascope.stream.errors import ConfigError
 
 @dataclass(frozen=True, slots=True)
 class Rect:
-    """A view's rectangle inside the captured frame, in pixels."""
+    """A view's rectangle inside the captured frame, in pixels. ``Rect.full()`` (all zeros)
+    is the whole frame, any size: real images and exports come cropped to one view."""
 
     x: int
     y: int
@@ -22,10 +23,23 @@ class Rect:
     h: int
 
     def __post_init__(self) -> None:
+        if self.is_full:
+            return
         if self.x < 0 or self.y < 0 or self.w <= 0 or self.h <= 0:
             raise ValueError(f"invalid rect {self}")
 
+    @classmethod
+    def full(cls) -> Rect:
+        """The whole captured frame (``full`` in YAML)."""
+        return cls(0, 0, 0, 0)
+
+    @property
+    def is_full(self) -> bool:
+        return self.x == 0 and self.y == 0 and self.w == 0 and self.h == 0
+
     def crop(self, image: np.ndarray) -> np.ndarray:
+        if self.is_full:
+            return image
         if self.y + self.h > image.shape[0] or self.x + self.w > image.shape[1]:
             raise ConfigError(
                 f"view [{self.x}, {self.y}, {self.w}, {self.h}] does not fit in a "

@@ -56,8 +56,16 @@ def _check_fields(msg: dict[str, Any], fields: dict[str, tuple[type, ...]]) -> N
         raise MessageError(f"schema version {msg['v']} is not {SCHEMA_VERSION}")
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def validate_result(msg: dict[str, Any]) -> dict[str, Any]:
     _check_fields(msg, _RESULT_FIELDS)
+    # optional: how full a clip model's window was (held frames / T)
+    if "window_fill" in msg and not (_number(msg["window_fill"])
+                                     and 0.0 <= msg["window_fill"] <= 1.0):
+        raise MessageError("window_fill must be a number in [0, 1]")
     labels, probs = msg["labels"], msg["probs"]
     if not labels or len(labels) != len(probs):
         raise MessageError("labels and probs must be non-empty and of equal length")
@@ -76,6 +84,10 @@ def validate_result(msg: dict[str, Any]) -> dict[str, Any]:
 
 def validate_telemetry(msg: dict[str, Any]) -> dict[str, Any]:
     _check_fields(msg, _TELEMETRY_FIELDS)
+    models = msg.get("models")  # optional: one map per model, the main one first
+    if models is not None and not (isinstance(models, list) and all(
+            isinstance(m, dict) and isinstance(m.get("model"), str) for m in models)):
+        raise MessageError("models must be a list of maps, each naming its model")
     return msg
 
 

@@ -1,7 +1,7 @@
-"""Opening a model for the pipeline: a plain ONNX classifier, or a hepascope export
-(one directory of ONNX graphs whose metadata carries labels, input spec and preprocessing,
-so the pipeline needs nothing else). A hepascope model with missing or inconsistent
-metadata is refused with one clear ``ModelError``."""
+"""Opening a model for the pipeline: a plain ONNX classifier, or a hepascope export (a
+bimodal directory of ONNX graphs, or one clip-model graph) whose metadata carries labels,
+input spec and preprocessing, so the pipeline needs nothing else. A hepascope model with
+missing or inconsistent metadata is refused with one clear ``ModelError``."""
 
 from __future__ import annotations
 
@@ -17,12 +17,15 @@ from hepascope.stream.bimodal import (
     describe_parts,
 )
 from hepascope.stream.classifier import Classifier, FrameClassifier
+from hepascope.stream.clip import ClipStreamer
 from hepascope.stream.config import Config
 from hepascope.stream.errors import ModelError
 from hepascope.stream.preprocess import PreprocessSpec, spec_from_dict
 
 META_VERSION = "1"
 HEAD_FILE = "head.onnx"
+CLIP_FILE = "model.onnx"  # a single-graph export's file name in its directory
+ROLE_CLIP = "clip"  # a 3D-CNN over a window of frames of one view (stream/clip.py)
 REQUIRED = {
     ROLE_HEAD: ("hepascope.version", "hepascope.model", "hepascope.role", "hepascope.labels",
                 "hepascope.window", "hepascope.parts"),
@@ -30,6 +33,9 @@ REQUIRED = {
                  "hepascope.preprocess"),
     ROLE_CEUS: ("hepascope.version", "hepascope.model", "hepascope.role", "hepascope.labels",
                 "hepascope.preprocess"),
+    ROLE_CLIP: ("hepascope.version", "hepascope.model", "hepascope.role", "hepascope.labels",
+                "hepascope.preprocess", "hepascope.inputs", "hepascope.output",
+                "hepascope.window"),
 }
 
 
@@ -94,21 +100,64 @@ def _open_bimodal(head_path: Path, head: Engine, backend: str,
         raise
 
 
+def _open_clip(path: Path, engine: Engine, every: int) -> ClipStreamer:
+    meta = engine.metadata
+    _check_meta(path, meta, ROLE_CLIP)
+    labels = _labels(path, meta)
+    spec = _spec(path, meta)
+    frames, interval_s = _window(path, meta)
+    try:
+        ((input_name, view),) = json.loads(meta["hepascope.inputs"]).items()
+    except (json.JSONDecodeError, AttributeError, ValueError) as e:
+        raise ModelError(f"{path.name}: 'hepascope.inputs' must be JSON {{input: view}} with "
+                         f"one entry ({e!r})") from e
+    return ClipStreamer(engine, labels=labels, spec=spec, view=str(view),
+                        input_name=str(input_name), output_name=meta["hepascope.output"],
+                        window=frames, interval_s=interval_s,
+                        model_name=meta["hepascope.model"], every=every)
+
+
+def _model_file(p: Path) -> Path:
+    if not p.is_dir():
+        return p
+    for name in (HEAD_FILE, CLIP_FILE):
+        if (p / name).is_file():
+            return p / name
+    raise ModelError(f"{p}: no {HEAD_FILE} or {CLIP_FILE}; not a hepascope export directory")
+
+
+def open_clip_model(path: str | Path, *, backend: str = "onnxruntime", threads: int | None = 1,
+                    every: int = 1) -> ClipStreamer:
+    """A clip export (its file, or a directory holding ``model.onnx``) as a ``ClipStreamer``
+    that runs every ``every``-th frame; anything else is refused. One engine thread by
+    default: it runs beside the main model and must not take its cores."""
+    p = _model_file(Path(path))
+    engine = open_engine(p, backend, threads=threads)
+    try:
+        role = engine.metadata.get("hepascope.role")
+        if role != ROLE_CLIP:
+            raise ModelError(f"{p.name}: not a clip model (role {role!r}, expected "
+                             f"{ROLE_CLIP!r}); re-export it with the clip exporter")
+        return _open_clip(p, engine, every)
+    except BaseException:
+        engine.close()
+        raise
+
+
 def open_model(path: str | Path, config: Config, *, backend: str = "onnxruntime",
                threads: int | None = None,
                labels: tuple[str, ...] | None = None) -> Classifier:
-    """The classifier for ``path``: an export directory, its ``head.onnx``, or any ONNX
-    image classifier (labels from metadata, ``labels``, or class0..N)."""
-    p = Path(path)
-    if p.is_dir():
-        if not (p / HEAD_FILE).is_file():
-            raise ModelError(f"{p}: no {HEAD_FILE}; not a hepascope export directory")
-        p = p / HEAD_FILE
+    """The classifier for ``path``: an export directory, its ``head.onnx``, a clip export
+    (run on every frame it is given), or any ONNX image classifier (labels from metadata,
+    ``labels``, or class0..N)."""
+    p = _model_file(Path(path))
     engine = open_engine(p, backend, threads=threads)
     try:
         role = engine.metadata.get("hepascope.role")
         if role == ROLE_HEAD:
             return _open_bimodal(p, engine, backend, threads)
+        if role == ROLE_CLIP:
+            return _open_clip(p, engine, every=1)
         if role in (ROLE_BMODE, ROLE_CEUS):
             raise ModelError(f"{p.name} is the {role} of a bimodal export; pass its directory")
         if role is None and "hepascope.version" in engine.metadata:

@@ -32,36 +32,63 @@ DEFAULT_SIZE = (384, 768)  # H, W of the background canvas before any frame arri
 
 
 class OverlayState:
-    """Newest result and telemetry, with their local receipt times."""
+    """Newest result per model and newest telemetry, with local receipt times. The panel
+    shows the main model (telemetry's ``model``; before any telemetry, the first to
+    arrive), so a side model's results (the clip model) never replace it; they get a line
+    each."""
 
     def __init__(self, stale_ms: float) -> None:
         if stale_ms <= 0:
             raise ValueError("stale_ms must be > 0")
         self.stale_ns = int(stale_ms * 1e6)
-        self.result: dict[str, Any] | None = None
-        self.result_rx_ns = 0
+        self.results: dict[str, tuple[dict[str, Any], int]] = {}  # model -> (msg, rx ns)
         self.telemetry: dict[str, Any] | None = None
+
+    @property
+    def main_model(self) -> str | None:
+        named = (self.telemetry or {}).get("model")
+        return named if named in self.results else next(iter(self.results), None)
+
+    @property
+    def result(self) -> dict[str, Any] | None:
+        name = self.main_model
+        return None if name is None else self.results[name][0]
 
     def update(self, topic: bytes, msg: dict[str, Any], now_ns: int) -> None:
         if topic == TOPIC_RESULT:
-            if self.result is not None and msg["stream"] == self.result["stream"] \
-                    and msg["seq"] <= self.result["seq"]:
+            old = self.results.get(msg["model"])
+            if old is not None and msg["stream"] == old[0]["stream"] \
+                    and msg["seq"] <= old[0]["seq"]:
                 return  # never replace a result by an older one
-            self.result, self.result_rx_ns = msg, now_ns
+            self.results[msg["model"]] = (msg, now_ns)
         elif topic == TOPIC_TELEMETRY:
             self.telemetry = msg
 
     def view(self, now_ns: int) -> OverlayView:
         tel = self.telemetry or {}
-        if self.result is None:
+        name = self.main_model
+        if name is None:
             return OverlayView("NO DATA", fps_out=tel.get("fps_out"))
-        r = self.result
-        age_ms = (now_ns - self.result_rx_ns) / 1e6
-        status = "STALE" if now_ns - self.result_rx_ns > self.stale_ns else "LIVE"
+        r, rx_ns = self.results[name]
+        age_ms = (now_ns - rx_ns) / 1e6
+        status = "STALE" if now_ns - rx_ns > self.stale_ns else "LIVE"
+        extras = tuple(line for other, (m, rx) in self.results.items() if other != name
+                       for line in _side_lines(m, (now_ns - rx) / 1e9))
         return OverlayView(status, tuple(r["labels"]), tuple(float(p) for p in r["probs"]),
                            model=r["model"], fps_out=tel.get("fps_out"),
                            latency_ms=r["latency_ms"].get("total"),
-                           p99_ms=tel.get("latency_p99_ms"), age_ms=age_ms)
+                           p99_ms=tel.get("latency_p99_ms"), age_ms=age_ms, extras=extras)
+
+
+def _side_lines(msg: dict[str, Any], age_s: float) -> tuple[str, str]:
+    """Two panel lines for a side model's newest result: its verdict, then how full its
+    window was and how old the result is (it runs every k frames: age, not STALE)."""
+    probs = msg["probs"]
+    i = max(range(len(probs)), key=probs.__getitem__)
+    fill = msg.get("window_fill")
+    window = f"window {fill * 100:.0f}%, " if isinstance(fill, (int, float)) else ""
+    return (f"{msg['model'][:16]}: {msg['labels'][i][:12]} {probs[i] * 100:.0f}%",
+            f"  {window}{age_s:.1f} s ago")
 
 
 class Background:

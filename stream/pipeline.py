@@ -3,21 +3,26 @@ classifier maps a frame to probabilities, the publisher sends maps. ``compose`` 
 
     grabber thread:   source -> shared-memory ring      (never blocks; newest overwrites oldest)
     inference thread: ring (newest frame wins) -> classifier -> result queue
+    side threads:     ring (newest frame wins) -> side model, on its own cadence -> result queue
     publish thread:   result queue -> results channel; telemetry every period (the heartbeat)
 
-Every frame carries its capture time; every stage adds a stamp; a frame the inference
-thread never saw is counted as dropped."""
+Every frame carries its capture time; every stage adds a stamp; a frame a model's thread
+never saw is counted as dropped for that model. A side model (the clip 3D-CNN) has its own
+thread, ring reader and engine session: it never waits for the main model nor makes it
+wait; they share only the cores (hence its single engine thread) and the result queue."""
 
 from __future__ import annotations
 
 import logging
 import os
 import queue
+import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
@@ -33,6 +38,10 @@ from hepascope.stream.stats import LatencyHistogram, LatencyWindow, RateMeter
 log = logging.getLogger(__name__)
 
 _MS = 1e-6  # ns -> ms
+# Nice increment of a side model's thread (Linux schedules threads one by one): when the
+# cores are short the main model gets them, and the side model, whose window spans a
+# minute, is only a little later.
+SIDE_NICE = 10
 
 
 class Sink(Protocol):
@@ -47,33 +56,102 @@ class ResultListener(Protocol):
     def on_result(self, msg: dict[str, Any]) -> None: ...
 
 
-@dataclass
-class RunStats:
-    """Counters of one run, shared by the threads (ints: GIL-atomic updates)."""
+class SideModel(Protocol):
+    """A model run beside the main one on its own cadence (``ClipStreamer``): ``step`` sees
+    every frame its thread takes and returns probabilities and stage times (ms) only for
+    the frames it ran on. A ``result_fields()`` method, if any, adds optional result fields."""
 
-    frames_in: int = 0
-    frames_out: int = 0
-    dropped: int = 0
-    rate_in: RateMeter = field(default_factory=RateMeter)
+    labels: tuple[str, ...]
+    model_name: str
+
+    def step(self, frame: Frame) -> tuple[np.ndarray, dict[str, float]] | None: ...
+
+    def close(self) -> None: ...
+
+
+# (frame, time it was read) -> a result message, or None when the model did not run
+Step = Callable[[Frame, int], "dict[str, Any] | None"]
+
+
+@dataclass
+class ModelTally:
+    """Counters of one model: its thread counts frames (ints: GIL-atomic updates), the
+    publish thread its latencies."""
+
+    model: str
+    window_size: int = 300
+    frames_seen: int = 0  # frames its thread took from the ring
+    frames_out: int = 0   # results published
+    dropped: int = 0      # frames its thread never took
     rate_out: RateMeter = field(default_factory=RateMeter)
     totals: LatencyHistogram = field(default_factory=LatencyHistogram)
     stage_sum_ms: dict[str, float] = field(default_factory=dict)
-    t_start_ns: int = field(default_factory=time.monotonic_ns)
+    window: LatencyWindow = field(init=False)
 
-    def summary(self) -> dict[str, Any]:
-        seconds = max((time.monotonic_ns() - self.t_start_ns) / 1e9, 1e-9)
+    def __post_init__(self) -> None:
+        self.window = LatencyWindow(self.window_size)
+
+    def add(self, lat: dict[str, float], now_ns: int) -> None:
+        self.rate_out.tick(now_ns)
+        self.window.add(lat["total"])
+        self.totals.add(lat["total"])
+        for k, v in lat.items():
+            self.stage_sum_ms[k] = self.stage_sum_ms.get(k, 0.0) + v
+
+    def telemetry(self) -> dict[str, Any]:
+        """This model's entry in telemetry's ``models`` list."""
+        return {"model": self.model, "frames_seen": self.frames_seen,
+                "frames_out": self.frames_out, "dropped": self.dropped,
+                "fps_out": round(self.rate_out.rate(), 2),
+                "latency_p50_ms": round(self.window.percentile(50), 3),
+                "latency_p99_ms": round(self.window.percentile(99), 3)}
+
+    def summary(self, seconds: float) -> dict[str, Any]:
         tot, n = self.totals, max(self.totals.count, 1)
         return {
-            "seconds": round(seconds, 3),
-            "frames_in": self.frames_in,
-            "frames_out": self.frames_out,
-            "dropped": self.dropped,
-            "fps_in": round(self.frames_in / seconds, 2),
+            "model": self.model, "frames_seen": self.frames_seen,
+            "frames_out": self.frames_out, "dropped": self.dropped,
             "results_per_s": round(self.frames_out / seconds, 2),
             "latency_p50_ms": round(tot.percentile(50), 2),
             "latency_p99_ms": round(tot.percentile(99), 2),
             "latency_max_ms": round(tot.max, 2),
             "stage_mean_ms": {k: round(v / n, 3) for k, v in self.stage_sum_ms.items()},
+        }
+
+
+@dataclass
+class RunStats:
+    """Counters of one run: frames captured, and one tally per model (the main one first)."""
+
+    main: ModelTally
+    side: list[ModelTally] = field(default_factory=list)
+    frames_in: int = 0
+    rate_in: RateMeter = field(default_factory=RateMeter)
+    t_start_ns: int = field(default_factory=time.monotonic_ns)
+
+    @property
+    def models(self) -> list[ModelTally]:
+        return [self.main, *self.side]
+
+    def settle(self) -> None:
+        """At the end: frames captured after a model's last look were never seen either."""
+        for m in self.models:
+            m.dropped = self.frames_in - m.frames_seen
+
+    def summary(self) -> dict[str, Any]:
+        """The main model's figures at the top level (as before side models existed), and
+        every model's under ``models``."""
+        seconds = max((time.monotonic_ns() - self.t_start_ns) / 1e9, 1e-9)
+        main = self.main.summary(seconds)
+        return {
+            "seconds": round(seconds, 3),
+            "frames_in": self.frames_in,
+            "frames_out": main["frames_out"],
+            "dropped": main["dropped"],
+            "fps_in": round(self.frames_in / seconds, 2),
+            **{k: main[k] for k in ("results_per_s", "latency_p50_ms", "latency_p99_ms",
+                                    "latency_max_ms", "stage_mean_ms")},
+            "models": [main, *(m.summary(seconds) for m in self.side)],
         }
 
 
@@ -105,8 +183,7 @@ class Pipeline:
         self.stop()
         for t in self._threads:
             t.join(timeout=10.0)
-        # Frames captured after the last inference were never inferred either.
-        self.stats.dropped = self.stats.frames_in - self.stats.frames_out
+        self.stats.settle()
         if self._errors:
             raise self._errors[0]
         return self.stats.summary()
@@ -128,70 +205,117 @@ def _worker(name: str, fn: Callable[[], None], stop: threading.Event,
 
 
 def compose(source: Source, classifier: Classifier, sink: Sink, config: PipelineConfig,
-            *, listeners: tuple[ResultListener, ...] = (), engine_name: str = "onnxruntime",
-            ring_name: str | None = None,
+            *, side: Sequence[SideModel] = (), listeners: tuple[ResultListener, ...] = (),
+            engine_name: str = "onnxruntime", ring_name: str | None = None,
             on_ring: Callable[[str], None] | None = None) -> Pipeline:
-    """Wire source -> ring -> classifier -> sink into a runnable ``Pipeline``."""
-    stop, done = threading.Event(), threading.Event()
-    source_done, ring_ready, infer_done = threading.Event(), threading.Event(), threading.Event()
+    """Wire source -> ring -> classifier (and each side model, in its own thread) -> sink
+    into a runnable ``Pipeline``."""
+    stop, done, source_done = threading.Event(), threading.Event(), threading.Event()
     errors: list[BaseException] = []
-    stats = RunStats()
-    window = LatencyWindow(config.latency_window)
-    results: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=256)
-    name = ring_name or f"hepascope-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    ring: dict[str, Any] = {}
+    stats = RunStats(ModelTally(classifier.model_name, config.latency_window),
+                     [ModelTally(m.model_name, config.latency_window) for m in side])
+    results: queue.Queue[tuple[dict[str, Any], ModelTally]] = queue.Queue(maxsize=256)
+    ring = _LazyRing(ring_name or f"hepascope-{os.getpid()}-{uuid.uuid4().hex[:8]}",
+                     config.ring_slots, on_ring)
+    steps: list[Step] = [partial(_main_step, classifier), *(partial(_side_step, m) for m in side)]
+    finished = [threading.Event() for _ in steps]
 
     def grab() -> None:
         try:
-            with source:
-                for frame in source:
-                    writer = ring.get("writer")
-                    if writer is None:
-                        c = 1 if frame.image.ndim == 2 else 3
-                        writer = RingWriter(name, slots=config.ring_slots,
-                                            slot_bytes=slot_bytes_for(frame.height, frame.width, c))
-                        ring["writer"] = writer
-                        ring_ready.set()
-                        if on_ring is not None:
-                            on_ring(name)
-                    writer.write(frame)
-                    stats.frames_in += 1
-                    stats.rate_in.tick(frame.t_capture_ns)
-                    if stop.is_set():
-                        break
+            _grab_loop(source, ring, stats, stop)
         finally:
             source_done.set()
 
-    def infer() -> None:
+    def infer(i: int) -> None:
+        if i > 0:
+            _lower_priority(SIDE_NICE)
         try:
-            _infer_loop(classifier, ring_ready, source_done, stop, stats, results, name)
+            _infer_loop(steps[i], stats.models[i], ring, source_done, stop, results)
         finally:
-            infer_done.set()
+            finished[i].set()
 
     def publish() -> None:
         try:
-            _publish_loop(sink, results, infer_done, stop, stats, window, config,
-                          listeners, source.source_id, classifier.model_name, engine_name, name)
+            _publish_loop(sink, results, lambda: all(e.is_set() for e in finished), stop,
+                          stats, config, listeners, source.source_id, engine_name, ring.name)
         finally:
             done.set()
-            writer = ring.pop("writer", None)
-            if writer is not None:
-                writer.close()
+            ring.close()
 
-    threads = [_worker(n, f, stop, errors) for n, f in
-               (("grab", grab), ("infer", infer), ("publish", publish))]
-    return Pipeline(threads, stop, done, errors, stats, name)
+    work: list[tuple[str, Callable[[], None]]] = [
+        ("grab", grab), *((f"side-{i}" if i else "infer", partial(infer, i))
+                          for i in range(len(steps))), ("publish", publish)]
+    threads = [_worker(n, f, stop, errors) for n, f in work]
+    return Pipeline(threads, stop, done, errors, stats, ring.name)
 
 
-def _infer_loop(classifier: Classifier, ring_ready: threading.Event,
-                source_done: threading.Event, stop: threading.Event, stats: RunStats,
-                results: queue.Queue[dict[str, Any]], ring_name: str) -> None:
-    while not ring_ready.wait(0.05):
+def _lower_priority(nice: int) -> None:
+    """Raise the calling thread's nice value by ``nice`` (Linux only: elsewhere the call
+    would name a process, not a thread)."""
+    if nice <= 0 or sys.platform != "linux":
+        return
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + nice)
+    except OSError as e:  # not fatal: the side model then competes on equal terms
+        log.warning("could not lower a side model's priority: %s", e)
+
+
+class _LazyRing:
+    """The frame ring, created at the first frame (its slots are sized to that frame)."""
+
+    def __init__(self, name: str, slots: int, on_ring: Callable[[str], None] | None) -> None:
+        self.name, self.slots, self._on_ring = name, slots, on_ring
+        self.ready = threading.Event()
+        self._writer: RingWriter | None = None
+        self._closed = False
+        self._lock = threading.Lock()  # close() runs in the publish thread, write() in grab
+
+    def write(self, frame: Frame) -> None:
+        created = False
+        with self._lock:
+            if self._closed:  # the run is over: a last frame in flight is let go
+                return
+            if self._writer is None:
+                c = 1 if frame.image.ndim == 2 else 3
+                self._writer = RingWriter(self.name, slots=self.slots,
+                                          slot_bytes=slot_bytes_for(frame.height, frame.width, c))
+                created = True
+        if created:
+            self.ready.set()
+            if self._on_ring is not None:  # before the first write: a recorder misses nothing
+                self._on_ring(self.name)
+        with self._lock:
+            if self._writer is not None:
+                self._writer.write(frame)
+
+    def close(self) -> None:
+        with self._lock:
+            writer, self._writer, self._closed = self._writer, None, True
+        if writer is not None:
+            writer.close()
+
+
+def _grab_loop(source: Source, ring: _LazyRing, stats: RunStats, stop: threading.Event) -> None:
+    with source:
+        for frame in source:
+            ring.write(frame)
+            stats.frames_in += 1
+            stats.rate_in.tick(frame.t_capture_ns)
+            if stop.is_set():
+                break
+
+
+def _infer_loop(step: Step, tally: ModelTally, ring: _LazyRing, source_done: threading.Event,
+                stop: threading.Event,
+                results: queue.Queue[tuple[dict[str, Any], ModelTally]]) -> None:
+    """One model's thread: the newest frame wins; ``step`` says whether it made a result."""
+    while not ring.ready.wait(0.05):
         if stop.is_set() or source_done.is_set():
             return
     last = -1
     seen = 0  # ring writes already looked at: one copy per inferred frame, not two
-    with RingReader(ring_name, start="oldest") as reader:
+    with RingReader(ring.name, start="oldest") as reader:
         while not stop.is_set():
             written = reader.written
             if written > seen:  # frames arrived while we were busy: the newest wins
@@ -205,67 +329,87 @@ def _infer_loop(classifier: Classifier, ring_ready: threading.Event,
             if frame is None or frame.seq <= last:
                 continue
             t_read = time.monotonic_ns()
-            stats.dropped += frame.seq - last - 1
+            tally.dropped += frame.seq - last - 1
+            tally.frames_seen += 1
             last = frame.seq
-            msg = _classify(classifier, frame, t_read)
-            stats.frames_out += 1
-            results.put(msg)
+            msg = step(frame, t_read)
+            if msg is not None:
+                tally.frames_out += 1
+                results.put((msg, tally))
 
 
-def _classify(classifier: Classifier, frame: Frame, t_read: int) -> dict[str, Any]:
-    probs, stages = classifier.predict(frame)
+def _main_step(classifier: Classifier, frame: Frame, t_read: int) -> dict[str, Any]:
+    return _message(classifier, frame, t_read, classifier.predict(frame))
+
+
+def _side_step(model: SideModel, frame: Frame, t_read: int) -> dict[str, Any] | None:
+    out = model.step(frame)
+    return None if out is None else _message(model, frame, t_read, out)
+
+
+def _message(model: Classifier | SideModel, frame: Frame, t_read: int,
+             out: tuple[np.ndarray, dict[str, float]]) -> dict[str, Any]:
+    probs, stages = out
     t_inf = time.monotonic_ns()
-    return {
+    msg = {
         "v": SCHEMA_VERSION,
         "stream": frame.source_id,
         "seq": int(frame.seq),
-        "model": classifier.model_name,
-        "labels": list(classifier.labels),
+        "model": model.model_name,
+        "labels": list(model.labels),
         "probs": [float(p) for p in probs],
-        "top": classifier.labels[int(np.argmax(probs))],
+        "top": model.labels[int(np.argmax(probs))],
         "t_capture_ns": frame.t_capture_ns,
         "pts_s": frame.pts_s,
         "latency_ms": {"queue": (t_read - frame.t_capture_ns) * _MS, **stages},
         "_t_infer_ns": t_inf,
     }
+    fields = getattr(model, "result_fields", None)  # optional schema fields (window_fill)
+    if callable(fields):
+        msg.update(fields())
+    return msg
 
 
-def _publish_loop(sink: Sink, results: queue.Queue[dict[str, Any]], infer_done: threading.Event,
-                  stop: threading.Event, stats: RunStats, window: LatencyWindow,
+def _publish_loop(sink: Sink, results: queue.Queue[tuple[dict[str, Any], ModelTally]],
+                  inferring_done: Callable[[], bool], stop: threading.Event, stats: RunStats,
                   config: PipelineConfig, listeners: tuple[ResultListener, ...], stream: str,
-                  model: str, engine: str, ring_name: str) -> None:
+                  engine: str, ring_name: str) -> None:
     period_ns = int(config.telemetry_period_s * 1e9)
     next_telemetry = time.monotonic_ns()
     while True:
         try:
-            msg = results.get(timeout=0.02)
+            item: tuple[dict[str, Any], ModelTally] | None = results.get(timeout=0.02)
         except queue.Empty:
-            msg = None
+            item = None
         now = time.monotonic_ns()
-        if msg is not None:
+        if item is not None:
+            msg, tally = item
             t_inf = msg.pop("_t_infer_ns")
             msg["t_publish_ns"] = now
             lat = msg["latency_ms"]
             lat["publish"] = (now - t_inf) * _MS
             lat["total"] = (now - msg["t_capture_ns"]) * _MS
             sink.send(TOPIC_RESULT, msg)
-            stats.rate_out.tick(now)
-            window.add(lat["total"])
-            stats.totals.add(lat["total"])
-            for k, v in lat.items():
-                stats.stage_sum_ms[k] = stats.stage_sum_ms.get(k, 0.0) + v
+            tally.add(lat, now)
             for listener in listeners:
                 listener.on_result(msg)
         if now >= next_telemetry:
-            sink.send(TOPIC_TELEMETRY, {
-                "v": SCHEMA_VERSION, "stream": stream, "t_publish_ns": now,
-                "fps_in": round(stats.rate_in.rate(), 2),
-                "fps_out": round(stats.rate_out.rate(), 2),
-                "dropped": stats.dropped, "latency_p50_ms": round(window.percentile(50), 3),
-                "latency_p99_ms": round(window.percentile(99), 3),
-                "frames_in": stats.frames_in, "frames_out": stats.frames_out,
-                "model": model, "engine": engine, "ring": ring_name, "pid": os.getpid(),
-            })
+            sink.send(TOPIC_TELEMETRY, _telemetry(stats, now, stream, engine, ring_name))
             next_telemetry = now + period_ns
-        if msg is None and (infer_done.is_set() or stop.is_set()) and results.empty():
+        if item is None and (inferring_done() or stop.is_set()) and results.empty():
             return
+
+
+def _telemetry(stats: RunStats, now: int, stream: str, engine: str,
+               ring_name: str) -> dict[str, Any]:
+    """The heartbeat: the main model's figures at the top level, every model's in ``models``."""
+    main = stats.main
+    return {
+        "v": SCHEMA_VERSION, "stream": stream, "t_publish_ns": now,
+        "fps_in": round(stats.rate_in.rate(), 2), "fps_out": round(main.rate_out.rate(), 2),
+        "dropped": main.dropped, "latency_p50_ms": round(main.window.percentile(50), 3),
+        "latency_p99_ms": round(main.window.percentile(99), 3),
+        "frames_in": stats.frames_in, "frames_out": main.frames_out,
+        "model": main.model, "engine": engine, "ring": ring_name, "pid": os.getpid(),
+        "models": [m.telemetry() for m in stats.models],
+    }

@@ -14,9 +14,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from hepascope.stream.config import LayoutConfig, PreprocessConfig
+from hepascope.stream.config import LayoutConfig, PreprocessConfig, view_rect, view_value
 from hepascope.stream.errors import ConfigError
-from hepascope.stream.geometry import Rect, SectorGeometry
+from hepascope.stream.geometry import SectorGeometry
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +48,7 @@ class PreprocessSpec:
         p = self.params
         sector = self.layout.sector
         return {
-            "views": {n: [r.x, r.y, r.w, r.h] for n, r in self.layout.views},
+            "views": {n: view_value(r) for n, r in self.layout.views},
             "sector": None if sector is None else {
                 "apex_x": sector.apex_x, "apex_y": sector.apex_y, "r_min": sector.r_min,
                 "r_max": sector.r_max, "half_angle_deg": sector.half_angle_deg},
@@ -61,7 +61,7 @@ class PreprocessSpec:
 def spec_from_dict(d: Any) -> PreprocessSpec:
     """Inverse of ``PreprocessSpec.to_dict`` (what exported models carry in metadata)."""
     try:
-        views = tuple((str(k), Rect(*(int(x) for x in v))) for k, v in d["views"].items())
+        views = tuple((str(k), view_rect(v)) for k, v in d["views"].items())
         sector = d.get("sector")
         geom = SectorGeometry(**{k: float(v) for k, v in sector.items()}) if sector else None
         size = (int(d["size"][0]), int(d["size"][1]))

@@ -18,14 +18,16 @@ from hepascope.stream.preprocess import preprocess_view  # noqa: E402
 from hepascope.train.cli import bimodal_models  # noqa: E402
 from hepascope.train.data import (  # noqa: E402
     PhantomSet,
-    WindowDataset,
     WindowSpec,
     build_phantom_set,
     cached_phantom_set,
     case_plan,
     make_specs,
+    phantom_set_arrays,
 )
+from hepascope.train.datasets.arrays import ArraySet  # noqa: E402
 from hepascope.train.models import create_model, list_models  # noqa: E402
+from hepascope.train.samples import ArrayDataset  # noqa: E402
 from hepascope.train.trainer import (  # noqa: E402
     TrainConfig,
     confusion_matrix,
@@ -135,48 +137,49 @@ def test_bad_arguments_raise(specs: tuple) -> None:
         TrainConfig(optimizer="adam")
 
 
-def test_split_by_patient(pset: PhantomSet) -> None:
-    tr, va = pset.split_by_patient(0.34, seed=0)
-    assert len(tr) + len(va) == len(pset.sample_rows)
-    cases = pset.case_index[pset.sample_rows]
-    assert not set(cases[tr]) & set(cases[va])
-    assert set(pset.labels[cases[va]]) == {0, 1}  # stratified: every class in validation
-
-
-def test_window_dataset(pset: PhantomSet) -> None:
-    ds = WindowDataset(pset, np.arange(len(pset.sample_rows)), augment=False)
-    bm, ce, y = ds[0]
-    assert bm.shape == (1, 64, 64) and ce.shape == (3, 1, 32, 32) and bm.dtype == torch.float32
+def test_phantom_set_arrays_materialise_windows(pset: PhantomSet) -> None:
+    data = phantom_set_arrays(pset)
+    assert len(data) == len(pset.sample_rows) and data.window["frames"] == 3
+    assert data.ceus is not None and data.bmode is not None
     row = pset.sample_rows[0]  # the window ends at this row, oldest CEUS frame first
-    np.testing.assert_array_equal(ce.numpy(), pset.ceus[row - 2:row + 1].astype(np.float32))
-    assert y == pset.labels[pset.case_index[row]]
-    bm2, ce2, _ = WindowDataset(pset, [0], augment=True, seed=3)[0]
-    assert bm2.shape == bm.shape and ce2.shape == ce.shape
-    black = -0.5 / 0.25
-    assert float(bm2.min()) >= black - 1e-3  # no noise below black: speckle untouched
+    np.testing.assert_array_equal(data.ceus[0], pset.ceus[row - 2:row + 1])
+    np.testing.assert_array_equal(data.bmode[0], pset.bmode[row])
+    assert data.groups[0] == pset.patient_ids[pset.case_index[row]]
+    assert data.labels[0] == pset.labels[pset.case_index[row]]
 
 
 def test_train_tiny_and_reload(pset: PhantomSet, tmp_path: Path) -> None:
     cfg = TrainConfig(model="bimodal_resnet18_lite", epochs=1, batch_size=4, num_threads=2,
                       val_fraction=0.34, seed=0)
-    res = train(pset, cfg, tmp_path, progress=False)
+    data = phantom_set_arrays(pset)
+    res = train(data, cfg, tmp_path, progress=False)
     assert (tmp_path / "model.safetensors").is_file() and res.epochs_run == 1
     meta = json.loads((tmp_path / "model.json").read_text())
     assert meta["labels"] == list(CLASSES) and meta["window"] == 3
     assert meta["kwargs"]["num_classes"] == 2 and meta["interval_s"] == pytest.approx(1 / 3)
-    assert meta["metrics"]["n_val_patients"] == 2
+    assert meta["metrics"]["n_val_patients"] == meta["train"]["n_val_patients"] >= 2
     assert set(meta["preprocess"]) == {"bmode", "ceus"}
     model, meta2 = load_checkpoint(tmp_path)
     assert not model.training and meta2 == meta
-    _, va = pset.split_by_patient(0.34, seed=0)
-    ds = WindowDataset(pset, va, augment=False)
-    bm = torch.stack([ds[i][0] for i in range(len(ds))])
-    ce = torch.stack([ds[i][1] for i in range(len(ds))])
+    va = np.flatnonzero(np.isin(data.groups, [g for g in set(data.groups.tolist())
+                                              if g not in _train_patients(data, meta)]))
+    ds = ArrayDataset(data, va, "bimodal")
+    bm = torch.stack([ds[i][0][0] for i in range(len(ds))])
+    ce = torch.stack([ds[i][0][1] for i in range(len(ds))])
     with torch.no_grad():
         first = model(bm, ce)
         again = load_checkpoint(tmp_path)[0](bm, ce)
     torch.testing.assert_close(first, again)
     assert evaluate(model, ds)["accuracy"] == pytest.approx(meta["metrics"]["val_accuracy"])
+
+
+def _train_patients(data: ArraySet, meta: dict) -> set[str]:
+    """The patients the trainer's holdout split put in training (re-derived)."""
+    from hepascope.train.evaluation.folds import holdout_split
+
+    tr, _ = holdout_split(data.labels, data.groups, meta["train"]["val_fraction"],
+                          meta["train"]["seed"])
+    return set(data.groups[tr].tolist())
 
 
 def test_metrics_hand_made() -> None:
@@ -195,7 +198,7 @@ def test_evaluate_counts_predictions() -> None:
         def forward(self, bmode: torch.Tensor, ceus: torch.Tensor) -> torch.Tensor:
             return torch.nn.functional.one_hot(bmode[:, 0, 0, 0].long(), 2).float()
 
-    data = [(torch.full((1, 8, 8), float(p)), torch.zeros(1, 1, 8, 8), t)
+    data = [((torch.full((1, 8, 8), float(p)), torch.zeros(1, 1, 8, 8)), t)
             for t, p in [(0, 0), (0, 1), (1, 1), (1, 1)]]
     m = evaluate(Fixed(), data, labels=["x", "y"])  # type: ignore[arg-type]
     assert m["confusion"] == [[1, 1], [0, 2]] and m["accuracy"] == 0.75

@@ -28,14 +28,17 @@ def needs_torch(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.N
 
 @needs_torch
 def cmd_export(args: argparse.Namespace) -> int:
-    from hepascope.train.export import export_bimodal
-    from hepascope.train.trainer import load_checkpoint
+    """Export a checkpoint for the live pipeline: the streaming split of a bimodal model
+    (three graphs), or one graph for an image or clip model."""
+    from hepascope.train.checkpoint import load_checkpoint
+    from hepascope.train.export import export_checkpoint
 
-    if not (args.checkpoint / "model.json").is_file():
-        raise HepascopeError(f"{args.checkpoint}: no model.json; train one with 'hepascope train'")
     model, meta = load_checkpoint(args.checkpoint)
+    if meta.get("kind") == "clip" and meta.get("interval_s") is None:
+        raise HepascopeError(f"{args.checkpoint}: this clip model was trained on clips of "
+                             "unknown frame rate; the live window needs seconds between frames")
     out = args.out or args.checkpoint / "onnx"
-    report = export_bimodal(model, meta, out)
+    report = export_checkpoint(model, meta, out)
     parts = ", ".join(f"{r}: {p['max_abs_diff']:.1e}" for r, p in report["parts"].items())
     print(f"exported {meta['model']} to {out}; max |torch - onnxruntime| {parts}")
     return 0
@@ -54,9 +57,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def add_subcommands(sub: Any) -> None:
     p = sub.add_parser("export", help="export a trained checkpoint as the pipeline's ONNX graphs",
-                       description="Write bmode_encoder.onnx, ceus_encoder.onnx and head.onnx "
-                       "with labels, input spec and preprocessing in their metadata; check "
-                       "parity with PyTorch.")
+                       description="A bimodal model: bmode_encoder.onnx, ceus_encoder.onnx and "
+                       "head.onnx; an image or clip model: model.onnx; labels, input spec, "
+                       "window and preprocessing in their metadata; parity with PyTorch "
+                       "checked (ONNX Runtime).")
     p.add_argument("--checkpoint", type=Path, default=Path("out/model"), metavar="DIR",
                    help="directory with model.safetensors + model.json (default out/model)")
     p.add_argument("--out", type=Path, metavar="DIR", help="output (default CHECKPOINT/onnx)")

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing as mp
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -26,14 +24,13 @@ from torch.utils.data import Dataset
 from hepascope.stream.config import Config
 from hepascope.stream.phantom import LESION_CLASSES, Phantom, make_case
 from hepascope.stream.preprocess import PreprocessSpec, preprocess_view
+from hepascope.train.datasets.arrays import ArraySet
+from hepascope.train.datasets.phantom import phantom_version
+from hepascope.train.datasets.pool import Progress, map_pool
 
 TRAIN_SEED_BASE = 1_000_000  # demo sessions draw 32-bit case seeds; training uses this block
 SEEDS_PER_SET = 100_000
 DATA_VERSION = 1  # bump when the layout of a PhantomSet changes (invalidates caches)
-Progress = Callable[[int, int], None]
-# fork where there is one: no re-import of the caller's main module (scripts without a
-# ``__main__`` guard work) and no torch import per worker; workers use only numpy/OpenCV.
-_START_METHOD = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
 
 
 @dataclass(frozen=True)
@@ -195,25 +192,7 @@ def build_phantom_set(*, n_cases_per_class: int, seconds_per_case: float = 3.0,
     max_start = round(segment_s * window.fps) - (n_frames - 1) * window.interval_frames - 1
     plans = [case_plan(seed, i, classes, max(0, max_start)) for i in range(n_cases)]
     jobs = [(plan, n_frames, window, tuple(specs)) for plan in plans]
-    results = []
-    if workers == 1:
-        for job in jobs:
-            results.append(_render_case(job))
-            if progress is not None:
-                progress(len(results), n_cases)
-    else:
-        # one OpenCV thread per worker (the pool already fills the cores); set in the parent
-        # around the fork: cv2.setNumThreads in a forked child deadlocks
-        cv_threads = cv2.getNumThreads()
-        cv2.setNumThreads(1)
-        try:
-            with mp.get_context(_START_METHOD).Pool(workers) as pool:
-                for res in pool.imap(_render_case, jobs, chunksize=1):
-                    results.append(res)
-                    if progress is not None:
-                        progress(len(results), n_cases)
-        finally:
-            cv2.setNumThreads(cv_threads)
+    results = map_pool(_render_case, jobs, workers, progress)
     return PhantomSet(
         bmode=np.concatenate([r[0] for r in results]),
         ceus=np.concatenate([r[1] for r in results]),
@@ -229,16 +208,6 @@ def build_phantom_set(*, n_cases_per_class: int, seconds_per_case: float = 3.0,
                 "n_cases": n_cases, "frames_per_case": n_frames, "phantom": phantom_version(),
                 "ceus_t0_s": [p["ceus_t0_s"] for p in plans],
                 "ceus_speed": [p["ceus_speed"] for p in plans]})
-
-
-def phantom_version() -> str:
-    """Hash of the phantom's sources: a changed phantom is a different data set."""
-    from hepascope.stream import phantom
-
-    h = hashlib.sha256()
-    for f in sorted(Path(phantom.__file__).parent.glob("*.py")):
-        h.update(f.name.encode() + b"\0" + f.read_bytes())
-    return h.hexdigest()[:16]
 
 
 def cached_phantom_set(cache_dir: str | Path, *, progress: Progress | None = None,
@@ -314,3 +283,18 @@ class WindowDataset(Dataset[tuple[torch.Tensor, torch.Tensor, int]]):
         label = int(self.pset.labels[self.pset.case_index[r]])
         return torch.from_numpy(np.ascontiguousarray(bm)), \
             torch.from_numpy(np.ascontiguousarray(ce)), label
+
+
+def phantom_set_arrays(pset: PhantomSet) -> ArraySet:
+    """The set's windows as an ``ArraySet`` (one sample per full window, CEUS frames
+    materialised oldest first): what the trainer reads."""
+    rows, t = pset.sample_rows, pset.window.window
+    ceus = np.stack([pset.ceus[r - t + 1:r + 1] for r in rows])
+    cases = pset.case_index[rows]
+    return ArraySet(pset.classes, pset.labels[cases],
+                    np.array([pset.patient_ids[c] for c in cases], dtype=str),
+                    bmode=pset.bmode[rows], ceus=ceus, preprocess=pset.preprocess,
+                    window={"frames": t, "interval_s": pset.window.interval_s},
+                    source={"phantom_set": pset.seed, **asdict(pset.window),
+                            **{k: v for k, v in pset.params.items()
+                               if k not in ("ceus_t0_s", "ceus_speed", "start_frame")}})

@@ -55,11 +55,19 @@ def ensure_session(cache: Path, console: Any) -> Path:
 def ensure_model(cache: Path, console: Any, *, cases_per_class: int, epochs: int,
                  max_minutes: float) -> Path:
     """The exported model directory, trained and exported on first use."""
-    from hepascope.train.data import WindowSpec, cached_phantom_set, make_specs, phantom_version
+    from hepascope.train.checkpoint import CHECKPOINT_VERSION
+    from hepascope.train.data import (
+        WindowSpec,
+        cached_phantom_set,
+        make_specs,
+        phantom_set_arrays,
+        phantom_version,
+    )
     from hepascope.train.export import export_bimodal
     from hepascope.train.trainer import TrainConfig, load_checkpoint, train
 
-    key = hashlib.sha256(json.dumps([phantom_version(), cases_per_class, epochs, max_minutes],
+    key = hashlib.sha256(json.dumps([phantom_version(), cases_per_class, epochs, max_minutes,
+                                     CHECKPOINT_VERSION],
                                     sort_keys=True).encode()).hexdigest()[:12]
     ckpt = cache / f"model-{key}"
     onnx_dir = ckpt / "onnx"
@@ -70,7 +78,8 @@ def ensure_model(cache: Path, console: Any, *, cases_per_class: int, epochs: int
     specs = make_specs(load_config())
     pset = cached_phantom_set(cache, n_cases_per_class=cases_per_class, window=WindowSpec(),
                               specs=specs, seed=0, workers=os.cpu_count() or 1)
-    train(pset, TrainConfig(epochs=epochs, max_minutes=max_minutes), ckpt, progress=True)
+    train(phantom_set_arrays(pset), TrainConfig(epochs=epochs, max_minutes=max_minutes), ckpt,
+          progress=True)
     model, meta = load_checkpoint(ckpt)
     with console.status("exporting ONNX graphs and checking parity..."):
         report = export_bimodal(model, meta, onnx_dir)

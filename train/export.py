@@ -1,8 +1,16 @@
-"""Export a trained bimodal checkpoint as the three ONNX graphs the pipeline chains:
-``bmode_encoder.onnx``, ``ceus_encoder.onnx`` and ``head.onnx`` (softmax included), each
-carrying in its metadata the labels, its input spec and preprocessing parameters, so the
-pipeline needs nothing else. Parity with PyTorch is checked at export, part by part and
-through the streaming chain; the figures go to ``export.json``."""
+"""Export trained models to ONNX with everything the pipeline needs in the metadata.
+
+* ``export_bimodal``: a two-branch bimodal model as the three graphs the pipeline chains,
+  ``bmode_encoder.onnx``, ``ceus_encoder.onnx`` and ``head.onnx`` (softmax included), so
+  each frame is encoded once and its features cached.
+* ``export_single``: an image or clip model (or a single-branch bimodal ablation, read as
+  one) as one graph ``model.onnx``: input "image" (N, C, H, W) or "clip" (N, C, T, H, W),
+  output "probs" (softmax included).
+* ``export_checkpoint``: whichever of the two a trained checkpoint needs.
+
+Each graph carries the labels, its input spec and preprocessing parameters; parity with
+PyTorch is checked at export (batch 1 and 3, max |diff| on probabilities <= 1e-4, else
+``ModelError``); the figures go to ``export.json``."""
 
 from __future__ import annotations
 
@@ -22,6 +30,9 @@ from hepascope.stream.models import HEAD_FILE, META_VERSION
 
 OPSET = 17
 PARITY_TOL = 1e-4  # max |torch - onnxruntime| on probabilities
+ROLE_IMAGE, ROLE_CLIP = "image", "clip"  # single-graph models: the role is the input's name
+SINGLE_FILE = "model.onnx"
+VIEW_OF = {ROLE_IMAGE: "bmode", ROLE_CLIP: "ceus"}  # which preprocessed view each reads
 
 
 class _Part(nn.Module):
@@ -38,26 +49,100 @@ class _Part(nn.Module):
         return torch.softmax(m.forward_head(xs[0], xs[1]), dim=1)
 
 
+class _Single(nn.Module):
+    """softmax(logits) of an image or clip model; a single-branch bimodal model is read as
+    one: its B-mode branch from an image, its CEUS branch from a clip (N, C, T, h, w)."""
+
+    def __init__(self, model: nn.Module, kind: str) -> None:
+        super().__init__()
+        self.model, self.kind = model, kind
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m: Any = self.model
+        if m.input_kind != "bimodal":
+            logits = m(x)
+        elif self.kind == ROLE_IMAGE:
+            logits = m.forward_head(m.encode_bmode(x), None)
+        else:
+            logits = m.forward_head(None, m.encode_window(x.transpose(1, 2)))
+        return torch.softmax(logits, dim=1)
+
+
+def single_graph_kind(model: nn.Module) -> str | None:
+    """"image" or "clip" for a model exported as one graph, None for a two-branch bimodal
+    model (exported as the streaming split)."""
+    m: Any = model
+    kind = getattr(m, "input_kind", None)
+    if kind in (ROLE_IMAGE, ROLE_CLIP):
+        return str(kind)
+    if kind != "bimodal":
+        raise ModelError(f"{type(model).__name__} has no input_kind: not a hepascope model")
+    branches = tuple(m.branches)
+    if len(branches) == 2:
+        return None
+    return ROLE_IMAGE if branches == ("bmode",) else ROLE_CLIP
+
+
+def _export_graph(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path,
+                  ins: list[str], outs: list[str]) -> None:
+    """Trace ``module`` (eval mode) to ``path``, batch axis dynamic on every input/output."""
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", DeprecationWarning)  # legacy exporter: no onnxscript
+        # sizes read in forward (SimAM's n = H*W, static pooling matrices) are traced as
+        # constants: right, since only the batch axis varies
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        # the wrapper must be in eval mode too: export restores the wrapper's mode
+        # recursively afterwards, which would put the model back in training mode
+        torch.onnx.export(module.eval(), args, str(path), dynamo=False, opset_version=OPSET,
+                          input_names=ins, output_names=outs,
+                          dynamic_axes={n: {0: "batch"} for n in ins + outs})
+
+
 def _set_metadata(path: Path, meta: dict[str, str]) -> None:
     model = onnx.load(str(path))
     onnx.helper.set_model_props(model, meta)
-    onnx.checker.check_model(model)
     onnx.save(model, str(path))
+    # checked from the file: checking the in-memory proto serialises it again (seconds for
+    # VGG-16's 0.5 GB)
+    onnx.checker.check_model(str(path))
+
+
+def _parity(path: Path, module: nn.Module, args: tuple[torch.Tensor, ...]) -> float:
+    """Max |torch - onnxruntime| of ``module`` at batch 1 and 3 (the batch axis is dynamic:
+    check it really is)."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    gen = torch.Generator().manual_seed(1)
+    diffs = []
+    for batch in (1, 3):
+        xs = tuple(torch.randn(batch, *a.shape[1:], generator=gen) for a in args)
+        with torch.no_grad():
+            want = module.eval()(*xs).numpy()
+        feeds = {i.name: x.numpy() for i, x in zip(sess.get_inputs(), xs, strict=True)}
+        got = sess.run(None, feeds)[0]
+        diffs.append(float(np.abs(got - want).max()))
+    return max(diffs)
 
 
 def export_bimodal(model: nn.Module, meta: dict[str, Any], out_dir: str | Path) -> dict[str, Any]:
     """Write the three graphs for ``model`` (eval mode) described by checkpoint ``meta``;
     return the parity report."""
+    kind = single_graph_kind(model)
+    if kind is not None:
+        raise ModelError(f"{meta['model']}: a {kind} model has no streaming split; export it "
+                         f"as one graph with export_single(kind={kind!r}) or export_checkpoint")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     m: Any = model.eval()
+    chans = int(getattr(m, "in_chans", 1))
     t_win, labels = int(meta["window"]), list(meta["labels"])
     bh, bw = m.bmode_size
     ch, cw = m.ceus_size
     gen = torch.Generator().manual_seed(0)
     examples = {
-        ROLE_BMODE: (torch.randn(1, 1, bh, bw, generator=gen),),
-        ROLE_CEUS: (torch.randn(1, 1, ch, cw, generator=gen),),
+        ROLE_BMODE: (torch.randn(1, chans, bh, bw, generator=gen),),
+        ROLE_CEUS: (torch.randn(1, chans, ch, cw, generator=gen),),
         ROLE_HEAD: (torch.randn(1, m.bmode_dim, generator=gen),
                     torch.randn(1, t_win, m.ceus_dim, generator=gen)),
     }
@@ -71,15 +156,7 @@ def export_bimodal(model: nn.Module, meta: dict[str, Any], out_dir: str | Path) 
     for role, args in examples.items():
         ins, outs = names[role]
         path = out / files[role]
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore", DeprecationWarning)  # legacy exporter: no onnxscript
-            # SimAM's n = H*W is traced as a constant: right, since input sizes are fixed
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            # the wrapper must be in eval mode too: export restores the wrapper's mode
-            # recursively afterwards, which would put the model back in training mode
-            torch.onnx.export(_Part(m, role).eval(), args, str(path), dynamo=False,
-                              opset_version=OPSET, input_names=ins, output_names=outs,
-                              dynamic_axes={n: {0: "batch"} for n in ins + outs})
+        _export_graph(_Part(m, role), args, path, ins, outs)
         part_meta = {**common, "hepascope.role": role}
         if role == ROLE_HEAD:
             part_meta["hepascope.window"] = json.dumps(
@@ -92,7 +169,8 @@ def export_bimodal(model: nn.Module, meta: dict[str, Any], out_dir: str | Path) 
             part_meta["hepascope.preprocess"] = json.dumps(meta["preprocess"][view])
             part_meta["hepascope.inputs"] = json.dumps({ins[0]: view})
         _set_metadata(path, part_meta)
-        report["parts"][role] = {"file": path.name, "max_abs_diff": _parity(path, m, role, args)}
+        report["parts"][role] = {"file": path.name,
+                                "max_abs_diff": _parity(path, _Part(m, role), args)}
     worst = max(p["max_abs_diff"] for p in report["parts"].values())
     report["max_abs_diff"] = worst
     if report["parts"][ROLE_HEAD]["max_abs_diff"] > PARITY_TOL:
@@ -101,17 +179,75 @@ def export_bimodal(model: nn.Module, meta: dict[str, Any], out_dir: str | Path) 
     return report
 
 
-def _parity(path: Path, m: nn.Module, role: str, args: tuple[torch.Tensor, ...]) -> float:
-    import onnxruntime as ort
+def _single_input(kind: str, preprocess: dict[str, Any], window: dict[str, Any] | None,
+                  chans: int) -> tuple[int, ...]:
+    """The input shape at batch 1, from the preprocessing spec (and window) the pipeline
+    will feed: what the graph is traced at."""
+    try:
+        h, w = (int(v) for v in preprocess["size"])
+        c = int(preprocess.get("channels", chans))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelError(f"preprocess spec has no usable 'size' (H, W): {e!r}") from e
+    if c != chans:
+        raise ModelError(f"preprocess gives {c} channels, the model reads {chans}")
+    if kind == ROLE_IMAGE:
+        return (1, c, h, w)
+    if not window or int(window.get("frames", 0)) < 1 or "interval_s" not in window:
+        raise ModelError("a clip model needs window {'frames': T, 'interval_s': s}")
+    return (1, c, int(window["frames"]), h, w)
 
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    gen = torch.Generator().manual_seed(1)
-    diffs = []
-    for batch in (1, 3):  # the batch axis is dynamic: check it really is
-        xs = tuple(torch.randn(batch, *a.shape[1:], generator=gen) for a in args)
-        with torch.no_grad():
-            want = _Part(m, role).eval()(*xs).numpy()
-        feeds = {i.name: x.numpy() for i, x in zip(sess.get_inputs(), xs, strict=True)}
-        got = sess.run(None, feeds)[0]
-        diffs.append(float(np.abs(got - want).max()))
-    return max(diffs)
+
+def export_single(model: nn.Module, *, kind: str, labels: list[str], preprocess: dict[str, Any],
+                  window: dict[str, Any] | None, model_name: str,
+                  out_dir: str | Path) -> dict[str, Any]:
+    """Write ``out_dir/model.onnx`` for an image or clip ``model`` (``kind``; a single-branch
+    bimodal ablation goes as the kind of its branch). ``preprocess`` is the spec dict of the
+    view it reads (B-mode for image, CEUS for clip), ``window`` ({"frames": T,
+    "interval_s": s}) is required for clips. Returns the parity report (also written to
+    ``export.json``), shaped as ``export_bimodal``'s."""
+    if kind not in VIEW_OF:
+        raise ModelError(f"kind must be {ROLE_IMAGE!r} or {ROLE_CLIP!r}, got {kind!r}")
+    own = single_graph_kind(model)
+    if own != kind:
+        what = "a two-branch bimodal" if own is None else f"an {own}"
+        raise ModelError(f"{model_name} is {what} model, not exportable as {kind!r}")
+    if not labels or not all(isinstance(x, str) for x in labels):
+        raise ModelError("labels must be a non-empty list of names")
+    m: Any = model.eval()
+    shape = _single_input(kind, preprocess, window, int(getattr(m, "in_chans", 1)))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / SINGLE_FILE
+    args = (torch.randn(*shape, generator=torch.Generator().manual_seed(0)),)
+    _export_graph(_Single(m, kind), args, path, [kind], ["probs"])
+    meta = {"hepascope.version": META_VERSION, "hepascope.model": model_name,
+            "hepascope.role": kind, "hepascope.labels": json.dumps(list(labels)),
+            "hepascope.preprocess": json.dumps(preprocess),
+            "hepascope.inputs": json.dumps({kind: VIEW_OF[kind]}), "hepascope.output": "probs"}
+    if kind == ROLE_CLIP:
+        assert window is not None  # checked by _single_input
+        meta["hepascope.window"] = json.dumps(
+            {"frames": int(window["frames"]), "interval_s": float(window["interval_s"])})
+    _set_metadata(path, meta)
+    diff = _parity(path, _Single(m, kind), args)
+    report: dict[str, Any] = {"opset": OPSET, "kind": kind, "max_abs_diff": diff,
+                              "parts": {kind: {"file": SINGLE_FILE, "max_abs_diff": diff}}}
+    if diff > PARITY_TOL:
+        raise ModelError(f"ONNX parity failed: max |diff| {diff:.2e} > {PARITY_TOL:.0e}")
+    (out / "export.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def export_checkpoint(model: nn.Module, meta: dict[str, Any],
+                      out_dir: str | Path) -> dict[str, Any]:
+    """Export ``model`` as its checkpoint ``meta`` (model, labels, preprocess per view,
+    window, interval_s) says: the streaming split for a two-branch bimodal model, one graph
+    otherwise."""
+    kind = single_graph_kind(model)
+    if kind is None:
+        return export_bimodal(model, meta, out_dir)
+    window = None if kind == ROLE_IMAGE else {"frames": int(meta["window"]),
+                                              "interval_s": float(meta["interval_s"])}
+    return export_single(model, kind=kind, labels=list(meta["labels"]),
+                         preprocess=meta["preprocess"][VIEW_OF[kind]], window=window,
+                         model_name=str(meta["model"]), out_dir=out_dir)

@@ -1,6 +1,7 @@
-"""Training of the bimodal model on a PhantomSet: patient split, class-balanced batches,
-AdamW/SGD with warmup + cosine, best-by-val-loss weights, a time budget; the checkpoint is
-``model.safetensors`` (weights only, never pickle) + ``model.json`` (everything else)."""
+"""Training of any registered model on an ``ArraySet``: patient-level validation split,
+class-balanced batches, SGD (momentum, S2) or AdamW with warmup + cosine, mixed precision on
+GPU, early stopping on validation loss, a time budget, deterministic seeds, resume, DDP
+under torchrun. Writes ``model.safetensors`` + ``model.json`` (see ``checkpoint``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,19 +19,32 @@ import torch
 import torch.nn.functional as F
 from rich import progress as rp
 from rich.console import Console
-from safetensors.torch import load_file, save_file
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
-from hepascope.train.data import PhantomSet, WindowDataset
+from hepascope.stream.errors import DataError
+from hepascope.train import distributed as ddp
+from hepascope.train.augment import Augment
+from hepascope.train.checkpoint import (
+    atomic_json,
+    load_checkpoint,
+    load_resume,
+    save_model,
+    save_resume,
+)
+from hepascope.train.datasets.arrays import ArraySet
 from hepascope.train.models import create_model
+from hepascope.train.models.registry import model_kind
+from hepascope.train.samples import ArrayDataset, BalancedSampler, ShuffleSampler
 
-CHECKPOINT_VERSION = 1
+__all__ = ["TrainConfig", "TrainResult", "evaluate", "load_checkpoint", "model_kwargs",
+           "predict", "train"]
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Hyper-parameters; ``num_threads`` None = all cores, ``max_minutes`` None = no limit."""
+    """Hyper-parameters; ``num_threads`` None = the process's share of the cores,
+    ``max_minutes`` None = no limit, ``device`` auto = CUDA when present."""
 
     model: str = "bimodal_resnet18_lite"
     epochs: int = 14
@@ -47,6 +61,9 @@ class TrainConfig:
     val_fraction: float = 0.25
     balanced: bool = True
     augment: bool = True
+    device: str = "auto"
+    amp: bool = True  # mixed precision (fp16 autocast + grad scaling), GPU only
+    model_args: tuple[tuple[str, Any], ...] = ()  # extra constructor kwargs (e.g. width)
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("adamw", "sgd"):
@@ -61,6 +78,10 @@ class TrainConfig:
             raise ValueError(f"num_threads must be >= 1, got {self.num_threads}")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ValueError(f"max_minutes must be > 0, got {self.max_minutes}")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
 
 
 @dataclass
@@ -71,24 +92,21 @@ class TrainResult:
     best_epoch: int = 0
     epochs_run: int = 0
     seconds: float = 0.0
-    stopped: str = "epochs"  # "epochs" | "early" | "time"
+    stopped: str = "epochs"  # "epochs" | "early" | "time" | "paused"
+    weights_sha256: str = ""
 
 
-class BalancedSampler(Sampler[int]):
-    """Every class equally often per epoch, without replacement where the class has enough
-    samples: each class's indices are permuted and cycled up to the largest class's count."""
-
-    def __init__(self, labels: np.ndarray, seed: int) -> None:
-        self.by_class = [np.flatnonzero(labels == c) for c in np.unique(labels)]
-        self.n_max = max(len(ix) for ix in self.by_class)
-        self.rng = np.random.default_rng(seed)
-
-    def __len__(self) -> int:
-        return self.n_max * len(self.by_class)
-
-    def __iter__(self) -> Iterator[int]:
-        picks = [np.resize(self.rng.permutation(ix), self.n_max) for ix in self.by_class]
-        return iter(self.rng.permutation(np.concatenate(picks)).tolist())
+def model_kwargs(data: ArraySet, kind: str) -> dict[str, Any]:
+    """Constructor arguments a model of ``kind`` needs to read ``data``."""
+    kw: dict[str, Any] = {"num_classes": len(data.classes)}
+    if kind == "image" and data.bmode is not None:
+        kw["in_chans"] = int(data.bmode.shape[1])
+    elif kind == "clip" and data.ceus is not None:
+        kw["in_chans"] = int(data.ceus.shape[2])
+    elif kind == "bimodal" and data.bmode is not None and data.ceus is not None:
+        kw.update(window=int(data.ceus.shape[1]), bmode_size=list(data.bmode.shape[-2:]),
+                  ceus_size=list(data.ceus.shape[-2:]))
+    return kw
 
 
 def confusion_matrix(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray,
@@ -119,31 +137,30 @@ def metrics_from_confusion(conf: np.ndarray, labels: Sequence[str]) -> dict[str,
 
 
 @torch.no_grad()
-def _predict(model: nn.Module, dataset: Dataset[Any], batch_size: int
-             ) -> tuple[np.ndarray, np.ndarray, float]:
-    """(true labels, predicted labels, mean cross-entropy) over ``dataset``."""
+def predict(model: nn.Module, dataset: Dataset[Any], *, batch_size: int = 64,
+            device: torch.device | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(true labels (N,), softmax probabilities (N, C)) of ``model`` over ``dataset``."""
     model.eval()
-    ys, ps, loss = [], [], 0.0
-    for bm, ce, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        logits = model(bm, ce)
-        loss += float(F.cross_entropy(logits, y, reduction="sum"))
+    dev = device or torch.device("cpu")
+    ys, ps = [], []
+    for xs, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        logits = model(*(x.to(dev) for x in xs)).float()
         ys.append(y.numpy())
-        ps.append(logits.argmax(1).numpy())
-    y_true, y_pred = np.concatenate(ys), np.concatenate(ps)
-    return y_true, y_pred, loss / max(1, len(y_true))
+        ps.append(torch.softmax(logits, 1).cpu().numpy())
+    return np.concatenate(ys), np.concatenate(ps)
 
 
 def evaluate(model: nn.Module, dataset: Dataset[Any], *, labels: Sequence[str] | None = None,
-             batch_size: int = 64) -> dict[str, Any]:
-    """Metrics of ``model`` on ``dataset`` of (bmode, ceus, label); see metrics_from_confusion.
-    ``labels`` default to the dataset's PhantomSet classes."""
+             batch_size: int = 64, device: torch.device | None = None) -> dict[str, Any]:
+    """Accuracy, macro F1, per-class sensitivity/specificity and mean cross-entropy."""
     if labels is None:
-        if not isinstance(dataset, WindowDataset):
-            raise ValueError("evaluate needs labels= for a dataset that is not a WindowDataset")
-        labels = dataset.pset.classes
-    y_true, y_pred, loss = _predict(model, dataset, batch_size)
-    out = metrics_from_confusion(confusion_matrix(y_true, y_pred, len(labels)), labels)
-    out["loss"] = loss
+        if not isinstance(dataset, ArrayDataset):
+            raise ValueError("evaluate needs labels= for a dataset that is not an ArrayDataset")
+        labels = dataset.data.classes
+    y, p = predict(model, dataset, batch_size=batch_size, device=device)
+    out = metrics_from_confusion(confusion_matrix(y, p.argmax(1), len(labels)), labels)
+    out["loss"] = float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-12, 1)).mean()) \
+        if len(y) else 0.0
     return out
 
 
@@ -162,116 +179,181 @@ def _progress_bar(enabled: bool, console: Console) -> rp.Progress:
                        console=console, disable=not enabled)
 
 
-def train(pset: PhantomSet, cfg: TrainConfig, out_dir: str | Path,
-          progress: bool = True) -> TrainResult:
-    """Train ``cfg.model`` on ``pset`` (patient split), keep the best-by-val-loss weights,
-    write ``out_dir/model.safetensors`` + ``model.json``."""
-    t_start = time.monotonic()
-    out = Path(out_dir)
-    console = Console()
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    torch.set_num_threads(cfg.num_threads or os.cpu_count() or 1)
-    tr_idx, va_idx = pset.split_by_patient(cfg.val_fraction, cfg.seed)
-    train_ds = WindowDataset(pset, tr_idx, augment=cfg.augment, seed=cfg.seed)
-    val_ds = WindowDataset(pset, va_idx, augment=False)
-    sampler: Sampler[int] = (BalancedSampler(train_ds.labels(), cfg.seed) if cfg.balanced else
-                             torch.utils.data.RandomSampler(
-                                 train_ds, generator=torch.Generator().manual_seed(cfg.seed)))
-    loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, drop_last=True)
-    if len(loader) == 0:
-        raise ValueError(f"{len(train_ds)} training samples: fewer than one batch of "
-                         f"{cfg.batch_size}")
-    kwargs: dict[str, Any] = {"num_classes": len(pset.classes), "window": pset.window.window,
-                              "bmode_size": list(pset.preprocess["bmode"]["size"]),
-                              "ceus_size": list(pset.preprocess["ceus"]["size"])}
-    # channels_last: ~20% faster convolutions on CPU (oneDNN); weights are saved contiguous
-    model = create_model(cfg.model, **kwargs)
-    model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    opt: torch.optim.Optimizer = (
-        torch.optim.AdamW(groups, lr=cfg.lr) if cfg.optimizer == "adamw"
-        else torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True))
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
+
+
+def _split(data: ArraySet, cfg: TrainConfig, train_idx: np.ndarray | None,
+           val_idx: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    if train_idx is not None and val_idx is not None:
+        return np.asarray(train_idx, np.int64), np.asarray(val_idx, np.int64)
+    from hepascope.train.evaluation.folds import holdout_split
+
+    base = np.arange(len(data)) if train_idx is None else np.asarray(train_idx, np.int64)
+    tr, va = holdout_split(data.labels[base], data.groups[base], cfg.val_fraction, cfg.seed)
+    return base[tr], base[va]
+
+
+def _memory_format(kind: str) -> torch.memory_format:
+    # channels_last: ~20% faster 2-D convolutions on CPU (oneDNN) and tensor cores on GPU
+    return torch.channels_last_3d if kind == "clip" else torch.channels_last
+
+
+def _to_device(x: torch.Tensor, kind: str, device: torch.device) -> torch.Tensor:
+    """Convolution inputs in the model's memory format (a bimodal CEUS window (B,T,C,h,w)
+    is flattened to frames inside the model: it stays contiguous)."""
+    if (x.ndim == 4 and kind != "clip") or (x.ndim == 5 and kind == "clip"):
+        return x.to(device, memory_format=_memory_format(kind))
+    return x.to(device)
+
+
+def train(data: ArraySet, cfg: TrainConfig, out_dir: str | Path, *,
+          train_idx: np.ndarray | None = None, val_idx: np.ndarray | None = None,
+          progress: bool = True, resume: bool = False,
+          stop_after: int | None = None) -> TrainResult:
+    """Train ``cfg.model`` on ``data[train_idx]`` (default: all but a patient-level
+    validation split), keep the best-by-validation-loss weights in ``out_dir``.
+
+    ``resume`` continues from ``out_dir/resume``; ``stop_after`` ends this invocation after
+    that many epochs (a job under a wall-time limit), resumable to the same weights. Under
+    torchrun each rank trains on its shard of every epoch; rank 0 writes."""
+    t_start = time.monotonic()
+    out, console = Path(out_dir), Console()
+    ctx = ddp.init_distributed(cfg.device)
+    kind = model_kind(cfg.model)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.set_num_threads(cfg.num_threads or max(1, (os.cpu_count() or 1) // ctx.world))
+    tr_idx, va_idx = _split(data, cfg, train_idx, val_idx)
+    train_ds = ArrayDataset(data, tr_idx, kind, augment=Augment() if cfg.augment else None,
+                            seed=cfg.seed + 7919 * ctx.rank)
+    val_ds = ArrayDataset(data, va_idx, kind)
+    sampler_cls = BalancedSampler if cfg.balanced else ShuffleSampler
+    sampler = sampler_cls(train_ds.labels(), cfg.seed, rank=ctx.rank, world=ctx.world)
+    # cfg.batch_size is the global batch; a set smaller than one batch trains in one step
+    per_rank = max(1, min(cfg.batch_size // ctx.world, len(sampler)))
+    loader = DataLoader(train_ds, batch_size=per_rank, sampler=sampler, drop_last=True)
+    if len(loader) == 0:
+        raise DataError(f"{len(train_ds)} training samples: nothing to train on")
+    kwargs = {**model_kwargs(data, kind), **dict(cfg.model_args)}
+    net = create_model(cfg.model, **kwargs).to(ctx.device)
+    net.to(memory_format=_memory_format(kind))  # type: ignore[call-overload]
+    model = ddp.wrap(net, ctx)
+    opt = _optimizer(net, cfg)
     total = cfg.epochs * len(loader)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, int(cfg.warmup_frac * total)))
-    deadline = None if cfg.max_minutes is None else t_start + 60 * cfg.max_minutes
+    use_amp = cfg.amp and ctx.device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     res = TrainResult(out, {})
-    best_loss, best_state = math.inf, None
-    with _progress_bar(progress, console) as bar:
-        for epoch in range(1, cfg.epochs + 1):
+    best_loss, first = math.inf, 1
+    if resume:
+        st = load_resume(out, model=net, optimizer=opt, scheduler=sched)
+        first, best_loss = st["epoch"] + 1, st["best_loss"]
+        res.history, res.best_epoch = st["history"], st["best_epoch"]
+        sampler.rng.bit_generator.state = st["sampler_rng"]
+        train_ds.rng.bit_generator.state = st["augment_rng"][ctx.rank]
+    deadline = None if cfg.max_minutes is None else t_start + 60 * cfg.max_minutes
+    last = cfg.epochs if stop_after is None else min(cfg.epochs, first + stop_after - 1)
+    meta = _meta(cfg, kind, kwargs, data, tr_idx, va_idx, ctx)
+    with _progress_bar(progress and ctx.is_main, console) as bar:
+        for epoch in range(first, last + 1):
             model.train()
             task = bar.add_task(f"epoch {epoch}/{cfg.epochs}", total=len(loader), loss=0.0)
             run_loss, n_steps, t_ep = 0.0, 0, time.monotonic()
-            for bm, ce, y in loader:
-                bm = bm.contiguous(memory_format=torch.channels_last)
-                loss = F.cross_entropy(model(bm, ce), y, label_smoothing=cfg.label_smoothing)
+            for xs, y in loader:
+                xs = tuple(_to_device(x, kind, ctx.device) for x in xs)
+                with torch.autocast(ctx.device.type, torch.float16, enabled=use_amp):
+                    loss = F.cross_entropy(model(*xs), y.to(ctx.device),
+                                           label_smoothing=cfg.label_smoothing)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
                 sched.step()
                 run_loss, n_steps = run_loss + loss.item(), n_steps + 1
                 bar.update(task, advance=1, loss=run_loss / n_steps)
-                if deadline is not None and time.monotonic() > deadline:
+                if deadline is not None and ddp.any_rank(time.monotonic() > deadline, ctx):
                     res.stopped = "time"
                     break
-            m = evaluate(model, val_ds)
+            ddp.sync_buffers(net, ctx)
+            m = evaluate(net, val_ds, device=ctx.device)
             res.history.append({"epoch": epoch, "train_loss": run_loss / n_steps,
                                 "val_loss": m["loss"], "val_accuracy": m["accuracy"],
                                 "seconds": time.monotonic() - t_ep})
             res.epochs_run = epoch
-            if progress:
+            if progress and ctx.is_main:
                 console.print(f"epoch {epoch}: train loss {run_loss / n_steps:.3f}  val loss "
                               f"{m['loss']:.3f}  val acc {m['accuracy']:.3f}  "
                               f"({time.monotonic() - t_ep:.0f} s)")
             if m["loss"] < best_loss:
                 best_loss, res.best_epoch, res.metrics = m["loss"], epoch, m
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                if ctx.is_main:
+                    save_model(out, net, {**meta, "metrics": _val_metrics(m, data, va_idx)})
             elif epoch - res.best_epoch >= cfg.patience and epoch < cfg.epochs:
                 res.stopped = "early"
+            if ctx.is_main:
+                save_resume(out, model=net, optimizer=opt, scheduler=sched, extra={
+                    "epoch": epoch, "best_loss": best_loss, "best_epoch": res.best_epoch,
+                    "history": res.history, "sampler_rng": sampler.rng.bit_generator.state,
+                    "augment_rng": _gather_states(train_ds.rng, ctx)})
+            else:
+                _gather_states(train_ds.rng, ctx)
             if res.stopped != "epochs":
                 break
-    assert best_state is not None  # at least one epoch ran
-    model.load_state_dict(best_state)
+    if res.stopped == "epochs" and last < cfg.epochs:
+        res.stopped = "paused"
     res.seconds = time.monotonic() - t_start
-    _write_checkpoint(out, model, cfg, pset, kwargs, res, va_idx)
+    res.weights_sha256 = ddp.weights_digest(net)
+    _finish(out, res, ctx)
     return res
 
 
-def _write_checkpoint(out: Path, model: nn.Module, cfg: TrainConfig, pset: PhantomSet,
-                      kwargs: dict[str, Any], res: TrainResult, va_idx: np.ndarray) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
-              str(out / "model.safetensors"))
-    val_cases = np.unique(pset.case_index[pset.sample_rows[va_idx]])
-    m = res.metrics
-    meta = {
-        "version": CHECKPOINT_VERSION, "model": cfg.model, "kwargs": kwargs,
-        "labels": list(pset.classes), "window": pset.window.window,
-        "interval_s": pset.window.interval_s, "preprocess": pset.preprocess,
-        "train": {**asdict(cfg), "data": {"seed": pset.seed, **asdict(pset.window),
-                                          **{k: v for k, v in pset.params.items()
-                                             if k not in ("ceus_t0_s", "ceus_speed")}},
-                  "seconds": round(res.seconds, 1), "epochs_run": res.epochs_run,
-                  "best_epoch": res.best_epoch, "stopped": res.stopped,
-                  "history": res.history},
-        "metrics": {"val_accuracy": m["accuracy"], "val_loss": m["loss"],
-                    "macro_f1": m["macro_f1"], "sensitivity": m["sensitivity"],
-                    "specificity": m["specificity"], "confusion": m["confusion"],
-                    "n_val_samples": m["n_samples"], "n_val_patients": len(val_cases)},
-    }
-    (out / "model.json").write_text(json.dumps(meta, indent=1))
+def _gather_states(rng: np.random.Generator, ctx: ddp.DistContext) -> list[Any]:
+    """Every rank's augmentation generator state (for resume), collected on all ranks."""
+    state = rng.bit_generator.state
+    if not ctx.enabled:
+        return [state]
+    states: list[Any] = [None] * ctx.world
+    torch.distributed.all_gather_object(states, state)
+    return states
 
 
-def load_checkpoint(out_dir: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """(model in eval mode, model.json as a dict) from a directory ``train`` wrote."""
-    d = Path(out_dir)
-    meta = json.loads((d / "model.json").read_text())
-    if meta.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"{d}/model.json: checkpoint version {meta.get('version')!r}, "
-                         f"expected {CHECKPOINT_VERSION}")
-    model = create_model(meta["model"], **meta["kwargs"])
-    model.load_state_dict(load_file(str(d / "model.safetensors")))
-    return model.eval(), meta
+def _meta(cfg: TrainConfig, kind: str, kwargs: dict[str, Any], data: ArraySet,
+          tr_idx: np.ndarray, va_idx: np.ndarray, ctx: ddp.DistContext) -> dict[str, Any]:
+    win = data.window or {}
+    return {"model": cfg.model, "kind": kind, "kwargs": kwargs, "labels": list(data.classes),
+            "window": int(win["frames"]) if kind != "image" and win else None,
+            "interval_s": float(win["interval_s"]) if kind != "image" and win else None,
+            "preprocess": data.preprocess,
+            "train": {**asdict(cfg), "data": data.source, "world_size": ctx.world,
+                      "n_train_samples": len(tr_idx), "n_val_samples": len(va_idx),
+                      "n_train_patients": len(set(data.groups[tr_idx].tolist())),
+                      "n_val_patients": len(set(data.groups[va_idx].tolist()))}}
+
+
+def _val_metrics(m: dict[str, Any], data: ArraySet, va_idx: np.ndarray) -> dict[str, Any]:
+    return {"val_accuracy": m["accuracy"], "val_loss": m["loss"], "macro_f1": m["macro_f1"],
+            "sensitivity": m["sensitivity"], "specificity": m["specificity"],
+            "confusion": m["confusion"], "n_val_samples": m["n_samples"],
+            "n_val_patients": len(set(data.groups[va_idx].tolist()))}
+
+
+def _finish(out: Path, res: TrainResult, ctx: ddp.DistContext) -> None:
+    """Record how the run ended in model.json; under DDP every rank leaves its weights'
+    digest (``rank<k>.sha256``) so identical replicas can be checked."""
+    if ctx.enabled:
+        (out / f"rank{ctx.rank}.sha256").write_text(res.weights_sha256 + "\n")
+        torch.distributed.barrier()
+    if ctx.is_main:
+        meta = json.loads((out / "model.json").read_text())
+        meta["train"].update(seconds=round(res.seconds, 1), epochs_run=res.epochs_run,
+                             best_epoch=res.best_epoch, stopped=res.stopped,
+                             history=res.history, final_weights_sha256=res.weights_sha256)
+        atomic_json(out / "model.json", meta)
+    ddp.shutdown(ctx)

@@ -57,3 +57,50 @@ def make_classifier(path: Path, *, input_name: str = "bmode", shape: tuple = (1,
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path
+
+
+def make_clip_model(path: Path, preprocess: dict[str, object], *, frames: int = 4,
+                    interval_s: float = 0.5, labels: tuple[str, ...] = ("non_hcc", "hcc"),
+                    n_classes: int = 2, rank: int = 5, drop: tuple[str, ...] = (),
+                    name: str = "clip3d-test", seed: int = 0) -> Path:
+    """A tiny clip model exported from PyTorch (Conv3d -> ReLU -> mean -> Linear ->
+    softmax) with the clip-export metadata; ``rank=4`` makes a per-frame Conv2d instead,
+    ``drop`` leaves metadata keys out. Needs torch (imported here, not by conftest)."""
+    import warnings
+
+    import torch
+    from torch import nn
+
+    size = preprocess["size"]
+    assert isinstance(size, list)
+    h, w = int(size[0]), int(size[1])
+
+    class Tiny(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            conv = nn.Conv3d if rank == 5 else nn.Conv2d
+            self.conv = conv(1, 4, 3, padding=1)
+            self.fc = nn.Linear(4, n_classes)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            feat = torch.relu(self.conv(x)).flatten(2).mean(2)
+            return torch.softmax(self.fc(feat), 1)
+
+    torch.manual_seed(seed)
+    model = Tiny().eval()
+    example = torch.randn(1, 1, frames, h, w) if rank == 5 else torch.randn(1, 1, h, w)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():  # the TorchScript exporter is deprecated, still exact
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(model, (example,), str(path), input_names=["clip"],
+                          output_names=["probs"], opset_version=17, dynamo=False,
+                          dynamic_axes={"clip": {0: "n"}, "probs": {0: "n"}})
+    meta = {"hepascope.version": "1", "hepascope.model": name, "hepascope.role": "clip",
+            "hepascope.labels": json.dumps(list(labels)),
+            "hepascope.preprocess": json.dumps(preprocess),
+            "hepascope.inputs": json.dumps({"clip": "ceus"}), "hepascope.output": "probs",
+            "hepascope.window": json.dumps({"frames": frames, "interval_s": interval_s})}
+    m = onnx.load(str(path))
+    helper.set_model_props(m, {k: v for k, v in meta.items() if k not in drop})
+    onnx.save(m, str(path))
+    return path

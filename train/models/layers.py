@@ -1,9 +1,14 @@
-"""Attention layers and the parallel residual block of the seed paper (S1).
+"""Layers the models share: attention (SimAM, coordinate attention, squeeze-excitation),
+ResNet's blocks with the parallel residual block of the seed paper (S1), and adaptive
+pooling that exports.
 
-Both attentions are written with means over one axis (no adaptive pooling) so they export
-to ONNX as ReduceMean and stay in TensorRT's supported-op set."""
+Attentions are written with means over axes (no adaptive pooling) so they export to ONNX
+as ReduceMean and stay in TensorRT's supported-op set."""
 
 from __future__ import annotations
+
+from functools import lru_cache
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -66,26 +71,112 @@ def conv_bn(cin: int, cout: int, k: int, stride: int = 1, dilation: int = 1,
                          nn.BatchNorm2d(cout))
 
 
-class BasicBlock(nn.Module):
-    """ResNet's basic block (two 3x3 convolutions), with optional attention before the sum."""
+class SEModule(nn.Module):
+    """Squeeze-and-excitation (Hu et al., CVPR 2018): per-channel weights from the globally
+    averaged map through a bottleneck of ``channels // reduction``. The squeeze is a mean
+    (ReduceMean in ONNX) and the two FC layers are 1x1 convolutions, so no reshapes."""
 
-    expansion = 1
-
-    def __init__(self, cin: int, cout: int, stride: int = 1,
-                 attn_layer: type[nn.Module] | None = None) -> None:
+    def __init__(self, channels: int, reduction: int = 16) -> None:
         super().__init__()
-        self.conv1 = conv_bn(cin, cout, 3, stride)
-        self.conv2 = conv_bn(cout, cout, 3)
+        mid = max(4, channels // reduction)
+        self.fc1 = nn.Conv2d(channels, mid, 1)
+        self.act = nn.ReLU(inplace=True)
+        self.fc2 = nn.Conv2d(mid, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.fc2(self.act(self.fc1(x.mean(dim=(2, 3), keepdim=True))))
+        return x * torch.sigmoid(s)
+
+
+@lru_cache(maxsize=64)
+def _pool_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    """(n_out, n_in) averaging matrix with ``adaptive_avg_pool``'s bins:
+    [floor(i * n_in / n_out), ceil((i + 1) * n_in / n_out))."""
+    m = torch.zeros(n_out, n_in)
+    for i in range(n_out):
+        lo, hi = (i * n_in) // n_out, -(-((i + 1) * n_in) // n_out)
+        m[i, lo:hi] = 1.0 / (hi - lo)
+    return m
+
+
+class StaticAdaptiveAvgPool(nn.Module):
+    """Adaptive average pooling to ``output_size`` over the last ``len(output_size)`` axes,
+    as one small matrix product per axis built from the input's (fixed) size.
+
+    Same result as ``adaptive_avg_pool{2,3}d``, but it exports to ONNX at any input size
+    (the legacy exporter refuses adaptive pooling whose output does not divide the input)
+    and it also upsamples (a 2x2 map to 7x7), so a flattening head keeps its parameter
+    count whatever the input size. An axis already at its output size is left alone."""
+
+    def __init__(self, output_size: tuple[int, ...]) -> None:
+        super().__init__()
+        if not output_size or min(output_size) < 1:
+            raise ValueError(f"output_size must be positive, got {output_size}")
+        self.output_size = tuple(output_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        last, k = x.dim() - 1, len(self.output_size)
+        for i, n_out in enumerate(self.output_size):
+            d = last - k + 1 + i  # non-negative axes: the exporter mangles negative ones
+            n_in = int(x.shape[d])  # a constant in the exported graph: sizes are fixed there
+            if n_in != n_out:
+                p = _pool_matrix(n_in, n_out).to(x.device, x.dtype)
+                x = torch.matmul(x.transpose(d, last), p.t()).transpose(d, last)
+        return x
+
+
+class ResidualBlock(nn.Module):
+    """``act(attn(residual(x)) + shortcut(x))``: what ResNet's blocks share. Subclasses build
+    their convolutions, then call ``_finish`` (registration order kept as before, so
+    parameter order, and with it saved optimizer state, is unchanged)."""
+
+    expansion: ClassVar[int] = 1
+
+    def _finish(self, cin: int, cout: int, stride: int,
+                attn_layer: type[nn.Module] | None) -> None:
         self.attn = attn_layer(cout) if attn_layer else nn.Identity()
         self.shortcut = (nn.Identity() if stride == 1 and cin == cout
                          else conv_bn(cin, cout, 1, stride))
         self.act = nn.ReLU(inplace=True)
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv2(self.act(self.conv1(x)))
+        raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.attn(self.residual(x)) + self.shortcut(x))
+
+
+class BasicBlock(ResidualBlock):
+    """ResNet's basic block (two 3x3 convolutions), with optional attention before the sum."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1,
+                 attn_layer: type[nn.Module] | None = None) -> None:
+        super().__init__()
+        self.conv1 = conv_bn(cin, cout, 3, stride)
+        self.conv2 = conv_bn(cout, cout, 3)
+        self._finish(cin, cout, stride, attn_layer)
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self.act(self.conv1(x)))
+
+
+class Bottleneck(ResidualBlock):
+    """ResNet-50's block: 1x1 down to ``cout / 4``, 3x3 (carrying the stride, as in
+    torchvision's "v1.5"), 1x1 back up; optional attention before the sum."""
+
+    expansion: ClassVar[int] = 4
+
+    def __init__(self, cin: int, cout: int, stride: int = 1,
+                 attn_layer: type[nn.Module] | None = None) -> None:
+        super().__init__()
+        mid = cout // self.expansion
+        self.conv1 = conv_bn(cin, mid, 1)
+        self.conv2 = conv_bn(mid, mid, 3, stride)
+        self.conv3 = conv_bn(mid, cout, 1)
+        self._finish(cin, cout, stride, attn_layer)
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv3(self.act(self.conv2(self.act(self.conv1(x)))))
 
 
 class ParallelBlock(BasicBlock):

@@ -2,28 +2,36 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
-from hepascope.train.models.layers import BasicBlock
+from hepascope.train.models.layers import BasicBlock, Bottleneck, ResidualBlock
 from hepascope.train.models.registry import register_model
 
 
 class ResNet(nn.Module):
-    """ResNet with basic blocks. ``width`` is the first stage's channels (64 in the paper),
-    doubling per stage; ``block`` and ``attn_layer`` are passed in as types."""
+    """ResNet (He et al. 2016). ``width`` is the first stage's bottleneck channels (64 in the
+    paper), doubling per stage (times ``block.expansion`` at the stage's output); ``block``
+    and ``attn_layer`` are passed in as types. ``in_chans`` defaults to 1 (grey
+    ultrasound); the published parameter counts are at ``in_chans=3, num_classes=1000``."""
+
+    input_kind: ClassVar[str] = "image"
+    default_input_size: ClassVar[tuple[int, int]] = (224, 224)
 
     def __init__(self, layers: tuple[int, ...] = (2, 2, 2, 2), *, num_classes: int = 1000,
-                 in_chans: int = 3, width: int = 64, block: type[BasicBlock] = BasicBlock,
+                 in_chans: int = 1, width: int = 64, block: type[ResidualBlock] = BasicBlock,
                  attn_layer: type[nn.Module] | None = None, drop_rate: float = 0.0) -> None:
         super().__init__()
+        self.in_chans, self.num_classes = in_chans, num_classes
         self.stem = nn.Sequential(
             nn.Conv2d(in_chans, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width),
             nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1))
         stages: list[nn.Module] = []
         cin = width
         for i, n in enumerate(layers):
-            cout = width * 2**i
+            cout = width * 2**i * block.expansion
             blocks = [block(cin if j == 0 else cout, cout, 2 if (i > 0 and j == 0) else 1,
                             attn_layer) for j in range(n)]
             stages.append(nn.Sequential(*blocks))
@@ -52,5 +60,12 @@ class ResNet(nn.Module):
 
 @register_model
 def resnet18(**kwargs: object) -> ResNet:
-    """ResNet-18 (He et al. 2016): 11.7 M parameters at 1000 classes, 3 channels."""
+    """ResNet-18 (He et al. 2016; S0, S2, S3): 11.69 M parameters at 1000 classes, 3 chans."""
     return ResNet((2, 2, 2, 2), **kwargs)  # type: ignore[arg-type]
+
+
+@register_model
+def resnet50(**kwargs: object) -> ResNet:
+    """ResNet-50 (He et al. 2016; S2's model): bottleneck blocks [3, 4, 6, 3], 25.56 M
+    parameters at 1000 classes, 3 chans."""
+    return ResNet((3, 4, 6, 3), **{"block": Bottleneck, **kwargs})  # type: ignore[arg-type]
