@@ -171,7 +171,10 @@ def load_packaged_config(name: str) -> Config:
     view, for image-only data)."""
     res = resources.files("hepascope.stream").joinpath("configs", f"{name}.yaml")
     if not res.is_file():
-        raise ConfigError(f"no packaged config {name!r}")
+        folder = resources.files("hepascope.stream").joinpath("configs")
+        names = sorted(f.name[:-5] for f in folder.iterdir() if f.name.endswith(".yaml"))
+        raise ConfigError(f"{name}: no such config file, nor a packaged config "
+                          f"({', '.join(names)})")
     try:
         raw = yaml.safe_load(res.read_text())
     except yaml.YAMLError as e:
@@ -180,12 +183,15 @@ def load_packaged_config(name: str) -> Config:
 
 
 def load_config(path: str | Path | None = None) -> Config:
-    """The packaged default, or the YAML file at ``path``."""
+    """The packaged default, the YAML file at ``path``, or a packaged config by name
+    (``single_view``: a bare name that is not a file)."""
     if path is None:
         text = resources.files("hepascope.stream").joinpath("default.yaml").read_text()
         where = "default.yaml"
     else:
         p = Path(path)
+        if not p.is_file() and p.suffix == "" and len(p.parts) == 1:
+            return load_packaged_config(p.name)
         if not p.is_file():
             raise ConfigError(f"{p}: no such config file")
         text, where = p.read_text(), str(p)

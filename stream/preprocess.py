@@ -7,6 +7,7 @@ normalise to float32 (C, H, W)."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -84,9 +85,17 @@ def _sector_mask(spec: PreprocessSpec, name: str) -> np.ndarray | None:
     return sector.mask(rect.h, rect.w)
 
 
-@lru_cache(maxsize=8)
+_local = threading.local()
+
+
 def _clahe(clip: float, tiles: int) -> cv2.CLAHE:
-    return cv2.createCLAHE(clipLimit=clip, tileGridSize=(tiles, tiles))
+    """This thread's CLAHE for (clip, tiles): a cv2.CLAHE keeps its working buffers in the
+    object, so two threads applying one at once corrupt each other's output (the main and
+    the clip model preprocess in their own threads)."""
+    cache: dict[tuple[float, int], cv2.CLAHE] = _local.__dict__.setdefault("cache", {})
+    if (clip, tiles) not in cache:
+        cache[(clip, tiles)] = cv2.createCLAHE(clipLimit=clip, tileGridSize=(tiles, tiles))
+    return cache[(clip, tiles)]
 
 
 def preprocess_view(image: np.ndarray, spec: PreprocessSpec, name: str) -> np.ndarray:
@@ -100,8 +109,6 @@ def preprocess_view(image: np.ndarray, spec: PreprocessSpec, name: str) -> np.nd
     if p.gaussian_sigma > 0:
         grey = cv2.GaussianBlur(grey, (0, 0), p.gaussian_sigma)
     if p.clahe_clip > 0:
-        # CLAHE objects are not thread-safe; the cached one is used by one thread at a time
-        # in the pipeline, and training workers are processes.
         grey = _clahe(p.clahe_clip, p.clahe_tiles).apply(grey)
         if mask is not None:
             grey = cv2.bitwise_and(grey, mask)

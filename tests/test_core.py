@@ -133,3 +133,32 @@ def test_latency_histogram_matches_numpy_within_a_bin() -> None:
     assert h.max == pytest.approx(values.max()) and h.mean == pytest.approx(values.mean())
     h.add(5000.0)  # beyond the range: the maximum, exactly
     assert h.percentile(100) == 5000.0
+
+
+def test_preprocessing_is_thread_safe() -> None:
+    """Two threads preprocessing at once (main and clip model) get exactly the results of
+    one thread: CLAHE's working buffers are per thread."""
+    import threading
+
+    from hepascope.stream.config import load_config
+    from hepascope.stream.preprocess import PreprocessSpec, preprocess_view
+
+    cfg = load_config()
+    spec = PreprocessSpec(cfg.layout, cfg.preprocess, (64, 64), 1, ("ceus",))
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (384, 768, 3), dtype=np.uint8) for _ in range(4)]
+    want = [preprocess_view(f, spec, "ceus") for f in frames]
+    bad: list[int] = []
+
+    def work(k: int) -> None:
+        for i in range(150):
+            j = (i + k) % len(frames)
+            if not np.array_equal(preprocess_view(frames[j], spec, "ceus"), want[j]):
+                bad.append(j)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not bad

@@ -36,13 +36,14 @@ from hepascope.train.models.card import card_row, format_table  # noqa: E402
 from hepascope.train.models.layers import StaticAdaptiveAvgPool  # noqa: E402
 
 SMALL = {"image": (64, 64), "clip": (8, 32, 32)}
-BIMODAL_SMALL: dict[str, Any] = {"window": 2, "bmode_size": (64, 64), "ceus_size": (32, 32)}
-# Narrower weights for the test of every model, where a model has >~5 M parameters: the
-# code paths (blocks, attention, fusion, heads) are the registered ones; the registered
-# widths are checked by the parameter counts below and exported by the models card.
+BIMODAL_SMALL: dict[str, Any] = {"window": 2, "bmode_size": (48, 48), "ceus_size": (32, 32)}
+# Narrower (and for the 40-block Inception, shallower) weights in the test of every model,
+# to keep it to seconds: the code paths (blocks, attention, fusion, heads, the ablations'
+# switches) are the registered ones; the registered sizes are checked by the parameter
+# counts below and exported, with parity, by the models card.
 SHRINK: dict[str, dict[str, Any]] = {
     "vgg16": {"fc_dim": 64}, "vgg16_bn": {"fc_dim": 64},
-    "se_inception_resnet_v2": {"width": 0.25}, "res3d_18": {"width": 16},
+    "se_inception_resnet_v2": {"width": 0.25, "depths": (2, 3, 2)}, "res3d_18": {"width": 16},
     "resnet50": {"width": 16}, "c3d": {"hidden": 64},
     **{n: {"width": 16, "ceus_width": 8} for n in list_models() if n.startswith("bimodal")},
 }
@@ -180,7 +181,7 @@ def test_single_branch_ablations_build_and_read_one_branch() -> None:
     with pytest.raises(ModelError, match="no ceus branch"):
         bmode.encode_ceus(c[:, 0])
     meta = {"model": "x", "labels": LABELS, "window": 2, "interval_s": 1.0,
-            "preprocess": {"bmode": _spec((64, 64), "bmode"), "ceus": _spec((32, 32), "ceus")}}
+            "preprocess": {"bmode": _spec((48, 48), "bmode"), "ceus": _spec((32, 32), "ceus")}}
     with pytest.raises(ModelError, match="export_single"):
         export_bimodal(ceus, meta, "unused")
     assert [single_graph_kind(m) for m in (both, bmode, ceus)] == [None, "image", "clip"]

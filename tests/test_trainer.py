@@ -20,7 +20,7 @@ from hepascope.train.checkpoint import load_checkpoint  # noqa: E402
 from hepascope.train.samples import ArrayDataset, BalancedSampler  # noqa: E402
 from hepascope.train.trainer import TrainConfig, predict, train  # noqa: E402
 
-SMALL = {"resnet18": (("width", 8),), "c3d": (("width", 8),),
+SMALL = {"resnet18": (("width", 8),), "c3d": (("channels", (8, 16, 32, 32)), ("hidden", 32)),
          "bimodal_resnet18_lite": (("width", 8), ("ceus_width", 8))}
 
 

@@ -117,13 +117,9 @@ def train_config(args: argparse.Namespace, model: str) -> Any:
 
 def resolve_config(spec: str | None) -> Any:
     """The config named by ``--config``: a YAML path, a packaged name, or the default."""
-    from hepascope.stream.config import load_config, load_packaged_config
+    from hepascope.stream.config import load_config
 
-    if spec is None:
-        return load_config()
-    if spec.endswith((".yaml", ".yml")) or Path(spec).exists():
-        return load_config(spec)
-    return load_packaged_config(spec)
+    return load_config(spec)
 
 
 def _progress(console: Any, what: str) -> tuple[Any, Any]:

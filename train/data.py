@@ -18,8 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
 from hepascope.stream.config import Config
 from hepascope.stream.phantom import LESION_CLASSES, Phantom, make_case
@@ -121,23 +119,6 @@ class PhantomSet:
     def sample_labels(self) -> np.ndarray:
         return self.labels[self.case_index[self.sample_rows]]
 
-    def split_by_patient(self, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        """(train, val) sample indices; per class, ``val_fraction`` of its cases (at least one
-        each side) go to validation, so no patient is on both sides."""
-        if not 0 < val_fraction < 1:
-            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-        rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5917]))
-        val_cases: list[int] = []
-        for c in range(len(self.classes)):
-            cases = np.flatnonzero(self.labels == c)
-            if len(cases) < 2:
-                raise ValueError(f"class {self.classes[c]!r} has {len(cases)} case(s); "
-                                 "a patient split needs at least 2 per class")
-            n_val = min(len(cases) - 1, max(1, round(val_fraction * len(cases))))
-            val_cases += rng.permutation(cases)[:n_val].tolist()
-        is_val = np.isin(self.case_index[self.sample_rows], val_cases)
-        return np.flatnonzero(~is_val), np.flatnonzero(is_val)
-
     def metadata(self) -> dict[str, Any]:
         return {"version": DATA_VERSION, "classes": list(self.classes), "seed": self.seed,
                 "window": asdict(self.window), "preprocess": self.preprocess,
@@ -226,63 +207,6 @@ def cached_phantom_set(cache_dir: str | Path, *, progress: Progress | None = Non
     pset = build_phantom_set(progress=progress, **params)
     pset.save(path)
     return pset
-
-
-class WindowDataset(Dataset[tuple[torch.Tensor, torch.Tensor, int]]):
-    """Samples of a PhantomSet as ``(bmode (1,H,W), ceus (T,1,h,w), label)`` float32.
-
-    ``augment``: flip (both views), a shift of a few pixels (both views, the same fraction
-    of their size, the whole CEUS window alike) and gain (x[1 +- gain]) / offset (+- offset,
-    normalised units) jitter per view inside the sector; nothing that changes speckle
-    statistics. Uses its own seeded generator (DataLoader with num_workers=0)."""
-
-    def __init__(self, pset: PhantomSet, sample_indices: np.ndarray | Sequence[int],
-                 augment: bool, *, seed: int = 0, max_shift: float = 0.04,
-                 gain: float = 0.1, offset: float = 0.1) -> None:
-        self.pset, self.augment = pset, augment
-        rows = pset.sample_rows
-        self.rows = rows[np.asarray(sample_indices, dtype=np.int64)]
-        self.rng = np.random.default_rng(seed)
-        self.max_shift, self.gain, self.offset = max_shift, gain, offset
-        # normalised value of black (outside the sector): offsets apply only above it
-        self.black = {v: -d["mean"] / d["std"] for v, d in pset.preprocess.items()}
-        self.white = {v: (1 - d["mean"]) / d["std"] for v, d in pset.preprocess.items()}
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def labels(self) -> np.ndarray:
-        return self.pset.labels[self.pset.case_index[self.rows]]
-
-    def _jitter(self, x: np.ndarray, view: str, flip: bool, frac: tuple[float, float]
-                ) -> np.ndarray:
-        h, w = x.shape[-2:]
-        dy, dx = round(frac[0] * h), round(frac[1] * w)
-        black = self.black[view]
-        out = np.full_like(x, black)
-        out[..., max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
-            x[..., max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
-        if flip:
-            out = out[..., ::-1]
-        a = 1.0 + self.rng.uniform(-self.gain, self.gain)
-        b = self.rng.uniform(-self.offset, self.offset)
-        inside = out > black + 1e-3
-        out = np.where(inside, (out - black) * a + black + b, out)
-        return np.clip(out, black, self.white[view]).astype(np.float32)  # grey stays 0..255
-
-    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        r = int(self.rows[k])
-        t = self.pset.window.window
-        bm = self.pset.bmode[r].astype(np.float32)
-        ce = self.pset.ceus[r - t + 1:r + 1].astype(np.float32)
-        if self.augment:
-            flip = bool(self.rng.random() < 0.5)
-            fy, fx = (float(v) for v in self.rng.uniform(-self.max_shift, self.max_shift, 2))
-            bm = self._jitter(bm, "bmode", flip, (fy, fx))
-            ce = self._jitter(ce, "ceus", flip, (fy, fx))
-        label = int(self.pset.labels[self.pset.case_index[r]])
-        return torch.from_numpy(np.ascontiguousarray(bm)), \
-            torch.from_numpy(np.ascontiguousarray(ce)), label
 
 
 def phantom_set_arrays(pset: PhantomSet) -> ArraySet:

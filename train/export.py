@@ -224,8 +224,7 @@ def export_single(model: nn.Module, *, kind: str, labels: list[str], preprocess:
             "hepascope.role": kind, "hepascope.labels": json.dumps(list(labels)),
             "hepascope.preprocess": json.dumps(preprocess),
             "hepascope.inputs": json.dumps({kind: VIEW_OF[kind]}), "hepascope.output": "probs"}
-    if kind == ROLE_CLIP:
-        assert window is not None  # checked by _single_input
+    if kind == ROLE_CLIP and window is not None:  # a clip without window: refused above
         meta["hepascope.window"] = json.dumps(
             {"frames": int(window["frames"]), "interval_s": float(window["interval_s"])})
     _set_metadata(path, meta)

@@ -90,11 +90,35 @@ def cmd_eval(args: argparse.Namespace) -> int:
             "versions": _versions()}
     report = write_report(results, data.classes, args.out, title=args.title or _title(args),
                           meta=meta)
+    _append_next_steps(args, report)
     console.print(f"wrote {args.out}/report.md and report.json "
                   f"({time.monotonic() - t0:.0f} s)")
     print(json.dumps({row["model"]: {"accuracy": row["accuracy"], "auc": row["auc"]}
                       for row in report["comparison"]}, default=float))
     return 0
+
+
+def _append_next_steps(args: argparse.Namespace, report: dict[str, Any]) -> None:
+    """End report.md with the commands that put the best model on the live path."""
+    def score(row: dict[str, Any]) -> float:
+        f1 = row.get("f1") or {}
+        return float(f1.get("mean") or 0.0)
+
+    best = max(report["comparison"], key=score)["model"]
+    data = f"--task {args.task}" if args.task else f"--data {args.data}"
+    kind = report["meta"]["models"][best]["kind"]
+    run = {"image": f"--model out/{best}/onnx/model.onnx",
+           "clip": f"--model BIMODAL_EXPORT --clip-model out/{best}/onnx",
+           "bimodal": f"--model out/{best}/onnx"}[kind]
+    cfg = f" --config {args.config}" if args.config else ""
+    cfg += "".join(f" --model-arg {a}" for a in args.model_arg)
+    text = (f"\n## Put the best model on the live path\n\nBest by mean F1 "
+            f"({report['comparison_basis']}): **{best}**. Train it on all the data, export "
+            f"it, run it:\n\n```bash\nhepascope train --model {best} {data}{cfg} "
+            f"--out out/{best}\nhepascope export --checkpoint out/{best}\n"
+            f"hepascope run --source SPEC {run}\n```\n")
+    with (args.out / "report.md").open("a") as f:
+        f.write(text)
 
 
 def _title(args: argparse.Namespace) -> str:

@@ -109,8 +109,9 @@ class BasicBlock3d(nn.Module):
             return self.proj(x)
         if self.stride != 1:  # every stride-th voxel, as Hara et al.'s type A
             x = F.avg_pool3d(x, 1, self.stride)
-        if self.pad_chans:  # type A: the new channels start at zero
-            x = F.pad(x, (0, 0, 0, 0, 0, 0, 0, self.pad_chans))
+        if self.pad_chans:  # type A: the new channels are zeros (batch axis kept dynamic)
+            zeros = torch.zeros_like(x[:, :1]).expand(-1, self.pad_chans, -1, -1, -1)
+            x = torch.cat([x, zeros], dim=1)
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,8 @@ be at least 75x75). S4 adds two things, both switchable here:
   concatenated (320 + 1088 + 1536 channels) before the classifier, so shallow texture
   features reach it directly. ``fusion=False`` classifies the last stage only.
 
-With both, the full model has 65.6 M parameters at 1000 classes (see the models card).
+With both, the full model has 65.66 M parameters at 1000 classes and 3 chans (62.73 M at
+5 classes, 1 chan; see the models card).
 ``width`` scales every channel count and ``depths`` the number of A/B/C blocks, for the
 CPU-sized variant."""
 
