@@ -421,5 +421,5 @@ def test_full_view_config_round_trip() -> None:
     mixed = config_from_dict({"version": 1, "layout": {"views": {"b": "full",
                                                                  "c": [0, 0, 8, 8]}}})
     assert mixed.layout.rect("c") == Rect(0, 0, 8, 8)
-    with pytest.raises(ConfigError, match="no packaged config"):
+    with pytest.raises(ConfigError, match="nor a packaged config"):
         load_packaged_config("nope")

@@ -61,6 +61,10 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    help="adamw, or sgd with momentum 0.9 as S2 (default adamw)")
     g.add_argument("--patience", type=positive(int), default=3,
                    help="early stopping: epochs without validation-loss gain (default 3)")
+    g.add_argument("--monitor", choices=["balanced_accuracy", "loss"],
+                   default="balanced_accuracy",
+                   help="validation score for best epoch and early stopping (default "
+                   "balanced_accuracy, ties to the lower loss)")
     g.add_argument("--val-fraction", type=float, default=0.25,
                    help="share of patients held out for early stopping (default 0.25)")
     g.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
@@ -105,6 +109,7 @@ def train_config(args: argparse.Namespace, model: str) -> Any:
         return TrainConfig(model=model, epochs=args.epochs, batch_size=args.batch_size,
                            lr=args.lr, weight_decay=args.weight_decay, optimizer=args.optimizer,
                            seed=args.seed, num_threads=args.threads, patience=args.patience,
+                           monitor=args.monitor,
                            max_minutes=args.max_minutes, val_fraction=args.val_fraction,
                            balanced=not args.no_balance, augment=not args.no_augment,
                            device=args.device, amp=not args.no_amp,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ import numpy as np
 from hepascope.stream.config import Config
 from hepascope.stream.phantom import LESION_CLASSES, Phantom, make_case
 from hepascope.stream.preprocess import PreprocessSpec, preprocess_view
-from hepascope.train.datasets.arrays import ArraySet
+from hepascope.train.datasets.arrays import ArraySet, load_pair, save_pair
 from hepascope.train.datasets.phantom import phantom_version
 from hepascope.train.datasets.pool import Progress, map_pool
 
@@ -126,25 +125,14 @@ class PhantomSet:
 
     def save(self, path: str | Path) -> Path:
         """Write ``path`` (.npz, compressed) and its .json metadata; returns the .npz path."""
-        p = Path(path).with_suffix(".npz")
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(p.stem + f".tmp{os.getpid()}.npz")
-        np.savez_compressed(tmp, bmode=self.bmode, ceus=self.ceus, case_index=self.case_index,
-                            frame_index=self.frame_index, labels=self.labels,
-                            fatty_grades=self.fatty_grades)
-        p.with_suffix(".json").write_text(json.dumps(self.metadata(), indent=1))
-        os.replace(tmp, p)  # the .npz appears last: its presence means the pair is complete
-        return p
+        return save_pair(path, {"bmode": self.bmode, "ceus": self.ceus,
+                                "case_index": self.case_index, "frame_index": self.frame_index,
+                                "labels": self.labels, "fatty_grades": self.fatty_grades},
+                         self.metadata(), compress=True)
 
     @classmethod
     def load(cls, path: str | Path) -> PhantomSet:
-        p = Path(path).with_suffix(".npz")
-        meta = json.loads(p.with_suffix(".json").read_text())
-        if meta.get("version") != DATA_VERSION:
-            raise ValueError(f"{p}: phantom set version {meta.get('version')!r}, "
-                             f"expected {DATA_VERSION}")
-        with np.load(p) as z:
-            arrays = {k: z[k] for k in z.files}
+        arrays, meta = load_pair(path, DATA_VERSION, "phantom set")
         return cls(**arrays, patient_ids=tuple(meta["patient_ids"]),
                    classes=tuple(meta["classes"]), window=WindowSpec(**meta["window"]),
                    preprocess=meta["preprocess"], seed=int(meta["seed"]), params=meta["params"])

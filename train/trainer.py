@@ -56,7 +56,11 @@ class TrainConfig:
     label_smoothing: float = 0.05
     seed: int = 0
     num_threads: int | None = None
-    patience: int = 3  # epochs without a val-loss improvement before stopping
+    patience: int = 3  # epochs without a validation improvement before stopping
+    # what "improvement" means: balanced accuracy (mean per-class sensitivity; ties go to
+    # the lower loss) or the loss alone. Validation sets of a few dozen patients make the
+    # loss swing with one over-confident mistake while the model is still improving.
+    monitor: str = "balanced_accuracy"
     max_minutes: float | None = None
     val_fraction: float = 0.25
     balanced: bool = True
@@ -80,6 +84,8 @@ class TrainConfig:
             raise ValueError(f"max_minutes must be > 0, got {self.max_minutes}")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.monitor not in ("balanced_accuracy", "loss"):
+            raise ValueError(f"monitor must be balanced_accuracy or loss, got {self.monitor!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
 
@@ -251,10 +257,10 @@ def train(data: ArraySet, cfg: TrainConfig, out_dir: str | Path, *,
     use_amp = cfg.amp and ctx.device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     res = TrainResult(out, {})
-    best_loss, first = math.inf, 1
+    best_score, first = (-math.inf, -math.inf), 1
     if resume:
         st = load_resume(out, model=net, optimizer=opt, scheduler=sched)
-        first, best_loss = st["epoch"] + 1, st["best_loss"]
+        first, best_score = st["epoch"] + 1, tuple(st["best_score"])
         res.history, res.best_epoch = st["history"], st["best_epoch"]
         sampler.rng.bit_generator.state = st["sampler_rng"]
         train_ds.rng.bit_generator.state = st["augment_rng"][ctx.rank]
@@ -291,15 +297,17 @@ def train(data: ArraySet, cfg: TrainConfig, out_dir: str | Path, *,
                 console.print(f"epoch {epoch}: train loss {run_loss / n_steps:.3f}  val loss "
                               f"{m['loss']:.3f}  val acc {m['accuracy']:.3f}  "
                               f"({time.monotonic() - t_ep:.0f} s)")
-            if m["loss"] < best_loss:
-                best_loss, res.best_epoch, res.metrics = m["loss"], epoch, m
+            score = _score(m, cfg.monitor)
+            if score > best_score:
+                best_score, res.best_epoch, res.metrics = score, epoch, m
                 if ctx.is_main:
                     save_model(out, net, {**meta, "metrics": _val_metrics(m, data, va_idx)})
             elif epoch - res.best_epoch >= cfg.patience and epoch < cfg.epochs:
                 res.stopped = "early"
             if ctx.is_main:
                 save_resume(out, model=net, optimizer=opt, scheduler=sched, extra={
-                    "epoch": epoch, "best_loss": best_loss, "best_epoch": res.best_epoch,
+                    "epoch": epoch, "best_score": list(best_score),
+                    "best_epoch": res.best_epoch,
                     "history": res.history, "sampler_rng": sampler.rng.bit_generator.state,
                     "augment_rng": _gather_states(train_ds.rng, ctx)})
             else:
@@ -312,6 +320,15 @@ def train(data: ArraySet, cfg: TrainConfig, out_dir: str | Path, *,
     res.weights_sha256 = ddp.weights_digest(net)
     _finish(out, res, ctx)
     return res
+
+
+def _score(m: dict[str, Any], monitor: str) -> tuple[float, float]:
+    """Validation score to maximise, compared as a tuple: (balanced accuracy, -loss) or
+    (-loss, 0)."""
+    if monitor == "loss":
+        return (-m["loss"], 0.0)
+    sens = [v for v in m["sensitivity"].values() if v is not None]
+    return (float(np.mean(sens)) if sens else 0.0, -m["loss"])
 
 
 def _gather_states(rng: np.random.Generator, ctx: ddp.DistContext) -> list[Any]:

@@ -76,31 +76,47 @@ class ArraySet:
 
     def save(self, path: str | Path) -> Path:
         """``path`` (.npz) and its .json metadata, written atomically; returns the .npz."""
-        p = Path(path).with_suffix(".npz")
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(p.stem + f".tmp{os.getpid()}.npz")
         arrays = {"labels": self.labels}
         if self.bmode is not None:
             arrays["bmode"] = self.bmode
         if self.ceus is not None:
             arrays["ceus"] = self.ceus
-        np.savez(tmp, **arrays)  # type: ignore[arg-type]
-        p.with_suffix(".json").write_text(json.dumps(self.metadata()))
-        os.replace(tmp, p)  # the .npz appears last: its presence means the pair is complete
-        return p
+        return save_pair(path, arrays, self.metadata(), compress=False)
 
     @classmethod
     def load(cls, path: str | Path) -> ArraySet:
-        p = Path(path).with_suffix(".npz")
-        try:
-            meta = json.loads(p.with_suffix(".json").read_text())
-            if meta.get("version") != ARRAYS_VERSION:
-                raise DataError(f"{p}: array set version {meta.get('version')!r}, "
-                                f"expected {ARRAYS_VERSION}")
-            with np.load(p) as z:
-                arrays = {k: z[k] for k in z.files}
-        except (OSError, ValueError, KeyError) as e:
-            raise DataError(f"{p}: cannot load array set ({e})") from e
+        arrays, meta = load_pair(path, ARRAYS_VERSION, "array set")
         return cls(tuple(meta["classes"]), arrays["labels"], np.array(meta["groups"], dtype=str),
                    arrays.get("bmode"), arrays.get("ceus"), meta["preprocess"], meta["window"],
                    meta["source"])
+
+
+def save_pair(path: str | Path, arrays: dict[str, np.ndarray], meta: dict[str, Any], *,
+              compress: bool) -> Path:
+    """``path`` as .npz plus a .json of ``meta``; the .npz is renamed into place last, so
+    its presence means the pair is complete (a cache a killed run leaves is never half)."""
+    p = Path(path).with_suffix(".npz")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(p.stem + f".tmp{os.getpid()}.npz")
+    if compress:
+        np.savez_compressed(tmp, **arrays)  # type: ignore[arg-type]
+    else:
+        np.savez(tmp, **arrays)  # type: ignore[arg-type]
+    p.with_suffix(".json").write_text(json.dumps(meta))
+    os.replace(tmp, p)
+    return p
+
+
+def load_pair(path: str | Path, version: int, what: str
+              ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """(arrays, metadata) that ``save_pair`` wrote; ``DataError`` if missing, unreadable or
+    of another version."""
+    p = Path(path).with_suffix(".npz")
+    try:
+        meta = json.loads(p.with_suffix(".json").read_text())
+        if meta.get("version") != version:
+            raise DataError(f"{p}: {what} version {meta.get('version')!r}, expected {version}")
+        with np.load(p) as z:
+            return {k: z[k] for k in z.files}, meta
+    except (OSError, ValueError, KeyError) as e:
+        raise DataError(f"{p}: cannot load {what} ({e})") from e

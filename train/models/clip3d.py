@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hepascope.train.models.layers import StaticAdaptiveAvgPool
+from hepascope.train.models.layers import StaticAdaptiveAvgPool, init_conv_bn
 from hepascope.train.models.registry import register_model
 
 CLIP_SIZE = (30, 64, 64)
@@ -37,15 +37,6 @@ def conv3_bn(cin: int, cout: int, k: int | tuple[int, int, int] = 3,
     if relu:
         layers.append(nn.ReLU(inplace=True))
     return nn.Sequential(*layers)
-
-
-def _init(model: nn.Module) -> None:
-    for m in model.modules():
-        if isinstance(m, nn.Conv3d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm3d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
 
 class Clip3D(nn.Module):
@@ -84,7 +75,7 @@ class C3D(Clip3D):
                                         nn.Dropout(drop_rate))
         self.num_features = hidden
         self.fc = nn.Linear(hidden, num_classes)
-        _init(self)
+        init_conv_bn(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
@@ -139,7 +130,7 @@ class ResNet3D(Clip3D):
         self.stages = nn.Sequential(*stages)
         self.num_features = cin
         self.fc = nn.Linear(cin, num_classes)
-        _init(self)
+        init_conv_bn(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.stages(self.stem(x))
@@ -183,7 +174,7 @@ class DenseNet3D(Clip3D):
         self.features = nn.Sequential(*layers)
         self.num_features = c
         self.fc = nn.Linear(c, num_classes)
-        _init(self)
+        init_conv_bn(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)

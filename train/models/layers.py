@@ -194,3 +194,14 @@ class ParallelBlock(BasicBlock):
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         return super().residual(x) + self.wide(x)
+
+
+def init_conv_bn(model: nn.Module) -> None:
+    """He (fan-out) init of every 2-D/3-D convolution, BatchNorm to identity: ResNet's
+    scheme, shared by the 2-D and 3-D backbones."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d | nn.Conv3d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d | nn.BatchNorm3d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)

@@ -7,7 +7,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from hepascope.train.models.layers import BasicBlock, Bottleneck, ResidualBlock
+from hepascope.train.models.layers import BasicBlock, Bottleneck, ResidualBlock, init_conv_bn
 from hepascope.train.models.registry import register_model
 
 
@@ -40,12 +40,7 @@ class ResNet(nn.Module):
         self.num_features = cin
         self.drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(cin, num_classes) if num_classes > 0 else nn.Identity()
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_conv_bn(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.stages(self.stem(x))
