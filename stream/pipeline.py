@@ -21,7 +21,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol
 
@@ -33,7 +32,7 @@ from hepascope.stream.frame import Frame
 from hepascope.stream.messages import SCHEMA_VERSION, TOPIC_RESULT, TOPIC_TELEMETRY
 from hepascope.stream.ring import RingReader, RingWriter, slot_bytes_for
 from hepascope.stream.sources.base import Source
-from hepascope.stream.stats import LatencyHistogram, LatencyWindow, RateMeter
+from hepascope.stream.stats import ModelTally, RunStats
 
 log = logging.getLogger(__name__)
 
@@ -71,88 +70,6 @@ class SideModel(Protocol):
 
 # (frame, time it was read) -> a result message, or None when the model did not run
 Step = Callable[[Frame, int], "dict[str, Any] | None"]
-
-
-@dataclass
-class ModelTally:
-    """Counters of one model: its thread counts frames (ints: GIL-atomic updates), the
-    publish thread its latencies."""
-
-    model: str
-    window_size: int = 300
-    frames_seen: int = 0  # frames its thread took from the ring
-    frames_out: int = 0   # results published
-    dropped: int = 0      # frames its thread never took
-    rate_out: RateMeter = field(default_factory=RateMeter)
-    totals: LatencyHistogram = field(default_factory=LatencyHistogram)
-    stage_sum_ms: dict[str, float] = field(default_factory=dict)
-    window: LatencyWindow = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.window = LatencyWindow(self.window_size)
-
-    def add(self, lat: dict[str, float], now_ns: int) -> None:
-        self.rate_out.tick(now_ns)
-        self.window.add(lat["total"])
-        self.totals.add(lat["total"])
-        for k, v in lat.items():
-            self.stage_sum_ms[k] = self.stage_sum_ms.get(k, 0.0) + v
-
-    def telemetry(self) -> dict[str, Any]:
-        """This model's entry in telemetry's ``models`` list."""
-        return {"model": self.model, "frames_seen": self.frames_seen,
-                "frames_out": self.frames_out, "dropped": self.dropped,
-                "fps_out": round(self.rate_out.rate(), 2),
-                "latency_p50_ms": round(self.window.percentile(50), 3),
-                "latency_p99_ms": round(self.window.percentile(99), 3)}
-
-    def summary(self, seconds: float) -> dict[str, Any]:
-        tot, n = self.totals, max(self.totals.count, 1)
-        return {
-            "model": self.model, "frames_seen": self.frames_seen,
-            "frames_out": self.frames_out, "dropped": self.dropped,
-            "results_per_s": round(self.frames_out / seconds, 2),
-            "latency_p50_ms": round(tot.percentile(50), 2),
-            "latency_p99_ms": round(tot.percentile(99), 2),
-            "latency_max_ms": round(tot.max, 2),
-            "stage_mean_ms": {k: round(v / n, 3) for k, v in self.stage_sum_ms.items()},
-        }
-
-
-@dataclass
-class RunStats:
-    """Counters of one run: frames captured, and one tally per model (the main one first)."""
-
-    main: ModelTally
-    side: list[ModelTally] = field(default_factory=list)
-    frames_in: int = 0
-    rate_in: RateMeter = field(default_factory=RateMeter)
-    t_start_ns: int = field(default_factory=time.monotonic_ns)
-
-    @property
-    def models(self) -> list[ModelTally]:
-        return [self.main, *self.side]
-
-    def settle(self) -> None:
-        """At the end: frames captured after a model's last look were never seen either."""
-        for m in self.models:
-            m.dropped = self.frames_in - m.frames_seen
-
-    def summary(self) -> dict[str, Any]:
-        """The main model's figures at the top level (as before side models existed), and
-        every model's under ``models``."""
-        seconds = max((time.monotonic_ns() - self.t_start_ns) / 1e9, 1e-9)
-        main = self.main.summary(seconds)
-        return {
-            "seconds": round(seconds, 3),
-            "frames_in": self.frames_in,
-            "frames_out": main["frames_out"],
-            "dropped": main["dropped"],
-            "fps_in": round(self.frames_in / seconds, 2),
-            **{k: main[k] for k in ("results_per_s", "latency_p50_ms", "latency_p99_ms",
-                                    "latency_max_ms", "stage_mean_ms")},
-            "models": [main, *(m.summary(seconds) for m in self.side)],
-        }
 
 
 class Pipeline:
