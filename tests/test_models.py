@@ -15,9 +15,15 @@ import pytest
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
-from hepascope.stream.config import load_config  # noqa: E402
+from support.models import (  # noqa: E402
+    BIMODAL_SMALL,
+    LABELS,
+    small_export_meta,
+)
+from support.models import preprocess_spec as _spec  # noqa: E402
+from support.models import small_model as _small  # noqa: E402
+
 from hepascope.stream.errors import ModelError  # noqa: E402
-from hepascope.stream.preprocess import PreprocessSpec  # noqa: E402
 from hepascope.train.cli import bimodal_models, registered_models  # noqa: E402
 from hepascope.train.export import (  # noqa: E402
     export_bimodal,
@@ -35,36 +41,6 @@ from hepascope.train.models import (  # noqa: E402
 from hepascope.train.models.card import card_row, format_table  # noqa: E402
 from hepascope.train.models.layers import StaticAdaptiveAvgPool  # noqa: E402
 
-SMALL = {"image": (64, 64), "clip": (8, 32, 32)}
-BIMODAL_SMALL: dict[str, Any] = {"window": 2, "bmode_size": (48, 48), "ceus_size": (32, 32)}
-# Narrower (and for the 40-block Inception, shallower) weights in the test of every model,
-# to keep it to seconds: the code paths (blocks, attention, fusion, heads, the ablations'
-# switches) are the registered ones; the registered sizes are checked by the parameter
-# counts below and exported, with parity, by the models card.
-SHRINK: dict[str, dict[str, Any]] = {
-    "vgg16": {"fc_dim": 64}, "vgg16_bn": {"fc_dim": 64},
-    "se_inception_resnet_v2": {"width": 0.25, "depths": (2, 3, 2)}, "res3d_18": {"width": 16},
-    "resnet50": {"width": 16}, "c3d": {"hidden": 64},
-    **{n: {"width": 16, "ceus_width": 8} for n in list_models() if n.startswith("bimodal")},
-}
-LABELS = ["normal", "cyst", "hcc"]
-
-
-def _spec(size: tuple[int, int], view: str, chans: int = 1) -> dict[str, Any]:
-    c = load_config()
-    return PreprocessSpec(c.layout, c.preprocess, size, chans, (view,)).to_dict()
-
-
-def _small(name: str) -> tuple[torch.nn.Module, Any]:
-    """The model (3 classes, grey) and a small input size for it."""
-    kind = model_kind(name)
-    extra = BIMODAL_SMALL if kind == "bimodal" else {}
-    model = create_model(name, num_classes=3, **extra, **SHRINK.get(name, {}))
-    if kind == "bimodal":
-        return model, None
-    least = getattr(model, "min_input_size", SMALL[kind])
-    return model, tuple(max(a, b) for a, b in zip(SMALL[kind], least, strict=True))
-
 
 @pytest.mark.parametrize("name", list_models())
 def test_model_trains_counts_and_exports(name: str, tmp_path: Path) -> None:
@@ -81,13 +57,7 @@ def test_model_trains_counts_and_exports(name: str, tmp_path: Path) -> None:
     assert model.training  # count_flops restores the mode
 
     kind = single_graph_kind(model)
-    if size is None:
-        hw, frames, ceus_hw = BIMODAL_SMALL["bmode_size"], 2, BIMODAL_SMALL["ceus_size"]
-    else:
-        hw = ceus_hw = size[-2:]
-        frames = size[0] if len(size) == 3 else 2
-    meta = {"model": name, "labels": LABELS, "window": frames, "interval_s": 2.0,
-            "preprocess": {"bmode": _spec(hw, "bmode"), "ceus": _spec(ceus_hw, "ceus")}}
+    meta = small_export_meta(name, size)
     report = export_checkpoint(model, meta, tmp_path)
     assert report["max_abs_diff"] < 1e-4
     assert json.loads((tmp_path / "export.json").read_text()) == report

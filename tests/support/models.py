@@ -104,3 +104,62 @@ def make_clip_model(path: Path, preprocess: dict[str, object], *, frames: int = 
     helper.set_model_props(m, {k: v for k, v in meta.items() if k not in drop})
     onnx.save(m, str(path))
     return path
+
+
+# Small sizes of every registered model, shared by the tests that build and export them
+# (test_models, test_trt_ops). Narrower (and for the 40-block Inception, shallower) weights,
+# to keep each to seconds: the code paths (blocks, attention, fusion, heads, the ablations'
+# switches) are the registered ones; the registered sizes are checked by the parameter
+# counts in test_models and exported, with parity, by the models card. Torch is imported in
+# the functions, not here (conftest imports this module).
+SMALL = {"image": (64, 64), "clip": (8, 32, 32)}
+BIMODAL_SMALL: dict[str, object] = {"window": 2, "bmode_size": (48, 48), "ceus_size": (32, 32)}
+LABELS = ["normal", "cyst", "hcc"]
+_SHRINK: dict[str, dict[str, object]] = {
+    "vgg16": {"fc_dim": 64}, "vgg16_bn": {"fc_dim": 64},
+    "se_inception_resnet_v2": {"width": 0.25, "depths": (2, 3, 2)}, "res3d_18": {"width": 16},
+    "resnet50": {"width": 16}, "c3d": {"hidden": 64},
+}
+
+
+def shrink_kwargs(name: str) -> dict[str, object]:
+    """The constructor kwargs that make registered model ``name`` small."""
+    if name.startswith("bimodal"):
+        return {"width": 16, "ceus_width": 8}
+    return dict(_SHRINK.get(name, {}))
+
+
+def preprocess_spec(size: tuple[int, int], view: str, chans: int = 1) -> dict[str, object]:
+    """The default config's preprocessing spec of ``view`` at ``size``, as a dict."""
+    from hepascope.stream.config import load_config
+    from hepascope.stream.preprocess import PreprocessSpec
+
+    c = load_config()
+    return PreprocessSpec(c.layout, c.preprocess, size, chans, (view,)).to_dict()
+
+
+def small_model(name: str) -> tuple[object, object]:
+    """Registered model ``name`` (3 classes, grey, small) and a small input size for it
+    (None for a bimodal model: its sizes are BIMODAL_SMALL)."""
+    from hepascope.train.models import create_model, model_kind
+
+    kind = model_kind(name)
+    extra = BIMODAL_SMALL if kind == "bimodal" else {}
+    model = create_model(name, num_classes=3, **extra, **shrink_kwargs(name))
+    if kind == "bimodal":
+        return model, None
+    least = getattr(model, "min_input_size", SMALL[kind])
+    return model, tuple(max(a, b) for a, b in zip(SMALL[kind], least, strict=True))
+
+
+def small_export_meta(name: str, size: object) -> dict[str, object]:
+    """Checkpoint metadata for exporting ``small_model(name)`` at its ``size``."""
+    if size is None:
+        hw, frames, ceus_hw = BIMODAL_SMALL["bmode_size"], 2, BIMODAL_SMALL["ceus_size"]
+    else:
+        assert isinstance(size, tuple)
+        hw = ceus_hw = size[-2:]
+        frames = size[0] if len(size) == 3 else 2
+    return {"model": name, "labels": LABELS, "window": frames, "interval_s": 2.0,
+            "preprocess": {"bmode": preprocess_spec(hw, "bmode"),  # type: ignore[arg-type]
+                           "ceus": preprocess_spec(ceus_hw, "ceus")}}  # type: ignore[arg-type]
