@@ -33,11 +33,13 @@ from hepascope.train.checkpoint import (
     save_resume,
 )
 from hepascope.train.datasets.arrays import ArraySet
+from hepascope.train.evaluation.metrics import confusion as confusion_matrix
 from hepascope.train.models import create_model
 from hepascope.train.models.registry import model_kind
 from hepascope.train.samples import ArrayDataset, BalancedSampler, ShuffleSampler
 
-__all__ = ["TrainConfig", "TrainResult", "evaluate", "load_checkpoint", "model_kwargs",
+__all__ = ["TrainConfig", "TrainResult", "confusion_matrix", "evaluate", "load_checkpoint",
+           "model_kwargs",
            "predict", "train"]
 
 
@@ -113,14 +115,6 @@ def model_kwargs(data: ArraySet, kind: str) -> dict[str, Any]:
         kw.update(window=int(data.ceus.shape[1]), bmode_size=list(data.bmode.shape[-2:]),
                   ceus_size=list(data.ceus.shape[-2:]))
     return kw
-
-
-def confusion_matrix(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray,
-                     n_classes: int) -> np.ndarray:
-    """``conf[t, p]`` = number of samples of class t predicted as p."""
-    conf = np.zeros((n_classes, n_classes), np.int64)
-    np.add.at(conf, (np.asarray(y_true, np.int64), np.asarray(y_pred, np.int64)), 1)
-    return conf
 
 
 def metrics_from_confusion(conf: np.ndarray, labels: Sequence[str]) -> dict[str, Any]:
