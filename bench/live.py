@@ -4,6 +4,7 @@ report capture->publish latency per 15 s window, frames in/out/dropped.
     python -m hepascope.bench.live --source session.mp4 --model m.onnx --seconds 120
     python -m hepascope.bench.live --source session.mp4 --model DIR --clip-model CLIP \
         --clip-every 30 --seconds 60
+    python -m hepascope.bench.live --source session.mp4 --model DIR --engine auto
 
 With inference slower than the source, the windows' percentiles should stay flat while
 ``dropped`` grows: newest-frame-wins never lets a queue build up. The latency windows are
@@ -13,11 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from hepascope.engines import CHOICES
 from hepascope.stream.app import RunRequest, run_pipeline
 from hepascope.stream.config import load_config
 from hepascope.stream.sources import SourceOptions
@@ -32,13 +35,14 @@ class _Latencies:
 
 
 def measure(source: str, model: Path, seconds: float, window_s: float = 15.0, *,
-            clip_model: Path | None = None, clip_every: int = 30) -> dict[str, Any]:
+            clip_model: Path | None = None, clip_every: int = 30,
+            engine: str = "onnxruntime") -> dict[str, Any]:
     lat = _Latencies()
     summary = run_pipeline(RunRequest(source=source, model=model, config=load_config(),
                                       publish="tcp://127.0.0.1:*",
                                       options=SourceOptions(loop=True), duration_s=seconds,
                                       listeners=(lat,), clip_model=clip_model,
-                                      clip_every=clip_every))
+                                      clip_every=clip_every, engine=engine))
     main = [r for r in lat.rows if r[0] == summary["model"]]
     t = np.array([r[1] for r in main], dtype=np.float64)
     ms = np.array([r[2] for r in main])
@@ -60,10 +64,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=120.0)
     p.add_argument("--clip-model", type=Path, help="a clip export to run beside --model")
     p.add_argument("--clip-every", type=int, default=30, help="clip model cadence (frames)")
+    p.add_argument("--engine", default="onnxruntime", choices=CHOICES,
+                   help="inference backend (default onnxruntime; auto: tensorrt, else torch "
+                   "on CUDA, else onnxruntime, logged)")
     p.add_argument("--out", type=Path, help="write the JSON here too")
     args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="hepascope: %(levelname)s: %(message)s")
     result = measure(args.source, args.model, args.seconds, clip_model=args.clip_model,
-                     clip_every=args.clip_every)
+                     clip_every=args.clip_every, engine=args.engine)
     text = json.dumps(result, indent=1)
     if args.out:
         args.out.write_text(text)

@@ -1,6 +1,19 @@
 """hepascope.engines: one interface, ``infer(dict[str, ndarray]) -> dict[str, ndarray]``,
-over several backends. ONNX Runtime on CPU is the embedded default."""
+over several backends: ONNX Runtime on CPU (the embedded default), TensorRT, and torch
+(CUDA: fp16, channels_last, CUDA graphs; CPU: the eager fp32 baseline). ``auto`` picks
+the fastest the machine has and logs why (``choose_backend``)."""
 
-from hepascope.engines.base import Engine, TensorSpec, open_engine
+from hepascope.engines.base import (
+    BACKENDS,
+    CHOICES,
+    Engine,
+    Probes,
+    TensorSpec,
+    choose_backend,
+    open_engine,
+    resolve_backend,
+    weights_dir,
+)
 
-__all__ = ["Engine", "TensorSpec", "open_engine"]
+__all__ = ["BACKENDS", "CHOICES", "Engine", "Probes", "TensorSpec", "choose_backend",
+           "open_engine", "resolve_backend", "weights_dir"]

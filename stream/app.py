@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hepascope.engines import resolve_backend
 from hepascope.stream.config import Config
 from hepascope.stream.models import open_clip_model, open_model
 from hepascope.stream.pipeline import ResultListener, SideModel, compose
@@ -32,7 +33,7 @@ class RunRequest:
     publish: str | None = None          # None: the config's endpoint
     record: Path | None = None
     duration_s: float | None = None
-    engine: str = "onnxruntime"
+    engine: str = "onnxruntime"  # onnxruntime | tensorrt | torch | auto
     threads: int | None = None
     labels: tuple[str, ...] | None = None
     listeners: tuple[ResultListener, ...] = ()     # told of every published result
@@ -62,15 +63,17 @@ def run_pipeline(req: RunRequest) -> dict[str, Any]:
 
     Everything opened is closed in reverse order whatever fails (ExitStack); the source is
     opened first so a bad input fails before anything is bound or recorded."""
-    engine_name = req.engine if req.engine != "auto" else "onnxruntime"
+    engine_name = resolve_backend(req.model, req.engine)  # "auto" decided (and logged) here
     with ExitStack() as stack:
-        classifier = open_model(req.model, req.config, backend=req.engine, threads=req.threads,
+        classifier = open_model(req.model, req.config, backend=engine_name, threads=req.threads,
                                 labels=req.labels)
         stack.callback(classifier.close)
         side: tuple[SideModel, ...] = ()
+        clip_engine = None
         if req.clip_model is not None:
+            clip_engine = resolve_backend(req.clip_model, req.engine)
             # one engine thread: it shares the cores with the main model, never takes them
-            clip = open_clip_model(req.clip_model, backend=req.engine, threads=1,
+            clip = open_clip_model(req.clip_model, backend=clip_engine, threads=1,
                                    every=req.clip_every)
             stack.callback(clip.close)
             side = (clip,)
@@ -89,6 +92,7 @@ def run_pipeline(req: RunRequest) -> dict[str, Any]:
                     "model": str(req.model.resolve()), "engine": engine_name}
             if req.clip_model is not None:
                 meta["clip_model"] = str(req.clip_model.resolve())
+                meta["clip_engine"] = str(clip_engine)
             recorder = SessionRecorder(req.record, meta)
             stack.callback(recorder.close)
             listeners = (*listeners, recorder)
@@ -103,6 +107,8 @@ def run_pipeline(req: RunRequest) -> dict[str, Any]:
             stack.pop_all().close()  # finalise the recording before reporting on it
             summary["record_dir"] = str(req.record)
             summary["record_dropped"] = recorder.dropped
+        if clip_engine is not None:
+            summary["clip_engine"] = clip_engine
         summary.update({"source": source.source_id, "model": classifier.model_name,
                         "engine": engine_name, "endpoint": publisher.bound,
                         "published": publisher.sent, "publish_dropped": publisher.dropped})

@@ -49,8 +49,12 @@ def _pipeline_args(p: argparse.ArgumentParser) -> None:
                    help="ZeroMQ endpoint to bind (default from config: tcp://127.0.0.1:5555)")
     p.add_argument("--config", type=Path, help="YAML config (default: the packaged one)")
     p.add_argument("--duration", type=positive(float), metavar="S", help="stop after S seconds")
-    p.add_argument("--engine", default="onnxruntime", choices=["onnxruntime", "auto"],
-                   help="inference backend (default onnxruntime, CPU)")
+    p.add_argument("--engine", default="onnxruntime",
+                   choices=["onnxruntime", "tensorrt", "torch", "auto"],
+                   help="inference backend (default onnxruntime, CPU): tensorrt needs the "
+                   "plans of 'hepascope build'; torch runs the weights an export keeps (CUDA "
+                   "fp16 with CUDA graphs where torch sees a GPU, else CPU eager fp32); auto: "
+                   "tensorrt, else torch on CUDA, else onnxruntime, logged with the reason")
     p.add_argument("--threads", type=positive(int), help="inference threads (default: all cores)")
     p.add_argument("--labels", help="comma-separated class names if the model has none")
     p.add_argument("--summary", type=Path, metavar="FILE.json", help="write the run summary here")
@@ -168,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="YAML config (default: the packaged one)")
     p.set_defaults(func=cmd_overlay)
 
+    from hepascope.engines.cli import add_subcommand as add_build
     from hepascope.stream.phantom.cli import add_subcommand as add_phantom
     from hepascope.train.cli import add_subcommands as add_train
     from hepascope.train.commands import add_subcommands as add_export_demo
@@ -175,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_phantom(sub)
     add_train(sub)  # registration is torch-free; the handlers import the training stack
     add_export_demo(sub)
+    add_build(sub)  # TensorRT is imported by the handler, not here
     return parser
 
 
@@ -182,6 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="hepascope: %(levelname)s: %(message)s")
+    # which engine runs, and why (--engine auto), is worth a line even without -v
+    logging.getLogger("hepascope.engines.base").setLevel(logging.INFO)
     try:
         return int(args.func(args))
     except HepascopeError as e:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from hepascope.engines import Engine, open_engine
+from hepascope.engines import Engine, open_engine, resolve_backend
 from hepascope.stream.bimodal import (
     ROLE_BMODE,
     ROLE_CEUS,
@@ -132,7 +132,7 @@ def open_clip_model(path: str | Path, *, backend: str = "onnxruntime", threads: 
     that runs every ``every``-th frame; anything else is refused. One engine thread by
     default: it runs beside the main model and must not take its cores."""
     p = _model_file(Path(path))
-    engine = open_engine(p, backend, threads=threads)
+    engine = open_engine(p, resolve_backend(p, backend), threads=threads)
     try:
         role = engine.metadata.get("hepascope.role")
         if role != ROLE_CLIP:
@@ -149,8 +149,9 @@ def open_model(path: str | Path, config: Config, *, backend: str = "onnxruntime"
                labels: tuple[str, ...] | None = None) -> Classifier:
     """The classifier for ``path``: an export directory, its ``head.onnx``, a clip export
     (run on every frame it is given), or any ONNX image classifier (labels from metadata,
-    ``labels``, or class0..N)."""
+    ``labels``, or class0..N). ``backend`` "auto" is decided once, for every graph."""
     p = _model_file(Path(path))
+    backend = resolve_backend(p, backend)
     engine = open_engine(p, backend, threads=threads)
     try:
         role = engine.metadata.get("hepascope.role")

@@ -63,7 +63,7 @@ def ensure_model(cache: Path, console: Any, *, cases_per_class: int, epochs: int
         phantom_set_arrays,
         phantom_version,
     )
-    from hepascope.train.export import export_bimodal
+    from hepascope.train.export import export_checkpoint
     from hepascope.train.trainer import TrainConfig, load_checkpoint, train
 
     key = hashlib.sha256(json.dumps([phantom_version(), cases_per_class, epochs, max_minutes,
@@ -71,18 +71,19 @@ def ensure_model(cache: Path, console: Any, *, cases_per_class: int, epochs: int
                                     sort_keys=True).encode()).hexdigest()[:12]
     ckpt = cache / f"model-{key}"
     onnx_dir = ckpt / "onnx"
-    if (onnx_dir / "head.onnx").is_file():
+    if (onnx_dir / "head.onnx").is_file() and (onnx_dir / "model.json").is_file():
         return onnx_dir
     from hepascope.stream.config import load_config
 
     specs = make_specs(load_config())
     pset = cached_phantom_set(cache, n_cases_per_class=cases_per_class, window=WindowSpec(),
                               specs=specs, seed=0, workers=os.cpu_count() or 1)
-    train(phantom_set_arrays(pset), TrainConfig(epochs=epochs, max_minutes=max_minutes), ckpt,
-          progress=True)
+    if not (ckpt / "model.json").is_file():
+        train(phantom_set_arrays(pset), TrainConfig(epochs=epochs, max_minutes=max_minutes),
+              ckpt, progress=True)
     model, meta = load_checkpoint(ckpt)
     with console.status("exporting ONNX graphs and checking parity..."):
-        report = export_bimodal(model, meta, onnx_dir)
+        report = export_checkpoint(model, meta, onnx_dir)  # weights too: --engine torch
     console.print(f"exported to {onnx_dir} (max |torch - onnxruntime| "
                   f"{report['max_abs_diff']:.1e})")
     return onnx_dir

@@ -6,7 +6,9 @@
 * ``export_single``: an image or clip model (or a single-branch bimodal ablation, read as
   one) as one graph ``model.onnx``: input "image" (N, C, H, W) or "clip" (N, C, T, H, W),
   output "probs" (softmax included).
-* ``export_checkpoint``: whichever of the two a trained checkpoint needs.
+* ``export_checkpoint``: whichever of the two a trained checkpoint needs, with the
+  checkpoint itself beside the graphs (``model.safetensors`` + ``model.json``), from which
+  the torch engine rebuilds each graph's function (``graph_module``).
 
 Each graph carries the labels, its input spec and preprocessing parameters; parity with
 PyTorch is checked at export (batch 1 and 3, max |diff| on probabilities <= 1e-4, else
@@ -66,6 +68,16 @@ class _Single(nn.Module):
         else:
             logits = m.forward_head(None, m.encode_window(x.transpose(1, 2)))
         return torch.softmax(logits, dim=1)
+
+
+def graph_module(model: nn.Module, role: str) -> nn.Module:
+    """The module whose trace is the graph of ``role`` ("bmode_encoder", "ceus_encoder",
+    "head", "image" or "clip"): what the torch engine runs in that graph's place."""
+    if role in (ROLE_BMODE, ROLE_CEUS, ROLE_HEAD):
+        return _Part(model, role)
+    if role in VIEW_OF:
+        return _Single(model, role)
+    raise ModelError(f"no graph has role {role!r}")
 
 
 def single_graph_kind(model: nn.Module) -> str | None:
@@ -237,16 +249,34 @@ def export_single(model: nn.Module, *, kind: str, labels: list[str], preprocess:
     return report
 
 
+def _write_weights(model: nn.Module, meta: dict[str, Any], out: Path) -> None:
+    """The checkpoint beside the graphs, checked to rebuild ``model``: same structure (the
+    repr lists every layer's hyperparameters) and the same tensors (strict load)."""
+    from hepascope.train.checkpoint import load_checkpoint, save_model
+
+    save_model(out, model, meta)
+    rebuilt, _ = load_checkpoint(out)
+    if repr(rebuilt) != repr(model):
+        raise ModelError(f"{meta['model']} with kwargs {meta['kwargs']} does not rebuild the "
+                         "exported model")
+
+
 def export_checkpoint(model: nn.Module, meta: dict[str, Any],
                       out_dir: str | Path) -> dict[str, Any]:
     """Export ``model`` as its checkpoint ``meta`` (model, labels, preprocess per view,
     window, interval_s) says: the streaming split for a two-branch bimodal model, one graph
-    otherwise."""
+    otherwise. When ``meta`` says how to rebuild the model ("kwargs", as ``train`` writes
+    it), the weights and ``meta`` go beside the graphs too (``model.safetensors`` +
+    ``model.json``), for the torch engine."""
     kind = single_graph_kind(model)
     if kind is None:
-        return export_bimodal(model, meta, out_dir)
-    window = None if kind == ROLE_IMAGE else {"frames": int(meta["window"]),
-                                              "interval_s": float(meta["interval_s"])}
-    return export_single(model, kind=kind, labels=list(meta["labels"]),
-                         preprocess=meta["preprocess"][VIEW_OF[kind]], window=window,
-                         model_name=str(meta["model"]), out_dir=out_dir)
+        report = export_bimodal(model, meta, out_dir)
+    else:
+        window = None if kind == ROLE_IMAGE else {"frames": int(meta["window"]),
+                                                  "interval_s": float(meta["interval_s"])}
+        report = export_single(model, kind=kind, labels=list(meta["labels"]),
+                               preprocess=meta["preprocess"][VIEW_OF[kind]], window=window,
+                               model_name=str(meta["model"]), out_dir=out_dir)
+    if "kwargs" in meta:
+        _write_weights(model, meta, Path(out_dir))
+    return report

@@ -1,0 +1,379 @@
+"""PyTorch backend: the function each ONNX graph of an export computes, rebuilt from the
+checkpoint the export keeps beside its graphs (``model.safetensors`` + ``model.json``),
+behind the same name-keyed interface (specs and metadata read from the graph itself).
+
+* CPU: eager fp32, the "torch eager" baseline.
+* CUDA: fp16 (``model.half()``), channels_last, and one CUDA graph per input shape,
+  captured after a warm-up on the engine's own stream and replayed by ``infer``; batch 1
+  (the live path's) when the engine is built, so the first frame does not pay for it.
+  Inputs go through pinned host buffers into static device tensors, outputs come back
+  into pinned host tensors: all allocated once per input shape, by tensor name.
+
+On both, BatchNorm is folded into the convolution before it (as ONNX Runtime and
+TensorRT do) and the pooling matrices of ``StaticAdaptiveAvgPool`` stay on the device.
+fp16 keeps two things in fp32: SimAM (its squared deviations overflow fp16 once an
+activation is 256 from its channel's mean) and the fusion head (a few small matrix
+products: fp16 saves nothing there). ``FP16_TOL`` is the agreement with fp32 that
+``tests/test_fp16.py`` proves on every model family (measured on CPU: 2.6e-3 at most).
+
+Imported only when the torch backend is asked for: ``stream/`` never imports torch."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from hepascope.engines.base import WEIGHTS_FILES, Dim, TensorSpec, check_feeds, weights_dir
+from hepascope.stream.errors import ModelError
+from hepascope.train.models.layers import SimAM, StaticAdaptiveAvgPool, _pool_matrix
+
+log = logging.getLogger(__name__)
+
+FP16_TOL = 1e-2  # max |fp16 - fp32| on probabilities (and relative to max |feature|)
+WARMUP = 3  # eager runs before capture: cuDNN/cuBLAS pick and set up their kernels
+HEAD_ROLE = "head"
+ROLES = ("bmode_encoder", "ceus_encoder", HEAD_ROLE, "image", "clip")
+_TORCH_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float16): torch.float16,
+                 np.dtype(np.float64): torch.float64, np.dtype(np.int64): torch.int64,
+                 np.dtype(np.int32): torch.int32, np.dtype(np.uint8): torch.uint8,
+                 np.dtype(np.bool_): torch.bool}
+
+
+def read_graph(path: Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...],
+                                     dict[str, str]]:
+    """(inputs, outputs, metadata) of the ONNX graph at ``path``, as ONNX Runtime reports
+    them (initializers are not inputs; symbolic dims are None)."""
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf's DecodeError and friends
+        raise ModelError(f"{path}: not a loadable ONNX model ({e})") from e
+    g = model.graph
+    inits = {i.name for i in g.initializer}
+
+    def spec(v: Any) -> TensorSpec:
+        t = v.type.tensor_type
+        try:
+            dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type))
+        except (KeyError, TypeError) as e:
+            raise ModelError(f"tensor {v.name!r} has unsupported type {t.elem_type}") from e
+        shape: tuple[Dim, ...] = tuple(
+            d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
+        return TensorSpec(v.name, shape, dtype)
+
+    return (tuple(spec(v) for v in g.input if v.name not in inits),
+            tuple(spec(v) for v in g.output),
+            {p.key: p.value for p in model.metadata_props})
+
+
+class _Fp32(nn.Module):
+    """Runs ``inner`` in fp32 inside a half-precision model, returning the input's dtype."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner.float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x.float()).to(x.dtype)
+
+
+class _DevicePool(nn.Module):
+    """``StaticAdaptiveAvgPool`` (same bins, same products) with its averaging matrices
+    kept on the activations' device. The layer builds them on the CPU and copies them over
+    on every call: a blocking host copy each frame, which a CUDA graph cannot capture.
+    Here they are made during warm-up and reused."""
+
+    def __init__(self, pool: StaticAdaptiveAvgPool) -> None:
+        super().__init__()
+        self.output_size: tuple[int, ...] = pool.output_size
+        self._mats: dict[tuple[int, int, torch.device, torch.dtype], torch.Tensor] = {}
+
+    def _matrix(self, n_in: int, n_out: int, x: torch.Tensor) -> torch.Tensor:
+        key = (n_in, n_out, x.device, x.dtype)
+        if key not in self._mats:
+            self._mats[key] = _pool_matrix(n_in, n_out).to(x.device, x.dtype).t().contiguous()
+        return self._mats[key]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        last, k = x.dim() - 1, len(self.output_size)
+        for i, n_out in enumerate(self.output_size):
+            d = last - k + 1 + i
+            n_in = int(x.shape[d])
+            if n_in != n_out:
+                x = torch.matmul(x.transpose(d, last), self._matrix(n_in, n_out, x)
+                                 ).transpose(d, last)
+        return x
+
+
+def _replace(module: nn.Module, kind: type[nn.Module], make: Any) -> None:
+    """Every ``kind`` child anywhere in ``module`` replaced by ``make(child)``."""
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, kind):
+                setattr(parent, name, make(child))
+
+
+def _channels_last(module: nn.Module) -> None:
+    """NHWC (NDHWC) weights for every 2-D (3-D) convolution: what cuDNN's tensor-core
+    kernels read. ``Module.to(memory_format=...)`` refuses models with both ranks."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d | nn.Conv3d):
+            fmt = torch.channels_last if isinstance(m, nn.Conv2d) else torch.channels_last_3d
+            m.weight.data = m.weight.data.contiguous(memory_format=fmt)
+
+
+def fold_batchnorm(module: nn.Module) -> int:
+    """Fold each BatchNorm that directly follows a convolution in a ``Sequential`` into
+    that convolution's weights (eval mode), as ONNX Runtime and TensorRT do: the same
+    function, one kernel and one pass over the activations fewer. Returns how many."""
+    folded = 0
+    for seq in [m for m in module.modules() if isinstance(m, nn.Sequential)]:
+        for i in range(len(seq) - 1):
+            conv, bn = seq[i], seq[i + 1]
+            if (isinstance(conv, nn.Conv2d | nn.Conv3d)
+                    and isinstance(bn, nn.BatchNorm2d | nn.BatchNorm3d)
+                    and bn.track_running_stats):
+                seq[i] = nn.utils.fuse_conv_bn_eval(conv, bn)
+                seq[i + 1] = nn.Identity()
+                folded += 1
+    return folded
+
+
+def prepare_module(module: nn.Module, *, device: str, fp16: bool,
+                   channels_last: bool) -> nn.Module:
+    """``module`` in eval mode on ``device``, BatchNorm folded, pooling matrices kept on
+    the device; with ``fp16``, in half precision except SimAM, which stays fp32 (see the
+    module doc)."""
+    module = module.eval()
+    fold_batchnorm(module)
+    _replace(module, StaticAdaptiveAvgPool, _DevicePool)
+    module = module.to(device)
+    if fp16:
+        module.half()
+        _replace(module, SimAM, _Fp32)
+    if channels_last:
+        _channels_last(module)
+    return module
+
+
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    return {4: torch.channels_last, 5: torch.channels_last_3d}.get(x.dim(),
+                                                                   torch.contiguous_format)
+
+
+@dataclass
+class _Plan:
+    """Everything allocated for one input shape."""
+
+    out: dict[str, np.ndarray]                                 # what infer returns
+    host_in_t: dict[str, torch.Tensor] = field(default_factory=dict)  # pinned (CUDA)
+    host_in: dict[str, np.ndarray] = field(default_factory=dict)     # numpy views of those
+    dev_in: dict[str, torch.Tensor] = field(default_factory=dict)
+    host_out: dict[str, torch.Tensor] = field(default_factory=dict)
+    graph: Any = None                                          # torch.cuda.CUDAGraph
+    graph_out: tuple[torch.Tensor, ...] = ()
+
+
+class TorchEngine:
+    """The graph at ``path`` run as the PyTorch module it was traced from (module doc).
+
+    ``device``: "cpu" or "cuda" (None: CUDA where torch sees it). ``fp16``,
+    ``channels_last``, ``cuda_graph``: default on for CUDA, off for CPU (CUDA graphs need
+    CUDA). ``threads``: intra-op threads on CPU, set in each thread that runs ``infer``
+    (torch has one pool setting per thread). Results are arrays reused by the next
+    ``infer`` with the same input shapes: copy one to keep it."""
+
+    name = "torch"
+
+    def __init__(self, path: str | Path, *, device: str | None = None, fp16: bool | None = None,
+                 channels_last: bool | None = None, cuda_graph: bool | None = None,
+                 threads: int | None = None) -> None:
+        self.path = Path(path)
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        cuda = device == "cuda"
+        if cuda and not torch.cuda.is_available():
+            raise ModelError(f"torch engine: CUDA not available (torch {torch.__version__})")
+        if cuda_graph and not cuda:
+            raise ValueError("cuda_graph needs device='cuda'")
+        self.device = device
+        self.inputs, self.outputs, self.metadata = read_graph(self.path)
+        self.role = self.metadata.get("hepascope.role", "")
+        self.fp16 = cuda if fp16 is None else fp16
+        if self.role == HEAD_ROLE:
+            self.fp16 = False  # the fusion head stays fp32 (module doc)
+        self.channels_last = cuda if channels_last is None else channels_last
+        self.cuda_graph = cuda if cuda_graph is None else cuda_graph
+        self._threads = threads or torch.get_num_threads()
+        self._tls = threading.local()
+        self._module: nn.Module | None = prepare_module(
+            self._rebuild(), device=device, fp16=self.fp16, channels_last=self.channels_last)
+        self._out_dtypes = tuple(_TORCH_DTYPES[s.dtype] for s in self.outputs)
+        self._plans: dict[tuple[tuple[int, ...], ...], _Plan] = {}
+        self._stream: Any = torch.cuda.Stream() if cuda else None
+        self.replays = 0  # CUDA graph replays so far (what a test checks the path by)
+        log.info("torch engine: %s on %s (fp16 %s, channels_last %s, CUDA graph %s)",
+                 self.path.name, device, self.fp16, self.channels_last, self.cuda_graph)
+        if cuda and all(s.static for s in self._batch_one()):
+            try:  # the live path's batch 1, warmed up (and captured) now, not on frame one
+                self.infer({s.name: np.zeros(s.shape, s.dtype)  # type: ignore[arg-type]
+                            for s in self._batch_one()})
+            except BaseException:
+                self.close()
+                raise
+
+    def _batch_one(self) -> tuple[TensorSpec, ...]:
+        """The inputs' specs at batch 1."""
+        return tuple(TensorSpec(s.name, (1, *s.shape[1:]), s.dtype) for s in self.inputs)
+
+    def _rebuild(self) -> nn.Module:
+        """The traced module, from the checkpoint beside the graph; refused if absent or
+        not the model the graph was exported from."""
+        from hepascope.train.checkpoint import load_checkpoint
+        from hepascope.train.export import graph_module
+
+        if self.role not in ROLES:
+            raise ModelError(f"{self.path.name}: not a hepascope export graph (role "
+                             f"{self.role or None!r}); the torch engine runs exports only")
+        d = weights_dir(self.path)
+        if d is None:
+            raise ModelError(f"{self.path.name}: no torch weights ({' + '.join(WEIGHTS_FILES)})"
+                             " beside it; re-export with hepascope export")
+        model, meta = load_checkpoint(d)
+        try:
+            labels = json.loads(self.metadata.get("hepascope.labels", "null"))
+        except json.JSONDecodeError as e:
+            raise ModelError(f"{self.path.name}: 'hepascope.labels' is not JSON") from e
+        want = (self.metadata.get("hepascope.model"), labels)
+        got = (meta.get("model"), meta.get("labels"))
+        if want != got:
+            raise ModelError(f"{self.path.name}: the weights beside it are {got[0]} "
+                             f"{got[1]}, the graph is {want[0]} {want[1]}; re-export with "
+                             "hepascope export")
+        return graph_module(model, self.role)
+
+    # ----------------------------------------------------------------- running
+
+    def _forward(self, *xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The module on ``xs`` (cast and laid out as it computes), outputs cast to the
+        graph's dtypes. This is what a CUDA graph captures."""
+        assert self._module is not None
+        dtype = torch.float16 if self.fp16 else torch.float32
+        ins = [x.to(dtype=dtype, memory_format=_memory_format(x)) if self.channels_last
+               else x.to(dtype) for x in xs]
+        ys = self._module(*ins)
+        ys = ys if isinstance(ys, tuple) else (ys,)
+        if len(ys) != len(self.outputs):
+            raise ModelError(f"{self.path.name}: module gives {len(ys)} outputs, the graph "
+                             f"{len(self.outputs)}")
+        return tuple(y.to(d).contiguous() for y, d in zip(ys, self._out_dtypes, strict=True))
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._module is None:
+            raise ModelError(f"{self.path.name}: torch engine is closed")
+        check_feeds(self.inputs, feeds)
+        key = tuple(tuple(feeds[s.name].shape) for s in self.inputs)
+        if self.device == "cpu":
+            return self._infer_cpu(feeds, key)
+        return self._infer_cuda(feeds, key)
+
+    def _infer_cpu(self, feeds: dict[str, np.ndarray],
+                   key: tuple[tuple[int, ...], ...]) -> dict[str, np.ndarray]:
+        if getattr(self._tls, "threads", None) != self._threads:
+            torch.set_num_threads(self._threads)
+            self._tls.threads = self._threads
+        xs = [torch.from_numpy(np.ascontiguousarray(feeds[s.name], s.dtype))
+              for s in self.inputs]
+        with torch.inference_mode():
+            ys = self._forward(*xs)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = _Plan(out={
+                s.name: np.empty(tuple(y.shape), s.dtype)
+                for s, y in zip(self.outputs, ys, strict=True)})
+        for s, y in zip(self.outputs, ys, strict=True):
+            np.copyto(plan.out[s.name], y.numpy())
+        return plan.out
+
+    def _cuda_plan(self, key: tuple[tuple[int, ...], ...]) -> _Plan:
+        """Pinned host and static device input buffers for ``key``'s shapes."""
+        plan = _Plan(out={})
+        for s, shape in zip(self.inputs, key, strict=True):
+            dt = _TORCH_DTYPES[s.dtype]
+            plan.host_in_t[s.name] = torch.empty(shape, dtype=dt, pin_memory=True)
+            plan.host_in[s.name] = plan.host_in_t[s.name].numpy()
+            plan.dev_in[s.name] = torch.empty(shape, dtype=dt, device=self.device)
+        return plan
+
+    def _first_run(self, plan: _Plan) -> tuple[torch.Tensor, ...]:
+        """Warm up on the engine's stream (the current one), then with ``cuda_graph``
+        capture on that same stream, so no library handle or workspace is first made
+        mid-capture; allocate the pinned outputs. Returns this call's outputs (capturing
+        computes nothing: the graph is replayed once)."""
+        xs = tuple(plan.dev_in.values())
+        for _ in range(WARMUP):
+            ys = self._forward(*xs)
+        if self.cuda_graph:
+            self._stream.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            # thread_local: a clip model's engine may be running in another thread meanwhile
+            with torch.cuda.graph(graph, stream=self._stream, capture_error_mode="thread_local"):
+                plan.graph_out = self._forward(*xs)
+            plan.graph = graph
+            ys = self._replay(plan)
+        plan.host_out = {s.name: torch.empty(tuple(y.shape), dtype=y.dtype, pin_memory=True)
+                         for s, y in zip(self.outputs, ys, strict=True)}
+        plan.out = {n: t.numpy() for n, t in plan.host_out.items()}
+        return ys
+
+    def _replay(self, plan: _Plan) -> tuple[torch.Tensor, ...]:
+        plan.graph.replay()
+        self.replays += 1
+        return plan.graph_out
+
+    def _infer_cuda(self, feeds: dict[str, np.ndarray],
+                    key: tuple[tuple[int, ...], ...]) -> dict[str, np.ndarray]:
+        plan = self._plans.get(key)
+        new = plan is None
+        if plan is None:
+            plan = self._cuda_plan(key)
+        for s in self.inputs:
+            np.copyto(plan.host_in[s.name], feeds[s.name], casting="unsafe")
+        with torch.no_grad(), torch.cuda.stream(self._stream):
+            for name, dev in plan.dev_in.items():
+                dev.copy_(plan.host_in_t[name], non_blocking=True)
+            if new:
+                ys = self._first_run(plan)
+            elif plan.graph is not None:
+                ys = self._replay(plan)
+            else:
+                ys = self._forward(*plan.dev_in.values())
+            for s, y in zip(self.outputs, ys, strict=True):
+                plan.host_out[s.name].copy_(y, non_blocking=True)
+        self._stream.synchronize()
+        self._plans[key] = plan
+        return plan.out
+
+    def close(self) -> None:
+        """Drop the graphs, buffers and module (their memory goes back to torch's caching
+        allocator); ``infer`` refuses afterwards."""
+        if self._stream is not None:
+            self._stream.synchronize()
+        for plan in self._plans.values():
+            if plan.graph is not None:
+                plan.graph.reset()
+        self._plans.clear()
+        self._module = None
+
