@@ -153,7 +153,7 @@ def compose(source: Source, classifier: Classifier, sink: Sink, config: Pipeline
 
     def publish() -> None:
         try:
-            _publish_loop(sink, results, lambda: all(e.is_set() for e in finished), stop,
+            _publish_loop(sink, results, lambda: all(e.is_set() for e in finished),
                           stats, config, listeners, source.source_id, engine_name, ring.name)
         finally:
             done.set()
@@ -288,7 +288,7 @@ def _message(model: Classifier | SideModel, frame: Frame, t_read: int,
 
 
 def _publish_loop(sink: Sink, results: queue.Queue[tuple[dict[str, Any], ModelTally]],
-                  inferring_done: Callable[[], bool], stop: threading.Event, stats: RunStats,
+                  inferring_done: Callable[[], bool], stats: RunStats,
                   config: PipelineConfig, listeners: tuple[ResultListener, ...], stream: str,
                   engine: str, ring_name: str) -> None:
     period_ns = int(config.telemetry_period_s * 1e9)
@@ -313,7 +313,9 @@ def _publish_loop(sink: Sink, results: queue.Queue[tuple[dict[str, Any], ModelTa
         if now >= next_telemetry:
             sink.send(TOPIC_TELEMETRY, _telemetry(stats, now, stream, engine, ring_name))
             next_telemetry = now + period_ns
-        if item is None and (inferring_done() or stop.is_set()) and results.empty():
+        # on stop too, wait for the model threads: a result counted as out just before the
+        # stop is still on its way into the queue (stop cannot lose it)
+        if item is None and inferring_done() and results.empty():
             return
 
 
