@@ -1,0 +1,113 @@
+"""The pipeline benchmark's sections on tiny models for ~2 s each: every key present and
+the relations that must hold whatever the machine's speed (no timing thresholds)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from support.models import BIMODAL_SMALL, shrink_kwargs, small_export_meta, small_model
+
+from hepascope.bench.pipeline import (
+    baseline_ratio,
+    naive_section,
+    pipeline_section,
+    scaling_section,
+    slow_model_section,
+)
+
+SECONDS = 2.0
+STAGES = {"capture_decode", "ring", "preprocess", "infer", "publish", "overlay_receive"}
+
+
+@pytest.fixture(scope="module")
+def bimodal_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small bimodal export with its weights (the torch engine needs them)."""
+    import torch
+
+    from hepascope.train.export import export_checkpoint
+
+    torch.manual_seed(0)
+    model, size = small_model("bimodal_resnet18_lite")
+    out = tmp_path_factory.mktemp("bimodal")
+    kwargs = {"num_classes": 3, **BIMODAL_SMALL, **shrink_kwargs("bimodal_resnet18_lite")}
+    export_checkpoint(model, {**small_export_meta("bimodal_resnet18_lite", size),  # type: ignore[arg-type]
+                              "kwargs": kwargs}, out)
+    return out
+
+
+def _p50_le_p99(d: dict[str, object], prefix: str) -> None:
+    p50, p99 = d[f"{prefix}_p50_ms"], d[f"{prefix}_p99_ms"]
+    assert isinstance(p50, float) and isinstance(p99, float)
+    assert 0 <= p50 <= p99
+
+
+def test_pipeline_and_naive_sections_and_their_ratio(bimodal_export: Path) -> None:
+    pipe = pipeline_section(bimodal_export, fps=30, seconds=SECONDS)
+    assert pipe["model"] == "bimodal_resnet18_lite"
+    assert 0 < pipe["frames_out"] <= pipe["frames_in"]
+    assert pipe["dropped"] == pipe["frames_in"] - pipe["frames_out"]
+    assert STAGES | {"encode", "fuse"} <= set(pipe["stage_ms"])
+    for stage in pipe["stage_ms"].values():
+        assert 0 <= stage["p50_ms"] <= stage["p99_ms"]
+    _p50_le_p99(pipe, "capture_to_publish")
+    _p50_le_p99(pipe, "capture_to_overlay")
+    # every matched result reached the subscriber after it was published
+    assert 0 < pipe["overlay_matched"] <= pipe["frames_out"]
+    assert pipe["capture_to_overlay_p50_ms"] >= pipe["matched_capture_to_publish_p50_ms"]
+    assert pipe["capture_to_overlay_p99_ms"] >= pipe["matched_capture_to_publish_p99_ms"]
+    assert pipe["cpu_pct"] > 0 and 0 < pipe["rss_end_mb"] <= pipe["rss_peak_mb"]
+
+    lines: list[str] = []
+
+    class Sink:
+        def write(self, s: str) -> int:
+            lines.append(s)
+            return len(s)
+
+        def flush(self) -> None:
+            pass
+
+    naive = naive_section(bimodal_export, source="phantom:7", fps=30, seconds=SECONDS,
+                          threads=1, out=Sink())
+    assert naive["engine"] == "torch-cpu-eager"
+    assert 0 < naive["frames_out"] <= naive["frames_arrived"]
+    assert naive["backlog_frames"] == naive["frames_arrived"] - naive["frames_out"]
+    assert sum(1 for s in lines if s.strip()) == naive["frames_out"]  # one line per result
+    _p50_le_p99(naive, "capture_to_result")
+    assert {"wait", "capture_decode", "preprocess", "infer", "print"} == set(naive["stage_ms"])
+
+    ratio = baseline_ratio(pipe, naive)
+    assert ratio["results_per_s_ratio"] == pytest.approx(
+        pipe["results_per_s"] / naive["results_per_s"], abs=0.01)
+    assert ratio["latency_p50_ratio"] == pytest.approx(
+        naive["capture_to_result_p50_ms"] / pipe["capture_to_publish_p50_ms"], abs=0.01)
+    assert ratio["at_least_2x_results_per_s"] == (ratio["results_per_s_ratio"] >= 2)
+
+
+def test_scaling_section_runs_one_process_per_stream(small_model: Path) -> None:
+    out = scaling_section(small_model, streams=(1, 2), fps=30, seconds=SECONDS)
+    assert [r["streams"] for r in out["runs"]] == [1, 2]
+    for run in out["runs"]:
+        rows = run["per_stream"]
+        assert len(rows) == run["streams"]
+        assert len({r["source"] for r in rows}) == run["streams"]  # a source each
+        for r in rows:
+            assert 0 < r["frames_out"] <= r["frames_in"]
+            _p50_le_p99(r, "capture_to_publish")
+        assert run["total_results_per_s"] == pytest.approx(
+            sum(r["results_per_s"] for r in rows), abs=0.05)
+        assert run["threads_per_stream"] >= 1
+
+
+def test_slow_model_drops_frames_and_windows_add_up(tmp_path: Path) -> None:
+    out = slow_model_section(fps=30, seconds=SECONDS, work_dir=tmp_path, windows=2)
+    assert out["model_convs"] >= 1 and out["model_infer_ms"] > 0
+    assert out["dropped"] > 0  # a model slower than its source cannot see every frame
+    assert out["frames_out"] + out["dropped"] == out["frames_in"]
+    table = out["windows"]
+    assert len(table) == 2
+    # every result counted is published, also one made as the run stops
+    assert sum(w["results"] for w in table) == out["frames_out"]
+    so_far = [w["dropped_so_far"] for w in table]
+    assert so_far == sorted(so_far) and so_far[-1] <= out["dropped"]
