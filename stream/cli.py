@@ -172,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="YAML config (default: the packaged one)")
     p.set_defaults(func=cmd_overlay)
 
+    from hepascope.bench.cli import add_subcommand as add_bench
     from hepascope.engines.cli import add_subcommand as add_build
     from hepascope.stream.phantom.cli import add_subcommand as add_phantom
     from hepascope.train.cli import add_subcommands as add_train
@@ -181,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train(sub)  # registration is torch-free; the handlers import the training stack
     add_export_demo(sub)
     add_build(sub)  # TensorRT is imported by the handler, not here
+    add_bench(sub)
     return parser
 
 

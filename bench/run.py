@@ -1,0 +1,245 @@
+"""``hepascope bench``: every section in one run on one machine, written by ``report``.
+
+    python -m hepascope.bench.run [--device cpu|cuda] [--models a,b] [--model DIR]
+        [--streams 1,2,4] [--seconds N] [--quick] [--out DIR]
+
+Sections: the peak (a large matmul, measured first, in the same run); the models (see
+``bench/models.py``); the live pipeline, a naive loop, their ratio, stream scaling and a
+slow model (``bench/pipeline.py``: "not available" where that module is missing); the seed
+paper's figures beside ours. Results go to ``bench/results/<machine>/<date>/`` by default,
+with the command, library versions and the CPU / GPU model."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from hepascope.bench.models import LIVE_MODELS, Budget, Graphs, export_random, from_export
+from hepascope.engines.onnxruntime import cpu_budget
+
+log = logging.getLogger(__name__)
+
+PIPELINE_FPS = 30.0  # the scaling and slow-model sections; pipeline and naive also at 60
+FAST_FPS = 60.0
+QUICK: dict[str, Any] = {"runs": 60, "batch_s": 0.4, "peak_sizes": (1024, 2048), "seconds": 8.0}
+FULL: dict[str, Any] = {"runs": 300, "batch_s": 2.0, "peak_sizes": (2048, 4096), "seconds": 30.0}
+SEED_PAPER = {"label": "S1 (bimodal ResNet18, their hardware)", "frames_per_s": 245.0,
+              "end_to_end_delay_ms": 723.0}
+
+
+def machine_slug(device: str, gpu: str | None = None) -> str:
+    """A short name for the results folder: ``cpu-2core``, or the GPU's model (``h100``)."""
+    if device == "cuda" and gpu:
+        words = [w for w in re.split(r"[^a-z0-9]+", gpu.lower())
+                 if w and w not in ("nvidia", "geforce", "tesla", "rtx", "quadro")]
+        return words[0] if words else "gpu"
+    return f"cpu-{cpu_budget()}core"
+
+
+def facts(device: str, command: str, quick: bool) -> dict[str, Any]:
+    """Date, command, machine (CPU model, cores, GPU) and library versions."""
+    import platform
+
+    import matplotlib
+    import onnx
+
+    from hepascope.bench.engines_md import machine_facts
+
+    m = machine_facts()
+    out: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M"), "command": command,
+                           "quick": quick, "device": device, "cpu": m["cpu"], "isa": m["isa"],
+                           "cores": m["cores"], "platform": platform.platform(),
+                           "versions": {"python": m["python"], "numpy": m["numpy"],
+                                        "onnxruntime": m["onnxruntime"], "torch": m["torch"],
+                                        "onnx": onnx.__version__,
+                                        "matplotlib": matplotlib.__version__}}
+    if device == "cuda":
+        import torch
+
+        out["gpu"] = torch.cuda.get_device_name(0)
+        out["versions"]["cuda"] = torch.version.cuda
+        try:
+            import tensorrt
+
+            out["versions"]["tensorrt"] = tensorrt.__version__
+        except ImportError:
+            out["versions"]["tensorrt"] = None
+    out["machine"] = machine_slug(device, out.get("gpu"))
+    return out
+
+
+def peaks(device: str, sizes: tuple[int, ...]) -> dict[str, Any]:
+    """The CPU's fp32 sgemm peak (``bench.engines.measure_peak``) and, on CUDA, the GPU's
+    fp16 / fp32 matmul peaks (``bench.gpu.matmul_peak``), in GFLOP/s."""
+    from hepascope.bench.engines import measure_peak
+
+    out: dict[str, Any] = {"cpu_gflops": measure_peak(cpu_budget(), sizes, reps=3),
+                           "cpu_sizes": list(sizes)}
+    if device == "cuda":
+        from hepascope.bench.gpu import matmul_peak
+
+        gpu = matmul_peak()
+        out["gpu_gflops"] = {k.replace("_tflops", ""): v * 1e3 for k, v in gpu.items()}
+    return out
+
+
+def engine_peaks(pk: dict[str, Any]) -> dict[str, float]:
+    """Engine name -> the peak its GFLOP/s is a share of: ONNX Runtime and torch eager
+    the CPU's fp32, the fp16 GPU engines the GPU's fp16."""
+    cpu = float(pk["cpu_gflops"]["peak"])
+    out = {"onnxruntime": cpu, "onnxruntime-int8": cpu, "torch-eager": cpu}
+    if "gpu_gflops" in pk:
+        out.update({"torch-cuda-fp16-graph": pk["gpu_gflops"]["fp16"],
+                    "tensorrt": pk["gpu_gflops"]["fp16"]})
+    return out
+
+
+def pipeline_sections(model: Path, *, device: str, seconds: float, streams: tuple[int, ...],
+                      work: Path) -> dict[str, Any]:
+    """The live-pipeline sections of ``bench/pipeline.py``, each {"not_available": why}
+    where the module is missing, {"error": ...} where it failed (logged)."""
+    names = ("pipeline", "naive", "baseline_ratio", "pipeline_60fps", "naive_60fps",
+             "baseline_ratio_60fps", "scaling", "slow_model")
+    try:
+        from hepascope.bench import pipeline as pl
+    except ImportError as e:
+        return {n: {"not_available": f"bench/pipeline.py: {e}"} for n in names}
+    engine = "onnxruntime" if device == "cpu" else "auto"
+    out: dict[str, Any] = {}
+    calls: dict[str, Any] = {
+        "pipeline": lambda: pl.pipeline_section(model, source="phantom:7", fps=PIPELINE_FPS,
+                                                seconds=seconds, engine=engine),
+        "naive": lambda: pl.naive_section(model, source="phantom:7", fps=PIPELINE_FPS,
+                                          seconds=seconds),
+        "baseline_ratio": lambda: pl.baseline_ratio(out["pipeline"], out["naive"]),
+        "pipeline_60fps": lambda: pl.pipeline_section(model, source="phantom:7", fps=FAST_FPS,
+                                                      seconds=seconds, engine=engine),
+        "naive_60fps": lambda: pl.naive_section(model, source="phantom:7", fps=FAST_FPS,
+                                                seconds=seconds),
+        "baseline_ratio_60fps": lambda: pl.baseline_ratio(out["pipeline_60fps"],
+                                                          out["naive_60fps"]),
+        "scaling": lambda: pl.scaling_section(model, streams=streams, fps=PIPELINE_FPS,
+                                              seconds=seconds, engine=engine),
+        "slow_model": lambda: pl.slow_model_section(fps=PIPELINE_FPS, seconds=seconds,
+                                                    work_dir=work / "slow"),
+    }
+    for name in names:
+        t0 = time.perf_counter()
+        try:
+            out[name] = dict(calls[name]())
+        except Exception as e:  # reported in the summary: the other sections stand
+            log.warning("bench section %s failed: %s: %s", name, type(e).__name__, e)
+            out[name] = {"error": f"{type(e).__name__}: {e}"}
+        out[name]["section_s"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
+def _model_list(args: argparse.Namespace) -> list[str]:
+    if args.models:
+        return [m.strip() for m in args.models.split(",") if m.strip()]
+    names = list(LIVE_MODELS)
+    return names[1:] if args.model else names  # --model stands in for the bimodal one
+
+
+def run_bench(args: argparse.Namespace, command: str, work: Path) -> dict[str, Any]:
+    """Every section; the results dict ``report.write_all`` writes."""
+    from hepascope.bench.models import model_section
+
+    quick = args.quick
+    base = QUICK if quick else FULL
+    budget = Budget(runs=args.runs or int(base["runs"]), batch_s=float(base["batch_s"]),
+                    batches=args.batches or (1, 2, 4, 8))
+    seconds = args.seconds or float(base["seconds"])
+    t_start = time.perf_counter()
+    res: dict[str, Any] = {"facts": facts(args.device, command, quick)}
+    res["peak"] = peaks(args.device, args.peak_sizes or tuple(base["peak_sizes"]))
+    per_engine = engine_peaks(res["peak"])
+    graphs: list[Graphs] = []
+    if args.model:
+        graphs.append(from_export(args.model))
+    graphs += [export_random(n, work / n) for n in _model_list(args)]
+    res["models"] = {}
+    for g in graphs:
+        t0 = time.perf_counter()
+        res["models"][g.name] = model_section(g, device=args.device, work=work / f"{g.name}-q",
+                                              budget=budget, int8=not args.no_int8,
+                                              peak_gflops=per_engine)
+        res["models"][g.name]["section_s"] = round(time.perf_counter() - t0, 1)
+    live = _pipeline_model(args.model, graphs, work)
+    res["pipeline_model"] = (str(args.model) if args.model
+                             else f"{live.name}, random weights")
+    res.update(pipeline_sections(live, device=args.device, seconds=seconds,
+                                 streams=args.streams, work=work))
+    res["seed_paper"] = seed_paper(res)
+    res["budget"] = {"runs": budget.runs, "batches": list(budget.batches),
+                     "batch_s": budget.batch_s, "pipeline_seconds": seconds,
+                     "streams": list(args.streams), "pipeline_fps": PIPELINE_FPS,
+                     "fast_fps": FAST_FPS}
+    res["total_s"] = round(time.perf_counter() - t_start, 1)
+    return res
+
+
+def _pipeline_model(given: Path | None, graphs: list[Graphs], work: Path) -> Path:
+    """The export the pipeline sections run: ``--model``, else the first bimodal export
+    timed, else a random-weights bimodal_resnet18_lite exported for them."""
+    if given is not None:
+        return given
+    for g in graphs:
+        if g.paths[-1].name == "head.onnx":
+            return g.paths[0].parent
+    return export_random("bimodal_resnet18_lite", work / "bimodal_resnet18_lite").paths[0].parent
+
+
+def seed_paper(res: dict[str, Any]) -> dict[str, Any]:
+    """S1's published figures (theirs) beside ours from the pipeline section."""
+    from hepascope.bench.report import find_value
+
+    pl = res.get("pipeline", {})
+    return {"theirs": SEED_PAPER,
+            "ours": {"results_per_s": find_value(pl, "results_per_s"),
+                     "capture_to_overlay_p99_ms": find_value(pl, "capture_to_overlay_p99"),
+                     "capture_to_publish_p99_ms": find_value(pl, "capture_to_publish_p99"),
+                     "source": pl.get("not_available", "pipeline section")}}
+
+
+def default_out(machine: str) -> Path:
+    return Path("bench") / "results" / machine / date.today().isoformat()
+
+
+def run_from_args(args: argparse.Namespace, command: str | None = None) -> Path:
+    """Run the bench and write its results; return the results directory."""
+    from hepascope.bench.report import write_all
+
+    command = command or "hepascope bench " + " ".join(sys.argv[2:] if len(sys.argv) > 1
+                                                       and sys.argv[1] == "bench"
+                                                       else sys.argv[1:])
+    with tempfile.TemporaryDirectory(prefix="hepascope-bench-") as tmp:
+        res = run_bench(args, command.strip(), Path(tmp))
+    out = args.out or default_out(res["facts"]["machine"])
+    write_all(res, out)
+    return Path(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from hepascope.bench.cli import add_arguments
+
+    p = argparse.ArgumentParser(prog="python -m hepascope.bench.run",
+                                description=__doc__.split("\n\n")[0])
+    add_arguments(p)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="hepascope: %(levelname)s: %(message)s")
+    arg_text = " ".join(sys.argv[1:] if argv is None else argv)
+    out = run_from_args(args, f"python -m hepascope.bench.run {arg_text}")
+    print(f"wrote {out}/summary.md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

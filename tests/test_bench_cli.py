@@ -1,0 +1,89 @@
+"""``hepascope bench``: the command on a tiny budget writes every file with every section;
+the report's generic readers on real section shapes. Nothing here times anything."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hepascope.bench.cli import add_subcommand
+from hepascope.bench.report import PLOTS, find_value, flatten, scaling_points
+from hepascope.bench.run import machine_slug, main
+
+SECTIONS = ("facts", "peak", "models", "pipeline", "naive", "baseline_ratio", "scaling",
+            "slow_model", "seed_paper", "budget")
+
+
+def test_bench_registration_is_torch_free_and_parses() -> None:
+    code = ("import sys, hepascope.bench.cli; "
+            "assert 'torch' not in sys.modules, 'bench.cli imported torch'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    parser = argparse.ArgumentParser()
+    add_subcommand(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["bench", "--quick", "--streams", "1,3", "--device", "cpu"])
+    assert args.streams == (1, 3) and args.quick and callable(args.func)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["bench", "--streams", "0"])
+
+
+@pytest.mark.slow
+def test_bench_tiny_budget_writes_every_file_and_section(tmp_path: Path) -> None:
+    out = tmp_path / "res"
+    assert main(["--quick", "--seconds", "1", "--runs", "5", "--batches", "1,2",
+                 "--peak-sizes", "256", "--streams", "1,2", "--models",
+                 "bimodal_resnet18_lite", "--out", str(out)]) == 0
+    for name in ("results.json", "results.csv", "summary.md", *PLOTS):
+        assert (out / name).stat().st_size > 100, name
+    for name in PLOTS:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    res = json.loads((out / "results.json").read_text())
+    assert set(SECTIONS) <= set(res)
+    assert "bench.run --quick" in res["facts"]["command"] and res["facts"]["cpu"]
+    m = res["models"]["bimodal_resnet18_lite"]
+    assert m["params"] > 1e5 and m["flops"] > 1e8 and m["gmacs"] == pytest.approx(m["flops"] / 2e9)
+    assert m["graphs"] == ["bmode_encoder.onnx", "ceus_encoder.onnx", "head.onnx"]
+    assert set(m["engines"]) == {"onnxruntime", "onnxruntime-int8", "torch-eager"}
+    for e in m["engines"].values():
+        lat = e["latency_ms"]
+        assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"] and lat["n"] == 5
+        assert set(e["throughput_fps"]) == {"1", "2"} and e["gflops_per_s"] > 0
+        assert e["peak_share"] == pytest.approx(e["gflops_per_s"]
+                                                / res["peak"]["cpu_gflops"]["peak"])
+    assert res["seed_paper"]["theirs"]["frames_per_s"] == 245
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert len([r for r in rows if r["section"] == "models"]) == 3 * 2  # engines x batches
+    assert {r["section"] for r in rows} >= {"pipeline", "naive", "scaling", "slow_model"}
+    md = (out / "summary.md").read_text()
+    for text in ("GFLOPs/frame", "GMACs", "p99 ms", "frames/s @b2", "share of peak",
+                 "theirs: S1", "245", "723", "## Method", "stages.png", "### scaling"):
+        assert text in md, text
+
+
+def test_flatten_and_find_value_read_nested_sections() -> None:
+    sec = {"stage_ms": {"infer": {"p50_ms": 7.5, "p99_ms": 14.0}},
+           "capture_to_overlay_p99_ms": 33.0, "runs": [{"streams": 2, "x_ms": 1.0}]}
+    flat = flatten(sec)
+    assert flat["stage_ms.infer.p99_ms"] == 14.0 and flat["runs.0.streams"] == 2
+    assert find_value(sec, "capture_to_overlay_p99") == 33.0
+    assert find_value(sec, "infer", "p50") == 7.5 and find_value(sec, "nothing") is None
+
+
+def test_scaling_points_from_runs_or_keyed_entries() -> None:
+    runs = {"runs": [{"streams": 2, "total_results_per_s": 28.0,
+                      "per_stream": [{"results_per_s": 13.0}, {"results_per_s": 15.0}]},
+                     {"streams": 1, "total_results_per_s": 25.0,
+                      "per_stream": [{"results_per_s": 25.0}]}]}
+    assert scaling_points(runs) == [(1, 25.0, [25.0]), (2, 28.0, [13.0, 15.0])]
+    keyed = {"4": {"per_stream_results_per_s": [1.0, 2.0, 3.0, 4.0]}}
+    assert scaling_points(keyed) == [(4, 10.0, [1.0, 2.0, 3.0, 4.0])]
+
+
+def test_machine_slug() -> None:
+    assert machine_slug("cuda", "NVIDIA H100 80GB HBM3") == "h100"
+    assert machine_slug("cpu").startswith("cpu-") and machine_slug("cpu").endswith("core")
