@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from hepascope.stream.cli import positive
 from hepascope.train.commands import needs_torch
 
 
@@ -18,16 +19,6 @@ def _ints(text: str) -> tuple[int, ...]:
     if not out or min(out) < 1:
         raise argparse.ArgumentTypeError(f"need integers >= 1, got {text!r}")
     return out
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from e
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -43,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "sections run it too")
     p.add_argument("--streams", type=_ints, default=(1, 2, 4), metavar="1,2,4",
                    help="stream counts for the scaling section (default 1,2,4)")
-    p.add_argument("--seconds", type=_seconds, metavar="N",
+    p.add_argument("--seconds", type=positive(float), metavar="N",
                    help="seconds per pipeline section (default 30; --quick 8)")
     p.add_argument("--quick", action="store_true",
                    help="small budgets: every section, in under 5 minutes on 2 cores")
