@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from hepascope.bench.headline import headline_md
+
 PIPELINE_SECTIONS = ("pipeline", "naive", "baseline_ratio", "pipeline_60fps", "naive_60fps",
                      "baseline_ratio_60fps", "scaling", "slow_model")
 UNITS = (("_per_s", "per s"), ("_ms", "ms"), ("_pct", "% of one core"), ("_mb", "MB"), ("_s", "s"),
@@ -383,7 +385,7 @@ def summary_md(res: dict[str, Any]) -> str:
              + (f" · GPU {f['gpu']}" if f.get("gpu") else "") + f" · {v}", "",
              "```bash", f["command"], "```", "",
              f"Total {res['total_s']:.0f} s{' (--quick)' if f['quick'] else ''}.", "",
-             "## Models", "", *_models_md(res), "",
+             *headline_md(res), "## Models", "", *_models_md(res), "",
              "![latency CDF](latency_cdf.png)", "", "![throughput](throughput.png)", "",
              "## Live pipeline", ""]
     for name in PIPELINE_SECTIONS:

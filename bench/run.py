@@ -21,6 +21,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from hepascope.bench.headline import headline
 from hepascope.bench.models import LIVE_MODELS, Budget, Graphs, export_random, from_export
 from hepascope.engines.onnxruntime import cpu_budget
 
@@ -178,6 +179,7 @@ def run_bench(args: argparse.Namespace, command: str, work: Path) -> dict[str, A
     res.update(pipeline_sections(live, device=args.device, seconds=seconds,
                                  streams=args.streams, work=work))
     res["seed_paper"] = seed_paper(res)
+    res["headline"] = headline(res)
     res["budget"] = {"runs": budget.runs, "batches": list(budget.batches),
                      "batch_s": budget.batch_s, "pipeline_seconds": seconds,
                      "streams": list(args.streams), "pipeline_fps": PIPELINE_FPS,

@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 
 from hepascope.bench.cli import add_subcommand
+from hepascope.bench.headline import headline, headline_md
 from hepascope.bench.report import PLOTS, find_value, flatten, scaling_points
 from hepascope.bench.run import machine_slug, main
 
 SECTIONS = ("facts", "peak", "models", "pipeline", "naive", "baseline_ratio", "scaling",
-            "slow_model", "seed_paper", "budget")
+            "slow_model", "seed_paper", "budget", "headline")
 
 
 def test_bench_registration_is_torch_free_and_parses() -> None:
@@ -61,8 +62,26 @@ def test_bench_tiny_budget_writes_every_file_and_section(tmp_path: Path) -> None
     assert {r["section"] for r in rows} >= {"pipeline", "naive", "scaling", "slow_model"}
     md = (out / "summary.md").read_text()
     for text in ("GFLOPs/frame", "GMACs", "p99 ms", "frames/s @b2", "share of peak",
-                 "theirs: S1", "245", "723", "## Method", "stages.png", "### scaling"):
+                 "theirs: S1", "245", "723", "## Method", "stages.png", "### scaling",
+                 "**Pipeline/naive ratio: ", "## Headline"):
         assert text in md, text
+
+
+def test_headline_states_the_60fps_latency_ratio_and_the_slow_model_check() -> None:
+    res = {"baseline_ratio_60fps": {"latency_p50_ratio": 1.5, "results_per_s_ratio": 1.9},
+           "slow_model": {"windows": [
+               {"latency_p50_ms": 80.0, "dropped_so_far": 30},
+               {"latency_p50_ms": 88.0, "dropped_so_far": 60},
+               {"latency_p50_ms": 84.0, "dropped_so_far": 90}]}}
+    h = headline(res)
+    assert h["ratio"] == 1.5 and h["ratio_at_least_2"] is False  # below 2 is said, not hidden
+    assert h["slow_model"] == {"first_window_p50_ms": 80.0, "last_window_p50_ms": 84.0,
+                               "latency_change": 1.05, "dropped_first_window": 30,
+                               "dropped_end": 90}
+    md = "\n".join(headline_md({**res, "headline": h}))
+    assert "**Pipeline/naive ratio: 1.5 (>= 2: NO)**" in md
+    assert "| phantom, 30 fps | n/a |" in md  # missing sections show as n/a
+    assert headline({})["ratio"] is None and "slow_model" not in headline({})
 
 
 def test_flatten_and_find_value_read_nested_sections() -> None:
