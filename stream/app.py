@@ -15,11 +15,13 @@ from typing import Any
 
 from hepascope.engines import resolve_backend
 from hepascope.stream.config import Config
-from hepascope.stream.models import open_clip_model, open_model
+from hepascope.stream.models import open_clip_model
 from hepascope.stream.pipeline import ResultListener, SideModel, compose
 from hepascope.stream.publish import Publisher
 from hepascope.stream.record import SessionRecorder
+from hepascope.stream.security import ServerKeys
 from hepascope.stream.sources import SourceOptions, open_source
+from hepascope.stream.supervisor import open_inference
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,7 @@ class RunRequest:
     on_bound: Callable[[str], None] | None = None  # called with the bound endpoint
     clip_model: Path | None = None  # a clip export run beside the main model, own thread
     clip_every: int = 30            # the clip model runs on every k-th source frame
+    inference: str | None = None    # process | thread; None: the config's pipeline.inference
 
 
 @contextmanager
@@ -65,8 +68,10 @@ def run_pipeline(req: RunRequest) -> dict[str, Any]:
     opened first so a bad input fails before anything is bound or recorded."""
     engine_name = resolve_backend(req.model, req.engine)  # "auto" decided (and logged) here
     with ExitStack() as stack:
-        classifier = open_model(req.model, req.config, backend=engine_name, threads=req.threads,
-                                labels=req.labels)
+        # in a supervised child process by default: its model-load errors come back here
+        classifier = open_inference(req.inference or req.config.pipeline.inference, req.model,
+                                    req.config, backend=engine_name, threads=req.threads,
+                                    labels=req.labels)
         stack.callback(classifier.close)
         side: tuple[SideModel, ...] = ()
         clip_engine = None
@@ -80,8 +85,10 @@ def run_pipeline(req: RunRequest) -> dict[str, Any]:
         source = open_source(req.source, req.options)
         source.open()
         stack.callback(source.close)  # the grabber closes it too; close() is idempotent
-        publisher = Publisher(req.publish or req.config.publish.endpoint,
-                              send_hwm=req.config.publish.send_hwm)
+        pub_cfg = req.config.publish
+        publisher = Publisher(req.publish or pub_cfg.endpoint, send_hwm=pub_cfg.send_hwm,
+                              keys=ServerKeys.from_dir(Path(pub_cfg.keys)) if pub_cfg.keys
+                              else None, insecure=pub_cfg.insecure)
         stack.callback(publisher.close)
         if req.on_bound is not None:
             req.on_bound(publisher.bound)

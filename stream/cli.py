@@ -9,10 +9,11 @@ import logging
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from hepascope.stream.errors import HepascopeError
+from hepascope.stream.errors import ConfigError, HepascopeError
 
 log = logging.getLogger("hepascope")
 
@@ -42,6 +43,10 @@ def _source_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--width", type=positive(int), help="capture card: requested width")
     g.add_argument("--height", type=positive(int), help="capture card: requested height")
     g.add_argument("--fps", type=positive(float), help="capture card / phantom: frame rate")
+    g.add_argument("--no-reconnect", action="store_true",
+                   help="rtsp: fail when the stream fails instead of reconnecting with backoff")
+    g.add_argument("--watchdog", type=positive(float), default=2.0, metavar="S",
+                   help="capture card: replace a grabber whose read hangs S seconds (default 2)")
 
 
 def _pipeline_args(p: argparse.ArgumentParser) -> None:
@@ -58,6 +63,16 @@ def _pipeline_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=positive(int), help="inference threads (default: all cores)")
     p.add_argument("--labels", help="comma-separated class names if the model has none")
     p.add_argument("--summary", type=Path, metavar="FILE.json", help="write the run summary here")
+    p.add_argument("--inference", choices=["process", "thread"],
+                   help="run the model in a supervised child process, restarted if it crashes "
+                   "while capture and recording go on, or in a thread (default from config: "
+                   "process)")
+    p.add_argument("--keys", type=Path, metavar="DIR",
+                   help="CURVE: publish encrypted and authenticated; DIR holds server.key_secret "
+                   "(this publisher's pair, from 'hepascope keys DIR') and clients/*.key (the "
+                   "public keys of the subscribers let in; any other is rejected and logged)")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow binding a non-loopback address without --keys (warned)")
 
 
 def _request(args: argparse.Namespace, source: str, model: Path) -> Any:
@@ -66,13 +81,19 @@ def _request(args: argparse.Namespace, source: str, model: Path) -> Any:
     from hepascope.stream.sources import SourceOptions
 
     opts = SourceOptions(speed=args.speed, max_rate=args.max_rate, loop=args.loop,
-                         width=args.width, height=args.height, fps=args.fps)
+                         width=args.width, height=args.height, fps=args.fps,
+                         reconnect=not args.no_reconnect, watchdog_s=args.watchdog)
     labels = tuple(x.strip() for x in args.labels.split(",")) if args.labels else None
-    return RunRequest(source=source, model=model, config=load_config(args.config), options=opts,
+    config = load_config(args.config)
+    if args.keys is not None or args.insecure:
+        config = replace(config, publish=replace(
+            config.publish, keys=str(args.keys) if args.keys else config.publish.keys,
+            insecure=args.insecure or config.publish.insecure))
+    return RunRequest(source=source, model=model, config=config, options=opts,
                       publish=args.publish, record=getattr(args, "record", None),
                       duration_s=args.duration, engine=args.engine, threads=args.threads,
                       labels=labels, clip_model=getattr(args, "clip_model", None),
-                      clip_every=getattr(args, "clip_every", 30))
+                      clip_every=getattr(args, "clip_every", 30), inference=args.inference)
 
 
 def _report(summary: dict[str, Any], path: Path | None) -> None:
@@ -97,13 +118,49 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from hepascope.stream.app import run_pipeline
-    from hepascope.stream.record import VIDEO_NAME, read_session
+    from hepascope.stream.record import VIDEO_NAME, read_index, read_session
 
+    if args.deterministic:
+        return _replay_lockstep(args)
     meta = read_session(args.dir)
     model = args.model or (Path(meta["model"]) if meta.get("model") else None)
     if model is None:
         raise HepascopeError(f"{args.dir}: recording names no model; pass --model")
-    _report(run_pipeline(_request(args, str(args.dir / VIDEO_NAME), model)), args.summary)
+    summary = run_pipeline(_request(args, str(args.dir / VIDEO_NAME), model))
+    _report(summary, args.summary)
+    if not meta.get("complete", True):  # killed while recording: say how much replayed
+        print(f"recording interrupted: {len(read_index(args.dir)[0])} frames indexed, "
+              f"{summary['frames_in']} decodable and replayed")
+    return 0
+
+
+def _replay_lockstep(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from hepascope.stream.config import load_config
+    from hepascope.stream.replay import ENGINE, THREADS, replay_deterministic
+
+    clash = [flag for flag, bad in (
+        ("--engine", args.engine != ENGINE), ("--threads", args.threads not in (None, THREADS)),
+        ("--loop", args.loop), ("--duration", args.duration is not None),
+        ("--publish", args.publish is not None), ("--speed", args.speed != 1.0),
+        ("--max-rate", args.max_rate)) if bad]
+    if clash:
+        raise ConfigError(f"--deterministic replays every frame in lockstep on {ENGINE} with "
+                          f"{THREADS} thread; it takes no {', '.join(clash)}")
+    if args.results is None:
+        raise ConfigError("--deterministic needs --results OUT.jsonl")
+    labels = tuple(x.strip() for x in args.labels.split(",")) if args.labels else None
+    rep = replay_deterministic(args.dir, args.results, model=args.model,
+                               config=load_config(args.config), labels=labels)
+    print(f"results={rep.count} frames_indexed={rep.frames_indexed} "
+          f"frames_decoded={rep.frames_decoded} complete={str(rep.complete).lower()} "
+          f"wall_s={rep.wall_s:.2f}")
+    print(f"sha256={rep.sha256}  {rep.results}")
+    if args.summary is not None:
+        args.summary.parent.mkdir(parents=True, exist_ok=True)
+        args.summary.write_text(json.dumps({**asdict(rep), "results": str(rep.results)},
+                                           indent=2))
     return 0
 
 
@@ -111,9 +168,16 @@ def cmd_overlay(args: argparse.Namespace) -> int:
     from hepascope.stream.app import stop_on_signals
     from hepascope.stream.config import load_config
     from hepascope.stream.overlay import run_overlay
+    from hepascope.stream.security import ClientKeys
     from hepascope.stream.sources import open_source
 
     cfg = load_config(args.config)
+    server_key = args.server_key or cfg.overlay.server_key
+    client_key = args.client_key or cfg.overlay.client_key
+    if (server_key is None) != (client_key is None):
+        raise ConfigError("--server-key and --client-key go together")
+    keys = ClientKeys.from_files(Path(server_key), Path(client_key)) \
+        if server_key and client_key else None
     out = args.out
     if out is None and not args.window:
         out = Path("overlay.mp4")  # headless by default
@@ -122,7 +186,9 @@ def cmd_overlay(args: argparse.Namespace) -> int:
     with stop_on_signals(stop):
         summary = run_overlay(args.connect or cfg.publish.endpoint, out=out, window=args.window,
                               background=background, stale_ms=args.stale_ms or cfg.overlay.stale_ms,
-                              fps=args.fps or cfg.overlay.fps, duration_s=args.duration, stop=stop)
+                              fps=args.fps or cfg.overlay.fps, duration_s=args.duration, stop=stop,
+                              heartbeat_timeout_ms=args.heartbeat_ms
+                              or cfg.overlay.heartbeat_timeout_ms, keys=keys)
     print("  ".join(f"{k}={v}" for k, v in summary.items()))
     return 0
 
@@ -154,6 +220,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Replay DIR (made by run --record) at its recorded pacing.")
     p.add_argument("dir", type=Path, metavar="DIR")
     p.add_argument("--model", type=Path, help="model (default: the one recorded)")
+    p.add_argument("--deterministic", action="store_true",
+                   help="lockstep replay on a virtual clock: every recorded frame inferred in "
+                   "order on onnxruntime with one thread, times from the recording, latencies "
+                   "0; the result stream (--results) is bit-identical run after run; prints "
+                   "its sha256")
+    p.add_argument("--results", type=Path, metavar="OUT.jsonl",
+                   help="--deterministic: write the result stream here (sorted-key JSON lines)")
     _pipeline_args(p)
     _source_args(p)
     p.set_defaults(func=cmd_replay)
@@ -169,16 +242,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=positive(float), metavar="S", help="stop after S seconds")
     p.add_argument("--stale-ms", type=positive(float), help="STALE threshold (default 250)")
     p.add_argument("--fps", type=positive(float), help="display rate (default 30)")
+    p.add_argument("--heartbeat-ms", type=positive(float), metavar="MS",
+                   help="NO DATA when nothing was published for MS (default 600)")
+    p.add_argument("--server-key", type=Path, metavar="FILE",
+                   help="CURVE: the publisher's public key file (server.key): only it is "
+                   "accepted")
+    p.add_argument("--client-key", type=Path, metavar="FILE_SECRET",
+                   help="CURVE: this overlay's .key_secret (its .key must be in the "
+                   "publisher's clients/ allow-list)")
     p.add_argument("--config", type=Path, help="YAML config (default: the packaged one)")
     p.set_defaults(func=cmd_overlay)
 
     from hepascope.bench.cli import add_subcommand as add_bench
     from hepascope.engines.cli import add_subcommand as add_build
+    from hepascope.stream.keys_cli import add_subcommand as add_keys
     from hepascope.stream.phantom.cli import add_subcommand as add_phantom
     from hepascope.train.cli import add_subcommands as add_train
     from hepascope.train.commands import add_subcommands as add_export_demo
 
     add_phantom(sub)
+    add_keys(sub)
     add_train(sub)  # registration is torch-free; the handlers import the training stack
     add_export_demo(sub)
     add_build(sub)  # TensorRT is imported by the handler, not here

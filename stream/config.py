@@ -68,10 +68,21 @@ class PreprocessConfig:
 @dataclass(frozen=True, slots=True)
 class PipelineConfig:
     ring_slots: int = 8
-    telemetry_period_s: float = 1.0
+    telemetry_period_s: float = 0.2  # the heartbeat: overlay.heartbeat_timeout_ms >= 2 periods
     latency_window: int = 300
+    # the main model in a supervised child process (a crash there stops neither capture
+    # nor recording; it is restarted) or in a thread of this one
+    inference: str = "process"
+    inference_max_crashes: int = 5        # crashes within the window that end the run
+    inference_crash_window_s: float = 60.0
 
     def __post_init__(self) -> None:
+        if self.inference not in ("process", "thread"):
+            raise ConfigError(f"pipeline.inference must be process or thread, "
+                              f"got {self.inference!r}")
+        if self.inference_max_crashes < 1 or not self.inference_crash_window_s > 0:
+            raise ConfigError("pipeline.inference_max_crashes must be >= 1 and "
+                              "inference_crash_window_s > 0")
         if self.ring_slots < 2:
             raise ConfigError("pipeline.ring_slots must be >= 2")
         if not (0 < self.telemetry_period_s <= 1.0):
@@ -84,16 +95,27 @@ class PipelineConfig:
 class PublishConfig:
     endpoint: str = "tcp://127.0.0.1:5555"
     send_hwm: int = 64
+    keys: str | None = None  # CURVE keys dir: server.key_secret + clients/*.key (allow-list)
+    insecure: bool = False   # allow a non-loopback bind without keys (warned)
+
+    def __post_init__(self) -> None:
+        if self.send_hwm < 1:
+            raise ConfigError("publish.send_hwm must be >= 1")
 
 
 @dataclass(frozen=True, slots=True)
 class OverlayConfig:
     stale_ms: float = 250.0
     fps: float = 30.0
+    heartbeat_timeout_ms: float = 600.0  # NO DATA when nothing was published this long
+    server_key: str | None = None  # the publisher's pinned public key file (CURVE)
+    client_key: str | None = None  # this overlay's .key_secret file (CURVE)
 
     def __post_init__(self) -> None:
-        if self.stale_ms <= 0 or self.fps <= 0:
-            raise ConfigError("overlay.stale_ms and overlay.fps must be > 0")
+        if self.stale_ms <= 0 or self.fps <= 0 or self.heartbeat_timeout_ms <= 0:
+            raise ConfigError("overlay.stale_ms, fps and heartbeat_timeout_ms must be > 0")
+        if (self.server_key is None) != (self.client_key is None):
+            raise ConfigError("overlay.server_key and overlay.client_key go together")
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +126,12 @@ class Config:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
     overlay: OverlayConfig = field(default_factory=OverlayConfig)
+
+    def __post_init__(self) -> None:
+        # a pipeline alive but idle must not look dead: two heartbeats fit in the timeout
+        if self.overlay.heartbeat_timeout_ms < 2000 * self.pipeline.telemetry_period_s:
+            raise ConfigError("overlay.heartbeat_timeout_ms must be >= 2 x "
+                              "pipeline.telemetry_period_s")
 
 
 def _section(raw: dict[str, Any], key: str, cls: type, where: str) -> Any:

@@ -35,9 +35,15 @@ def encode(msg: dict[str, Any]) -> bytes:
     return msgpack.packb(msg, use_bin_type=True)
 
 
+# decode limits: what the schema can need, far below what would cost a display frame
+# (a map of a million entries is refused before it is built)
+_LIMITS = {"max_map_len": 256, "max_array_len": 4096, "max_str_len": 1 << 16,
+           "max_bin_len": 1 << 16, "max_ext_len": 0}
+
+
 def decode(payload: bytes) -> dict[str, Any]:
     try:
-        msg = msgpack.unpackb(payload, raw=False, strict_map_key=True)
+        msg = msgpack.unpackb(payload, raw=False, strict_map_key=True, **_LIMITS)
     except Exception as e:  # msgpack raises several unrelated classes on garbage
         raise MessageError(f"not msgpack: {type(e).__name__}") from e
     if not isinstance(msg, dict):
@@ -76,14 +82,21 @@ def validate_result(msg: dict[str, Any]) -> dict[str, Any]:
         raise MessageError("probs must be finite numbers in [0, 1]")
     if abs(sum(probs) - 1.0) > 1e-3:
         raise MessageError("probs must sum to 1")
-    if not all(isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
-               for k, v in msg["latency_ms"].items()):
-        raise MessageError("latency_ms must map stage names to numbers")
+    if not all(isinstance(k, str) and _number(v) for k, v in msg["latency_ms"].items()):
+        raise MessageError("latency_ms must map stage names to finite numbers")
+    if min(msg["seq"], msg["t_capture_ns"], msg["t_publish_ns"]) < 0:
+        raise MessageError("seq and times must be >= 0")
     return msg
 
 
 def validate_telemetry(msg: dict[str, Any]) -> dict[str, Any]:
     _check_fields(msg, _TELEMETRY_FIELDS)
+    if msg["t_publish_ns"] < 0:
+        raise MessageError("t_publish_ns must be >= 0")
+    health = msg.get("source_health")  # optional: a reconnecting/guarded source's counters
+    if health is not None and not (isinstance(health, dict)
+                                   and all(isinstance(k, str) for k in health)):
+        raise MessageError("source_health must be a map with string keys")
     models = msg.get("models")  # optional: one map per model, the main one first
     if models is not None and not (isinstance(models, list) and all(
             isinstance(m, dict) and isinstance(m.get("model"), str) for m in models)):

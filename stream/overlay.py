@@ -2,9 +2,11 @@
 MP4 (headless, the default) or shows a window.
 
 It never falls behind: each displayed frame first drains every queued message and keeps
-only the newest. Freshness is judged by when a result was *received* here, so it holds
-across hosts whose monotonic clocks differ: NO DATA before the first result, STALE once the
-newest is older than ``stale_ms``."""
+only the newest. Freshness is judged by when a message was *published*, mapped onto the
+local clock (``PublisherClock``), so it holds across hosts whose monotonic clocks differ and
+a message that sat in a queue is never taken for a new one: NO DATA when nothing (result or
+telemetry, the heartbeat) was published for ``heartbeat_timeout_ms`` or before the first
+result; STALE while the publisher lives but its newest result is older than ``stale_ms``."""
 
 from __future__ import annotations
 
@@ -23,26 +25,65 @@ from hepascope.stream.errors import HepascopeError, RingError
 from hepascope.stream.messages import TOPIC_RESULT, TOPIC_TELEMETRY
 from hepascope.stream.publish import Subscriber
 from hepascope.stream.ring import RingReader
+from hepascope.stream.security import ClientKeys
 from hepascope.stream.sources.base import Source
 from hepascope.stream.video import Mp4Writer
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SIZE = (384, 768)  # H, W of the background canvas before any frame arrives
+CLOCK_DRIFT = 1e-4  # how much faster our clock may run than a publisher's (100 ppm)
+
+
+class PublisherClock:
+    """Maps a publisher's ``t_publish_ns`` onto the local monotonic clock.
+
+    The offset is the least (receipt - publish) seen: the least-delayed message. Queueing
+    only makes a message look *older*, so a backlog can never make an old message look new;
+    the offset may creep up by ``CLOCK_DRIFT`` so clock drift between hosts never piles up
+    into false staleness. A publish time going backwards means another clock (another
+    publisher): start again."""
+
+    def __init__(self) -> None:
+        self.offset: int | None = None
+        self._at = 0
+        self._last_pub = 0
+
+    def observe(self, t_pub: int, rx_ns: int) -> bool:
+        """Learn from a message received at ``rx_ns``; True if the clock was reset."""
+        reset = self.offset is not None and t_pub < self._last_pub
+        if reset:
+            self.offset = None
+        self._last_pub = t_pub
+        delay = rx_ns - t_pub
+        if self.offset is None:
+            self.offset = delay
+        else:
+            self.offset = min(self.offset + int((rx_ns - self._at) * CLOCK_DRIFT), delay)
+        self._at = rx_ns
+        return reset
+
+    def local(self, t_pub: int) -> int:
+        return t_pub + (self.offset or 0)
 
 
 class OverlayState:
-    """Newest result per model and newest telemetry, with local receipt times. The panel
+    """Newest result per model and newest telemetry, with local publish times. The panel
     shows the main model (telemetry's ``model``; before any telemetry, the first to
     arrive), so a side model's results (the clip model) never replace it; they get a line
-    each."""
+    each. A new publisher (telemetry's ``pid`` changes, or its clock) clears the results
+    of the old one."""
 
-    def __init__(self, stale_ms: float) -> None:
-        if stale_ms <= 0:
-            raise ValueError("stale_ms must be > 0")
+    def __init__(self, stale_ms: float, heartbeat_timeout_ms: float = 600.0) -> None:
+        if stale_ms <= 0 or heartbeat_timeout_ms <= 0:
+            raise ValueError("stale_ms and heartbeat_timeout_ms must be > 0")
         self.stale_ns = int(stale_ms * 1e6)
-        self.results: dict[str, tuple[dict[str, Any], int]] = {}  # model -> (msg, rx ns)
+        self.heartbeat_ns = int(heartbeat_timeout_ms * 1e6)
+        # model -> (msg, local time it was published)
+        self.results: dict[str, tuple[dict[str, Any], int]] = {}
         self.telemetry: dict[str, Any] | None = None
+        self.clock = PublisherClock()
+        self.last_heard_ns: int | None = None  # local time the newest message was published
 
     @property
     def main_model(self) -> str | None:
@@ -54,17 +95,40 @@ class OverlayState:
         name = self.main_model
         return None if name is None else self.results[name][0]
 
+    def _published(self, topic: bytes, msg: dict[str, Any], now_ns: int) -> int:
+        pid = msg.get("pid") if topic == TOPIC_TELEMETRY else None
+        if pid is not None and self.telemetry is not None \
+                and self.telemetry.get("pid") not in (None, pid):
+            self.clock.offset = None  # another process: another clock, perhaps another host
+            self.results.clear()
+        t_pub = msg.get("t_publish_ns")
+        if not isinstance(t_pub, int):
+            return now_ns  # no publish time (not from a pipeline): receipt time
+        if self.clock.observe(t_pub, now_ns):
+            self.results.clear()
+        return min(self.clock.local(t_pub), now_ns)
+
     def update(self, topic: bytes, msg: dict[str, Any], now_ns: int) -> None:
+        """Take a validated message received at ``now_ns`` (local monotonic)."""
+        t_local = self._published(topic, msg, now_ns)
+        if self.last_heard_ns is None or t_local > self.last_heard_ns:
+            self.last_heard_ns = t_local
         if topic == TOPIC_RESULT:
             old = self.results.get(msg["model"])
             if old is not None and msg["stream"] == old[0]["stream"] \
                     and msg["seq"] <= old[0]["seq"]:
                 return  # never replace a result by an older one
-            self.results[msg["model"]] = (msg, now_ns)
+            self.results[msg["model"]] = (msg, t_local)
         elif topic == TOPIC_TELEMETRY:
             self.telemetry = msg
 
+    def alive(self, now_ns: int) -> bool:
+        """Whether the publisher was heard within the heartbeat timeout."""
+        return self.last_heard_ns is not None and now_ns - self.last_heard_ns <= self.heartbeat_ns
+
     def view(self, now_ns: int) -> OverlayView:
+        if not self.alive(now_ns):
+            return OverlayView("NO DATA")  # a dead publisher's figures are not shown either
         tel = self.telemetry or {}
         name = self.main_model
         if name is None:
@@ -89,6 +153,27 @@ def _side_lines(msg: dict[str, Any], age_s: float) -> tuple[str, str]:
     window = f"window {fill * 100:.0f}%, " if isinstance(fill, (int, float)) else ""
     return (f"{msg['model'][:16]}: {msg['labels'][i][:12]} {probs[i] * 100:.0f}%",
             f"  {window}{age_s:.1f} s ago")
+
+
+class Redial:
+    """When to reconnect while nothing is heard: after 1 s, then doubling up to 30 s (a
+    rejected CURVE client must not flood the publisher's log); reset once heard again."""
+
+    def __init__(self, first_s: float = 1.0, max_s: float = 30.0) -> None:
+        self._first, self._max = int(first_s * 1e9), int(max_s * 1e9)
+        self._wait = self._first
+        self._since: int | None = None
+
+    def due(self, alive: bool, now_ns: int) -> bool:
+        if alive:
+            self._since, self._wait = None, self._first
+            return False
+        if self._since is None:
+            self._since = now_ns
+        if now_ns - self._since < self._wait:
+            return False
+        self._since, self._wait = now_ns, min(2 * self._wait, self._max)
+        return True
 
 
 class Background:
@@ -150,17 +235,21 @@ class Background:
 
 def run_overlay(endpoint: str, *, out: Path | None, window: bool, background: Source | None,
                 stale_ms: float, fps: float, duration_s: float | None,
-                stop: threading.Event) -> dict[str, Any]:
-    """Display loop at ``fps`` until ``duration_s`` or ``stop``; returns a summary. With
-    ``out``, also writes ``<out>.jsonl``: per displayed frame, status, label, ages."""
+                stop: threading.Event, heartbeat_timeout_ms: float = 600.0,
+                keys: ClientKeys | None = None) -> dict[str, Any]:
+    """Display loop at ``fps`` until ``duration_s`` or ``stop``; returns a summary
+    (frames per status, messages received, malformed ones dropped). With ``out``, also
+    writes ``<out>.jsonl``: per displayed frame, status, label, age, malformed so far.
+    With ``keys``, subscribes over CURVE to the pinned publisher key only."""
     if window:
         try:
             cv2.namedWindow("hepascope", cv2.WINDOW_NORMAL)
         except cv2.error as e:
             raise HepascopeError("--window needs OpenCV built with GUI support "
                                  "(pip install opencv-python instead of -headless)") from e
-    sub = Subscriber(endpoint)
-    state = OverlayState(stale_ms)
+    sub = Subscriber(endpoint, keys=keys)
+    state = OverlayState(stale_ms, heartbeat_timeout_ms)
+    redial = Redial()
     bg = Background(background)
     writer: Mp4Writer | None = None
     log_file = out.with_suffix(out.suffix + ".jsonl").open("w") if out is not None else None
@@ -176,6 +265,8 @@ def run_overlay(endpoint: str, *, out: Path | None, window: bool, background: So
             if state.telemetry and isinstance(state.telemetry.get("ring"), str):
                 bg.follow_ring(state.telemetry["ring"])
             view = state.view(now)
+            if redial.due(state.alive(now), now):
+                sub.reconnect()
             img = draw_overlay(bg.image(), view)
             counts["frames"] += 1
             counts[view.status] += 1
@@ -187,7 +278,8 @@ def run_overlay(endpoint: str, *, out: Path | None, window: bool, background: So
                 top = view.labels[int(np.argmax(view.probs))] if view.probs else None
                 seq = state.result["seq"] if state.result else None
                 log_file.write(json.dumps({"frame": counts["frames"] - 1, "status": view.status,
-                                           "top": top, "seq": seq, "age_ms": view.age_ms}) + "\n")
+                                           "top": top, "seq": seq, "age_ms": view.age_ms,
+                                           "malformed": sub.malformed}) + "\n")
             if window:
                 cv2.imshow("hepascope", img)
                 if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
@@ -211,4 +303,4 @@ def run_overlay(endpoint: str, *, out: Path | None, window: bool, background: So
         if window:
             cv2.destroyAllWindows()
     return {**counts, "received": sub.received, "malformed": sub.malformed,
-            "out": str(out) if out else None}
+            "reconnects": sub.reconnects, "out": str(out) if out else None}

@@ -2,14 +2,17 @@
 classifier maps a frame to probabilities, the publisher sends maps. ``compose`` wires them:
 
     grabber thread:   source -> shared-memory ring      (never blocks; newest overwrites oldest)
-    inference thread: ring (newest frame wins) -> classifier -> result queue
+    inference thread: ring (newest frame wins) -> classifier -> result queue; or, when the
+                      classifier is an ``InferenceProcess``, the same loop in a supervised
+                      child process whose results this thread relays (stream/supervisor.py)
     side threads:     ring (newest frame wins) -> side model, on its own cadence -> result queue
     publish thread:   result queue -> results channel; telemetry every period (the heartbeat)
 
 Every frame carries its capture time; every stage adds a stamp; a frame a model's thread
 never saw is counted as dropped for that model. A side model (the clip 3D-CNN) has its own
 thread, ring reader and engine session: it never waits for the main model nor makes it
-wait; they share only the cores (hence its single engine thread) and the result queue."""
+wait; they share only the cores (hence its single engine thread) and the result queue.
+Side models stay threads of this process even when the main model runs in a child."""
 
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ from hepascope.stream.messages import SCHEMA_VERSION, TOPIC_RESULT, TOPIC_TELEME
 from hepascope.stream.ring import RingReader, RingWriter, slot_bytes_for
 from hepascope.stream.sources.base import Source
 from hepascope.stream.stats import ModelTally, RunStats
+from hepascope.stream.supervisor import InferenceProcess, RingHandle
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +76,24 @@ class SideModel(Protocol):
 Step = Callable[[Frame, int], "dict[str, Any] | None"]
 
 
+class ResultQueue(Protocol):
+    """Where a model's loop puts (result, its tally): the publish queue, or the pipe to
+    the parent when the loop runs in the inference process."""
+
+    def put(self, item: tuple[dict[str, Any], ModelTally]) -> None: ...
+
+
 class Pipeline:
     """Handle on a composed pipeline: ``run()`` starts it and returns its summary."""
 
     def __init__(self, threads: list[threading.Thread], stop: threading.Event,
                  done: threading.Event, errors: list[BaseException], stats: RunStats,
-                 ring_name: str) -> None:
+                 ring_name: str,
+                 inference_info: Callable[[], dict[str, Any]] | None = None) -> None:
         self._threads = threads
+        # where the main model runs, its pid and restarts (telemetry and the summary)
+        self.inference_info = inference_info or _in_thread
+        self.on_stop: Callable[[], None] | None = None  # thread-safe source interrupt
         self.stop_event = stop
         self._done = done
         self._errors = errors
@@ -103,10 +118,12 @@ class Pipeline:
         self.stats.settle()
         if self._errors:
             raise self._errors[0]
-        return self.stats.summary()
+        return {**self.stats.summary(), **self.inference_info()}
 
     def stop(self) -> None:
         self.stop_event.set()
+        if self.on_stop is not None:
+            self.on_stop()
 
 
 def _worker(name: str, fn: Callable[[], None], stop: threading.Event,
@@ -121,12 +138,19 @@ def _worker(name: str, fn: Callable[[], None], stop: threading.Event,
     return threading.Thread(target=body, name=f"hepascope-{name}", daemon=True)
 
 
-def compose(source: Source, classifier: Classifier, sink: Sink, config: PipelineConfig,
+def _in_thread() -> dict[str, Any]:
+    return {"inference": "thread", "inference_pid": os.getpid(), "inference_restarts": 0,
+            "inference_up": True}
+
+
+def compose(source: Source, classifier: Classifier | InferenceProcess, sink: Sink,
+            config: PipelineConfig,
             *, side: Sequence[SideModel] = (), listeners: tuple[ResultListener, ...] = (),
             engine_name: str = "onnxruntime", ring_name: str | None = None,
             on_ring: Callable[[str], None] | None = None) -> Pipeline:
     """Wire source -> ring -> classifier (and each side model, in its own thread) -> sink
-    into a runnable ``Pipeline``."""
+    into a runnable ``Pipeline``. An ``InferenceProcess`` classifier runs in its child
+    process, relayed and restarted by the main model's thread."""
     stop, done, source_done = threading.Event(), threading.Event(), threading.Event()
     errors: list[BaseException] = []
     stats = RunStats(ModelTally(classifier.model_name, config.latency_window),
@@ -134,8 +158,14 @@ def compose(source: Source, classifier: Classifier, sink: Sink, config: Pipeline
     results: queue.Queue[tuple[dict[str, Any], ModelTally]] = queue.Queue(maxsize=256)
     ring = _LazyRing(ring_name or f"hepascope-{os.getpid()}-{uuid.uuid4().hex[:8]}",
                      config.ring_slots, on_ring)
-    steps: list[Step] = [partial(_main_step, classifier), *(partial(_side_step, m) for m in side)]
+    main: Step | InferenceProcess = (classifier if isinstance(classifier, InferenceProcess)
+                                     else partial(_main_step, classifier))
+    steps = [main, *(partial(_side_step, m) for m in side)]
     finished = [threading.Event() for _ in steps]
+    where = classifier.telemetry if isinstance(classifier, InferenceProcess) else _in_thread
+
+    def info() -> dict[str, Any]:
+        return {**where(), **_source_health(source)}
 
     def grab() -> None:
         try:
@@ -146,15 +176,20 @@ def compose(source: Source, classifier: Classifier, sink: Sink, config: Pipeline
     def infer(i: int) -> None:
         if i > 0:
             _lower_priority(SIDE_NICE)
+        step, tally = steps[i], stats.models[i]
         try:
-            _infer_loop(steps[i], stats.models[i], ring, source_done, stop, results)
+            if isinstance(step, InferenceProcess):
+                step.serve(ring, source_done, stop, lambda m: results.put((m, tally)), tally)
+            else:
+                _infer_loop(step, tally, ring, source_done, stop, results)
         finally:
             finished[i].set()
 
     def publish() -> None:
         try:
             _publish_loop(sink, results, lambda: all(e.is_set() for e in finished),
-                          stats, config, listeners, source.source_id, engine_name, ring.name)
+                          stats, config, listeners, source.source_id, engine_name, ring.name,
+                          info)
         finally:
             done.set()
             ring.close()
@@ -163,7 +198,17 @@ def compose(source: Source, classifier: Classifier, sink: Sink, config: Pipeline
         ("grab", grab), *((f"side-{i}" if i else "infer", partial(infer, i))
                           for i in range(len(steps))), ("publish", publish)]
     threads = [_worker(n, f, stop, errors) for n, f in work]
-    return Pipeline(threads, stop, done, errors, stats, ring.name)
+    pipeline = Pipeline(threads, stop, done, errors, stats, ring.name, info)
+    # a reconnecting source waiting out an outage yields no frame to notice the stop by
+    pipeline.on_stop = getattr(source, "interrupt", None)
+    return pipeline
+
+
+def _source_health(source: Source) -> dict[str, Any]:
+    """A reconnecting or watchdog-guarded source's counters (outages, reconnects, frames
+    lost; stalls, replacements) under ``source_health``; nothing for a plain source."""
+    stats = getattr(source, "stats", None)
+    return {"source_health": stats()} if callable(stats) else {}
 
 
 def _lower_priority(nice: int) -> None:
@@ -223,10 +268,10 @@ def _grab_loop(source: Source, ring: _LazyRing, stats: RunStats, stop: threading
                 break
 
 
-def _infer_loop(step: Step, tally: ModelTally, ring: _LazyRing, source_done: threading.Event,
-                stop: threading.Event,
-                results: queue.Queue[tuple[dict[str, Any], ModelTally]]) -> None:
-    """One model's thread: the newest frame wins; ``step`` says whether it made a result."""
+def _infer_loop(step: Step, tally: ModelTally, ring: RingHandle, source_done: threading.Event,
+                stop: threading.Event, results: ResultQueue) -> None:
+    """One model's loop (a thread here, or the inference process's main thread): the newest
+    frame wins; ``step`` says whether it made a result."""
     while not ring.ready.wait(0.05):
         if stop.is_set() or source_done.is_set():
             return
@@ -256,15 +301,15 @@ def _infer_loop(step: Step, tally: ModelTally, ring: _LazyRing, source_done: thr
 
 
 def _main_step(classifier: Classifier, frame: Frame, t_read: int) -> dict[str, Any]:
-    return _message(classifier, frame, t_read, classifier.predict(frame))
+    return result_message(classifier, frame, t_read, classifier.predict(frame))
 
 
 def _side_step(model: SideModel, frame: Frame, t_read: int) -> dict[str, Any] | None:
     out = model.step(frame)
-    return None if out is None else _message(model, frame, t_read, out)
+    return None if out is None else result_message(model, frame, t_read, out)
 
 
-def _message(model: Classifier | SideModel, frame: Frame, t_read: int,
+def result_message(model: Classifier | SideModel, frame: Frame, t_read: int,
              out: tuple[np.ndarray, dict[str, float]]) -> dict[str, Any]:
     probs, stages = out
     t_inf = time.monotonic_ns()
@@ -290,7 +335,7 @@ def _message(model: Classifier | SideModel, frame: Frame, t_read: int,
 def _publish_loop(sink: Sink, results: queue.Queue[tuple[dict[str, Any], ModelTally]],
                   inferring_done: Callable[[], bool], stats: RunStats,
                   config: PipelineConfig, listeners: tuple[ResultListener, ...], stream: str,
-                  engine: str, ring_name: str) -> None:
+                  engine: str, ring_name: str, info: Callable[[], dict[str, Any]]) -> None:
     period_ns = int(config.telemetry_period_s * 1e9)
     next_telemetry = time.monotonic_ns()
     while True:
@@ -311,7 +356,8 @@ def _publish_loop(sink: Sink, results: queue.Queue[tuple[dict[str, Any], ModelTa
             for listener in listeners:
                 listener.on_result(msg)
         if now >= next_telemetry:
-            sink.send(TOPIC_TELEMETRY, _telemetry(stats, now, stream, engine, ring_name))
+            sink.send(TOPIC_TELEMETRY, {**_telemetry(stats, now, stream, engine, ring_name),
+                                        **info()})
             next_telemetry = now + period_ns
         # on stop too, wait for the model threads: a result counted as out just before the
         # stop is still on its way into the queue (stop cannot lose it)
@@ -321,7 +367,9 @@ def _publish_loop(sink: Sink, results: queue.Queue[tuple[dict[str, Any], ModelTa
 
 def _telemetry(stats: RunStats, now: int, stream: str, engine: str,
                ring_name: str) -> dict[str, Any]:
-    """The heartbeat: the main model's figures at the top level, every model's in ``models``."""
+    """The heartbeat: the main model's figures at the top level, every model's in ``models``.
+    It goes on while the inference process is down (results stop: the overlay says STALE);
+    the publish loop adds where inference runs, its pid and restarts."""
     main = stats.main
     return {
         "v": SCHEMA_VERSION, "stream": stream, "t_publish_ns": now,

@@ -112,7 +112,7 @@ def _badge(img: np.ndarray) -> str:
     return min(dist, key=dist.__getitem__)
 
 
-def test_overlay_shows_live_then_stale_after_the_publisher_stops(
+def test_overlay_shows_live_then_stale_then_no_data_after_the_publisher_stops(
         tmp_path: Path, video30: Path, small_model: Path) -> None:
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     out = tmp_path / "overlay.mp4"
@@ -127,15 +127,21 @@ def test_overlay_shows_live_then_stale_after_the_publisher_stops(
     assert overlay.returncode == 0, stderr
     states = [json.loads(ln) for ln in (tmp_path / "overlay.mp4.jsonl").read_text().splitlines()]
     seq = [s["status"] for s in states]
-    assert seq[0] == "NO DATA" and "LIVE" in seq and seq[-1] == "STALE"
+    assert seq[0] == "NO DATA" and "LIVE" in seq and seq[-1] == "NO DATA"
     first_live, last_live = seq.index("LIVE"), len(seq) - 1 - seq[::-1].index("LIVE")
-    assert "NO DATA" not in seq[first_live:] and "LIVE" not in seq[last_live + 1 :]
+    assert "NO DATA" not in seq[first_live:last_live + 1]
+    # after the last result: STALE while the heartbeat may still come, then NO DATA for good
+    after = seq[last_live + 1:]
+    assert after[0] == "STALE" and "LIVE" not in after
+    first_gone = after.index("NO DATA")
+    assert set(after[first_gone:]) == {"NO DATA"} and set(after[:first_gone]) == {"STALE"}
     with av.open(str(out)) as c:
         frames = [f.to_ndarray(format="bgr24") for f in c.decode(video=0)]
     assert len(frames) == len(states)
     assert _badge(frames[0]) == "NO DATA"
     assert _badge(frames[(first_live + last_live) // 2]) == "LIVE"
-    assert _badge(frames[-1]) == "STALE"
+    assert _badge(frames[last_live + 1]) == "STALE"
+    assert _badge(frames[-1]) == "NO DATA"
     # the background is the pipeline's own frames (from its ring), not a black canvas
     assert frames[(first_live + last_live) // 2][100:300, 100:300].mean() > 10
     print(f"\noverlay: {stdout.strip()}")

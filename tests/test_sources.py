@@ -19,6 +19,7 @@ from hepascope.stream.errors import (
 from hepascope.stream.sources import Source, SourceOptions, open_source
 from hepascope.stream.sources.capture import CaptureSource
 from hepascope.stream.sources.file import FileSource
+from hepascope.stream.sources.watchdog import Watchdog
 
 
 def test_file_source_decodes_every_frame_in_order(video30: Path) -> None:
@@ -86,9 +87,12 @@ def test_truncated_file_gives_a_source_error_not_a_crash(video30: Path, tmp_path
 
 def test_open_source_parses_specs(video30: Path) -> None:
     assert isinstance(open_source(str(video30)), FileSource)
-    cam = open_source("cam:3", SourceOptions(width=640, height=480, fps=30))
+    cam = open_source("cam:3", SourceOptions(width=640, height=480, fps=30, watchdog_s=None))
     assert isinstance(cam, CaptureSource) and cam.device == 3
-    assert isinstance(open_source("v4l2:/dev/video7"), CaptureSource)
+    assert isinstance(open_source("v4l2:/dev/video7", SourceOptions(watchdog_s=None)),
+                      CaptureSource)
+    guarded = open_source("v4l2:/dev/video7")  # by default a watchdog replaces a hung grabber
+    assert isinstance(guarded, Watchdog) and guarded.source_id == "v4l2:/dev/video7"
     with pytest.raises(ConfigError):
         open_source("cam:/dev/video0")
     with pytest.raises(ConfigError):

@@ -2,7 +2,7 @@
 
 ``open_source(spec)`` turns a CLI source spec into a source: a file path, ``rtsp://...``,
 ``v4l2:/dev/video0`` or ``cam:0``, ``phantom:SEED``, ``shm:NAME`` (a running pipeline's
-frame ring)."""
+frame ring), a DICOM cine (``*.dcm``, ``*.dicom`` or ``dicom:PATH``)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,10 @@ class SourceOptions:
     fps: float | None = None
     open_timeout_s: float = 5.0
     read_timeout_s: float = 2.0
+    reconnect: bool = True  # rtsp: reopen with backoff when the stream fails
+    backoff_initial_s: float = 0.1
+    backoff_max_s: float = 1.0
+    watchdog_s: float | None = 2.0  # v4l2/cam: replace a grabber with no frame for this long
 
 
 def open_source(spec: str, options: SourceOptions | None = None) -> Source:
@@ -35,15 +39,32 @@ def open_source(spec: str, options: SourceOptions | None = None) -> Source:
     if spec.startswith(("rtsp://", "rtsps://")):
         from hepascope.stream.sources.rtsp import RtspSource
 
-        return RtspSource(spec, open_timeout_s=o.open_timeout_s, read_timeout_s=o.read_timeout_s)
+        def rtsp() -> Source:
+            return RtspSource(spec, open_timeout_s=o.open_timeout_s,
+                              read_timeout_s=o.read_timeout_s)
+
+        if not o.reconnect:
+            return rtsp()
+        from hepascope.stream.sources.reconnect import Reconnecting
+
+        return Reconnecting(rtsp, backoff_initial_s=o.backoff_initial_s,
+                            backoff_max_s=o.backoff_max_s)
     if sep and scheme in ("v4l2", "cam"):
         from hepascope.stream.sources.capture import CaptureSource
 
         device: str | int = int(rest) if rest.isdigit() else rest
         if scheme == "cam" and not isinstance(device, int):
             raise ConfigError(f"cam: takes a device index, got {rest!r} (use v4l2:/dev/...)")
-        return CaptureSource(device, width=o.width, height=o.height, fps=o.fps,
-                             source_id=spec)
+
+        def grabber() -> Source:
+            return CaptureSource(device, width=o.width, height=o.height, fps=o.fps,
+                                 source_id=spec)
+
+        if o.watchdog_s is None:
+            return grabber()
+        from hepascope.stream.sources.watchdog import Watchdog
+
+        return Watchdog(grabber, stall_s=o.watchdog_s)
     if sep and scheme == "phantom":
         from hepascope.stream.sources.phantom import PhantomSource
 
@@ -56,6 +77,11 @@ def open_source(spec: str, options: SourceOptions | None = None) -> Source:
         from hepascope.stream.sources.shm import RingSource
 
         return RingSource(rest)
+    if (sep and scheme == "dicom") or spec.lower().endswith((".dcm", ".dicom")):
+        from hepascope.stream.sources.dicom import DicomCineSource
+
+        path = rest if sep and scheme == "dicom" else spec
+        return DicomCineSource(path, speed=o.speed, max_rate=o.max_rate, loop=o.loop)
     if "://" in spec:
         raise ConfigError(f"unsupported source scheme in {spec!r}")
     from hepascope.stream.sources.file import FileSource

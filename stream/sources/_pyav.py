@@ -1,5 +1,8 @@
 """PyAV plumbing shared by the file and RTSP sources: open with typed errors, decode
-video frames to BGR arrays, and map whatever the decoder raises to ``SourceError``."""
+video frames to BGR arrays, and map whatever the decoder raises to ``SourceError``.
+
+``CheckedDecoder`` is the strict decoder of replayed files: it never hands on a frame the
+decoder flagged or could not decode, nor one that depends on such a frame."""
 
 from __future__ import annotations
 
@@ -20,6 +23,18 @@ from hepascope.stream.errors import (
 # PyAV raises FFmpegError subclasses, but on some corrupt streams also IndexError or
 # ValueError from its own Python layer: all of them mean "this input is broken".
 _DECODE_ERRORS: tuple[type[BaseException], ...] = (av.FFmpegError, IndexError, ValueError)
+READ_FAILURES: tuple[type[BaseException], ...] = (*_DECODE_ERRORS, OSError)
+
+# The decoder refuses pictures above this size itself (FFmpeg's max_pixels): a flipped bit
+# in a sequence header can claim a 16k x 16k picture that takes seconds and gigabytes to
+# decode. 4096 x 4096 holds every surgical video format up to 4K UHD and DCI 4K.
+MAX_PIXELS = 4096 * 4096
+# err_detect 'explode': a damaged slice fails its packet instead of being concealed (a
+# concealed frame is often not flagged corrupt); crccheck/bitstream/buffer: check all that
+# the codec can check. Frames flagged corrupt still come out (output_corrupt, FFmpeg's
+# default) so that they are counted, not silently dropped.
+STRICT_DECODER_OPTIONS = {"err_detect": "crccheck+bitstream+buffer+explode",
+                          "max_pixels": str(MAX_PIXELS)}
 
 
 def _is_network(url: str) -> bool:
@@ -45,7 +60,10 @@ def open_container(url: str, *, options: dict[str, str] | None = None,
     open_timeout = timeout[0] if isinstance(timeout, tuple) else timeout
     t0 = time.monotonic()
     try:
-        return av.open(url, mode="r", options=options or {}, timeout=timeout)
+        # metadata_errors: a damaged file's tags are not UTF-8 (PyAV would raise
+        # UnicodeDecodeError from inside open); the video does not depend on them
+        return av.open(url, mode="r", options=options or {}, timeout=timeout,
+                       metadata_errors="replace")
     except av.ExitError as e:  # the interrupt callback fired: the open timeout
         raise SourceTimeoutError(f"{url}: timed out opening ({_reason(e)})") from e
     except (av.FFmpegError, OSError) as e:
@@ -72,7 +90,27 @@ def video_stream(container: Any, url: str) -> Any:
     if not container.streams.video:
         container.close()
         raise SourceFormatError(f"{url}: no video stream")
-    return container.streams.video[0]
+    stream = container.streams.video[0]
+    if stream.codec_context is None:  # an unknown (or damaged) codec id: nothing decodes it
+        container.close()
+        raise SourceFormatError(f"{url}: no decoder for its video stream's codec")
+    return stream
+
+
+def _read_error(e: BaseException, url: str) -> SourceError:
+    """The typed error for an exception PyAV raised while demuxing or decoding ``url``."""
+    if isinstance(e, av.ExitError):  # the interrupt callback fired: the read timeout
+        return SourceTimeoutError(f"{url}: read timed out ({_reason(e)})")
+    if isinstance(e, TimeoutError) or "timed out" in str(e).lower():
+        return SourceTimeoutError(f"{url}: read timed out ({_reason(e)})")
+    if isinstance(e, ConnectionError) or (
+            _is_network(url) and isinstance(e, OSError)
+            and not isinstance(e, av.InvalidDataError)):
+        return SourceError(f"{url}: connection lost ({_reason(e)})")
+    if isinstance(e, _DECODE_ERRORS):
+        return SourceFormatError(
+            f"{url}: corrupt or undecodable video ({type(e).__name__}: {e})")
+    return SourceError(f"{url}: read failed ({e})")
 
 
 def decode_bgr(container: Any, stream: Any, url: str) -> Iterator[tuple[np.ndarray, float | None]]:
@@ -81,18 +119,100 @@ def decode_bgr(container: Any, stream: Any, url: str) -> Iterator[tuple[np.ndarr
         for packet in container.demux(stream):
             for frame in packet.decode():
                 yield frame.to_ndarray(format="bgr24"), frame.time
-    except av.ExitError as e:  # the interrupt callback fired: the read timeout
-        raise SourceTimeoutError(f"{url}: read timed out ({_reason(e)})") from e
     except av.EOFError:
         return
-    except _DECODE_ERRORS as e:
-        if isinstance(e, TimeoutError) or "timed out" in str(e).lower():
-            raise SourceTimeoutError(f"{url}: read timed out ({_reason(e)})") from e
-        if isinstance(e, ConnectionError) or (
-                _is_network(url) and isinstance(e, OSError)
-                and not isinstance(e, av.InvalidDataError)):
-            raise SourceError(f"{url}: connection lost ({_reason(e)})") from e
-        raise SourceFormatError(
-            f"{url}: corrupt or undecodable video ({type(e).__name__}: {e})") from e
-    except OSError as e:
-        raise SourceError(f"{url}: read failed ({e})") from e
+    except READ_FAILURES as e:
+        raise _read_error(e, url) from e
+
+
+class CheckedDecoder:
+    """Decode a file's video stream, handing on only frames decoded without error.
+
+    A packet the decoder rejects and a frame it flags corrupt are skipped and counted in
+    ``corrupt_frames``; so is every frame after them until the next key frame, because
+    those predict from the damaged picture (FFmpeg does not flag them). A damaged file is
+    given up with ``SourceFormatError`` when more than ``max_corrupt_run`` frames in a row
+    were skipped, or when ``budget_s`` of decoding (pacing excluded) passes without a frame
+    to hand on: garbage that decodes to nothing, or slowly, ends within that budget.
+    Corruption that still parses as valid video (a flipped bit in coefficient data) cannot
+    be detected by any decoder; what the decoder can detect, it is made to report.
+    """
+
+    def __init__(self, container: Any, stream: Any, url: str, *, max_corrupt_run: int = 30,
+                 budget_s: float = 0.5) -> None:
+        if max_corrupt_run < 0:
+            raise ValueError(f"max_corrupt_run must be >= 0, got {max_corrupt_run}")
+        if budget_s <= 0:
+            raise ValueError(f"budget_s must be > 0, got {budget_s}")
+        self.container, self.stream, self.url = container, stream, url
+        self.max_corrupt_run = max_corrupt_run
+        self.budget_s = budget_s
+        self.corrupt_frames = 0
+        self._run = 0  # frames skipped since the last one handed on
+        self._resync = False  # damage seen: skip until a key frame
+        self._why = ""
+        self.restart()
+        stream.codec_context.options = dict(STRICT_DECODER_OPTIONS)
+
+    def restart(self, t_start: float | None = None) -> None:
+        """Start a new budget span now (or at ``t_start``, e.g. when opening began)."""
+        self._t_work = time.monotonic() if t_start is None else t_start
+
+    def frames(self) -> Iterator[tuple[np.ndarray, float | None]]:
+        """(BGR uint8 image, pts seconds or None) of each good frame, to the end; a pass
+        that ends without one is a ``SourceFormatError`` (nothing in the file decodes)."""
+        handed = 0
+        try:
+            for packet in self.container.demux(self.stream):
+                self._check_budget()
+                for frame in self._decode(packet):
+                    if self._usable(frame):
+                        image = frame.to_ndarray(format="bgr24")
+                        self._run = 0
+                        handed += 1
+                        yield image, frame.time
+                        self.restart()  # the consumer's time (pacing) is not decoding
+        except av.EOFError:
+            pass
+        except SourceError:  # ours (too much damage), already typed
+            raise
+        except READ_FAILURES as e:  # the demuxer's, not a packet's
+            raise _read_error(e, self.url) from e
+        if not handed:
+            detail = f" ({self.corrupt_frames} corrupt, last: {self._why})" if self._why else ""
+            raise SourceFormatError(f"{self.url}: no decodable video frame{detail}")
+
+    def _decode(self, packet: Any) -> list[Any]:
+        try:
+            return list(packet.decode())
+        except av.EOFError:
+            return []
+        except _DECODE_ERRORS as e:  # this packet is damaged, not necessarily the rest
+            self._skip(f"{type(e).__name__}: {_reason(e)}")
+            return []
+
+    def _usable(self, frame: Any) -> bool:
+        if frame.is_corrupt:
+            self._skip("frame flagged corrupt by the decoder")
+            return False
+        if self._resync and not frame.key_frame:
+            self._skip(f"predicts from a damaged frame ({self._why})")
+            return False
+        self._resync = False
+        return True
+
+    def _skip(self, why: str) -> None:
+        self.corrupt_frames += 1
+        self._run += 1
+        self._resync = True
+        self._why = why
+        if self._run > self.max_corrupt_run:
+            raise SourceFormatError(f"{self.url}: corrupt video: {self._run} frames in a row "
+                                    f"could not be decoded cleanly (last: {why})")
+
+    def _check_budget(self) -> None:
+        spent = time.monotonic() - self._t_work
+        if spent > self.budget_s:
+            detail = f"; {self._run} corrupt, last: {self._why}" if self._run else ""
+            raise SourceFormatError(f"{self.url}: corrupt video: no decodable frame after "
+                                    f"{spent:.2f} s of decoding{detail}")

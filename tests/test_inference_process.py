@@ -1,0 +1,239 @@
+"""Inference in its own process: the child is really killed (SIGKILL) while `hepascope run`
+captures, records and publishes; a real subscriber and the overlay's own state judge."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from hepascope.stream.config import load_config
+from hepascope.stream.errors import ModelError
+from hepascope.stream.messages import TOPIC_RESULT
+from hepascope.stream.overlay import OverlayState
+from hepascope.stream.publish import Subscriber
+from hepascope.stream.supervisor import open_inference
+
+CLI = [sys.executable, "-m", "hepascope.stream"]
+START_S = 60.0  # generous: two processes start on a loaded 2-core machine
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Watcher:
+    """A real subscriber feeding the overlay's state, polled every ~10 ms by the test."""
+
+    def __init__(self, endpoint: str, stale_ms: float) -> None:
+        self.sub = Subscriber(endpoint)
+        self.state = OverlayState(stale_ms)
+        self.telemetry: dict[str, Any] = {}
+        self.results: list[tuple[int, dict[str, Any]]] = []  # (local receipt ns, msg)
+        self.statuses: list[tuple[int, str]] = []
+
+    def pump(self, until: Callable[[int], bool], timeout_s: float, what: str) -> int:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.sub.poll(10)
+            now = time.monotonic_ns()
+            for topic, msg in self.sub.drain():
+                self.state.update(topic, msg, now)
+                if topic == TOPIC_RESULT:
+                    self.results.append((now, msg))
+                else:
+                    self.telemetry = msg
+            self.statuses.append((now, self.state.view(now).status))
+            if until(now):
+                return now
+        raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+    @property
+    def status(self) -> str:
+        return self.statuses[-1][1] if self.statuses else "NO DATA"
+
+    def close(self) -> None:
+        self.sub.close()
+
+
+def _start(tmp_path: Path, model: Path, video: Path, *extra: str,
+           config: Path | None = None) -> tuple[subprocess.Popen[str], str]:
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    args = [*CLI, "-v", "run", "--source", str(video), "--model", str(model), "--loop",
+            "--publish", endpoint, "--inference", "process",
+            "--summary", str(tmp_path / "summary.json"), *extra]
+    if config is not None:
+        args += ["--config", str(config)]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True), endpoint
+
+
+def _stop(proc: subprocess.Popen[str]) -> tuple[int, str]:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)  # stop_on_signals: a clean stop, files finalised
+    _, err = proc.communicate(timeout=60)
+    return proc.returncode, err
+
+
+def test_killed_inference_is_restarted_while_capture_and_recording_go_on(
+        tmp_path: Path, video30: Path, small_model: Path) -> None:
+    stale_ms = load_config().overlay.stale_ms
+    rec = tmp_path / "rec"
+    proc, endpoint = _start(tmp_path, small_model, video30, "--record", str(rec))
+    watch = Watcher(endpoint, stale_ms)
+    try:
+        watch.pump(lambda _: watch.status == "LIVE" and "inference_pid" in watch.telemetry,
+                   START_S, "LIVE")
+        # one more heartbeat so frames_in at the kill is fresh
+        before = watch.telemetry
+        watch.pump(lambda _: watch.telemetry is not before, 5, "a heartbeat")
+        tel = watch.telemetry
+        victim = int(tel["inference_pid"])
+        assert victim != proc.pid and tel["pid"] == proc.pid and tel["inference"] == "process"
+        frames_at_kill = int(tel["frames_in"])
+        t_kill = time.monotonic_ns()
+        os.kill(victim, signal.SIGKILL)
+        # STALE (publisher alive, results old), never NO DATA, while the child is down
+        t_stale = watch.pump(lambda _: watch.status == "STALE", 10, "STALE")
+        # the first result of a frame captured after the kill can only come from a new child
+        t_back = watch.pump(lambda _: any(m["t_capture_ns"] > t_kill
+                                          for _, m in watch.results[-5:]), START_S,
+                            "a result from the restarted child")
+        outage = [s for t, s in watch.statuses if t_kill <= t < t_back]
+        frames_in_outage = int(watch.telemetry["frames_in"]) - frames_at_kill
+        watch.pump(lambda _: watch.telemetry.get("inference_restarts") == 1
+                   and watch.status == "LIVE", 10, "LIVE again with 1 restart")
+        new_pid = int(watch.telemetry["inference_pid"])
+        watch.pump(lambda _: sum(t >= t_back for t, _m in watch.results) >= 10, 30,
+                   "results going on after the restart")
+    finally:
+        watch.close()
+        rc, err = _stop(proc)
+    assert rc == 0, err
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert "NO DATA" not in outage and "STALE" in outage
+    assert new_pid != victim and summary["inference_pid"] == new_pid
+    assert summary["inference_restarts"] == 1
+    assert f"inference process {victim} was killed by SIGKILL; restart 1" in err
+    # capture went on: frames kept arriving while no model ran, and they are drops
+    assert frames_in_outage > 0
+    assert summary["frames_out"] + summary["dropped"] == summary["frames_in"]
+    results = [m for _, m in watch.results]
+    seqs = [m["seq"] for m in results]
+    gap = max(b - a for a, b in itertools.pairwise(seqs))
+    assert summary["dropped"] >= gap - 1 > 0
+    # recording went on: every captured frame of the outage is in the recording
+    with (rec / "frames.csv").open() as f:
+        rows = [(int(r["seq"]), int(r["t_capture_ns"])) for r in csv.DictReader(f)]
+    meta = json.loads((rec / "session.json").read_text())
+    recorded_outage = [s for s, t in rows if t_kill <= t < t_back]
+    # the recorder is one more ring reader: what it missed (a busy machine) it counts
+    assert meta["frames"] == len(rows)
+    assert meta["frames"] + meta["record_dropped"] == summary["frames_in"]
+    assert all(a[0] < b[0] for a, b in itertools.pairwise(rows))
+    assert len(recorded_outage) > 0
+    print(f"\nkill -> STALE at the overlay {(t_stale - t_kill) / 1e6:.0f} ms "
+          f"(stale_ms {stale_ms:g}); kill -> first new result {(t_back - t_kill) / 1e6:.0f} ms; "
+          f"frames captured during the outage {frames_in_outage} (telemetry), "
+          f"{len(recorded_outage)} recorded (recorder dropped {meta['record_dropped']} in the "
+          f"run); largest result seq gap {gap}; dropped in the run "
+          f"{summary['dropped']} of {summary['frames_in']}; restarts "
+          f"{summary['inference_restarts']}; pids {victim} -> {new_pid}")
+
+
+def _config(tmp_path: Path, **pipeline: object) -> Path:
+    raw = yaml.safe_load((Path(__file__).parents[1] / "stream" / "default.yaml").read_text())
+    raw["pipeline"].update(pipeline)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_a_child_that_keeps_dying_ends_the_run_with_a_typed_error(
+        tmp_path: Path, video30: Path, small_model: Path) -> None:
+    config = _config(tmp_path, inference_max_crashes=3)
+    proc, endpoint = _start(tmp_path, small_model, video30, config=config)
+    watch = Watcher(endpoint, load_config().overlay.stale_ms)
+    killed: list[int] = []
+    t_first = 0.0
+
+    def kill_each_new_child(_: int) -> bool:
+        nonlocal t_first
+        pid = watch.telemetry.get("inference_pid")
+        if isinstance(pid, int) and pid not in killed and (killed or watch.status == "LIVE"):
+            os.kill(pid, signal.SIGKILL)  # loading or running: a crash either way
+            t_first = t_first or time.monotonic()
+            killed.append(pid)
+        return proc.poll() is not None
+
+    try:  # ends by itself: no endless restart loop
+        watch.pump(kill_each_new_child, START_S + 60, "the run to give up")
+        _, err = proc.communicate(timeout=30)
+        ended_s = time.monotonic() - t_first
+    finally:
+        watch.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    lines = err.strip().splitlines()
+    restarts = [ln for ln in lines if "; restart " in ln]
+    print(f"\ncrash loop: {len(killed)} children killed, {len(restarts)} restarts, run ended "
+          f"{ended_s:.2f} s after the first kill, exit {proc.returncode}: {lines[-1]}")
+    assert proc.returncode == 2 and "Traceback" not in err
+    assert lines[-1] == ("hepascope: error: inference process crashed 3 times within 60 s "
+                         "(last: was killed by SIGKILL); giving up")
+    assert len(killed) == 3 and len(restarts) == 2
+
+
+def test_a_model_file_gone_bad_is_not_restarted_forever(
+        tmp_path: Path, video30: Path, small_model: Path) -> None:
+    model = tmp_path / "model.onnx"
+    model.write_bytes(small_model.read_bytes())
+    proc, endpoint = _start(tmp_path, model, video30)
+    watch = Watcher(endpoint, load_config().overlay.stale_ms)
+    try:
+        watch.pump(lambda _: watch.status == "LIVE" and "inference_pid" in watch.telemetry,
+                   START_S, "LIVE")
+        model.write_bytes(os.urandom(4096))  # the file goes bad on disk, then the child dies
+        t_kill = time.monotonic()
+        os.kill(int(watch.telemetry["inference_pid"]), signal.SIGKILL)
+        _, err = proc.communicate(timeout=60)
+        ended_s = time.monotonic() - t_kill
+    finally:
+        watch.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    lines = err.strip().splitlines()
+    print(f"\nbad model file: run ended {ended_s:.2f} s after the kill, exit "
+          f"{proc.returncode}: {lines[-1]}")
+    # the restart finds a file that is no model: the same ModelError as at a first start
+    assert proc.returncode == 2 and "Traceback" not in err
+    assert lines[-1].startswith("hepascope: error: ") and "not a loadable ONNX model" in lines[-1]
+    assert len([ln for ln in lines if "; restart " in ln]) == 1
+
+
+def test_model_errors_at_first_start_are_the_same_in_a_process(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x08\x07 not an onnx graph" * 50)
+    cfg = load_config()
+    errors = []
+    for mode in ("thread", "process"):
+        with pytest.raises(ModelError) as info:
+            open_inference(mode, bad, cfg, backend="onnxruntime")
+        errors.append((type(info.value), str(info.value)))
+    assert errors[0] == errors[1]
