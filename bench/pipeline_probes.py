@@ -32,20 +32,47 @@ def p50_p99(values: list[float] | np.ndarray) -> dict[str, float | None]:
     return {"p50_ms": pct(values, 50), "p99_ms": pct(values, 99)}
 
 
-def _rss_mb() -> float:
-    """Resident set size now (Linux /proc; elsewhere the lifetime peak, the best there is)."""
+def _descendants(pid: str) -> list[str]:
+    """Child pids of ``pid``, recursively (Linux /proc; the inference process and the
+    multiprocessing helpers are children of the pipeline's process)."""
+    out: list[str] = []
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return out
+    for task in tasks:
+        try:
+            kids = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for kid in kids:
+            out += [kid, *_descendants(kid)]
+    return out
+
+
+def _vmrss_mb(pid: str) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024.0
-    except OSError:
+    except OSError:  # gone meanwhile
         pass
+    return 0.0
+
+
+def _rss_mb() -> float:
+    """Resident set size now of this process and its children (the inference process
+    runs in one): Linux /proc; elsewhere this process's lifetime peak, the best there is."""
+    if Path("/proc/self/status").is_file():
+        me = str(os.getpid())
+        return sum(_vmrss_mb(pid) for pid in (me, *_descendants(me)))
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 class Resources:
-    """CPU % (process CPU time over wall time; 100 = one core busy) and RSS sampled every
-    0.1 s while a section runs (the peak of the section, not of the process's life)."""
+    """CPU % (CPU time of this process and its reaped children, i.e. the inference process,
+    over wall time; 100 = one core busy) and RSS of both sampled every 0.1 s while a
+    section runs (the peak of the section, not of the process's life)."""
 
     def __init__(self) -> None:
         self._stop = threading.Event()
@@ -58,8 +85,10 @@ class Resources:
 
     @staticmethod
     def _cpu() -> float:
+        # children's times count once they are reaped: the pipeline joins its inference
+        # process before the section ends, so its CPU is in the section's delta
         t = os.times()
-        return t.user + t.system
+        return t.user + t.system + t.children_user + t.children_system
 
     def _sample(self) -> None:
         while not self._stop.wait(0.1):

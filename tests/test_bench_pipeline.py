@@ -3,6 +3,8 @@ the relations that must hold whatever the machine's speed (no timing thresholds)
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -111,3 +113,21 @@ def test_slow_model_drops_frames_and_windows_add_up(tmp_path: Path) -> None:
     assert sum(w["results"] for w in table) == out["frames_out"]
     so_far = [w["dropped_so_far"] for w in table]
     assert so_far == sorted(so_far) and so_far[-1] <= out["dropped"]
+
+
+def test_resources_count_child_processes() -> None:
+    """The inference process is a child: its RSS is sampled and its CPU counted once it is
+    reaped (a child that holds 120 MB and burns CPU for a while, then exits)."""
+    from hepascope.bench.pipeline_probes import Resources
+
+    res = Resources()
+    cpu0 = Resources._cpu()
+    code = ("import time; x = bytearray(120 << 20); x[::4096] = b'\\x01' * len(x[::4096]); "
+            "t = time.process_time(); print('ready', flush=True)\n"
+            "while time.process_time() - t < 0.5: pass\ntime.sleep(0.4)")
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+    child.wait(timeout=60)
+    usage = res.finish()
+    assert Resources._cpu() - cpu0 >= 0.5  # the child's CPU time (not wall) is counted
+    assert usage["cpu_pct"] > 0 and usage["rss_peak_mb"] > usage["rss_end_mb"] + 100
