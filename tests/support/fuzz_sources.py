@@ -21,15 +21,12 @@ import traceback
 import warnings
 from collections import Counter
 from collections.abc import Callable
-from fractions import Fraction
 from pathlib import Path
-
-import av
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from support.dicom_media import jpeg_cine, us_frames, write_cine
-from support.media import frame_pattern
+from support.media import write_video
 
 from hepascope.stream.errors import SourceError
 from hepascope.stream.sources import SourceOptions, open_source
@@ -39,21 +36,9 @@ MAX_FRAMES = 400  # a damaged file cannot yield more than its base had; a guard 
 
 def write_clip(path: Path, *, frames: int = 30, fps: int = 30, size: tuple[int, int] = (64, 96),
                gop: int = 10, codec: str = "libx264", preset: str = "ultrafast") -> Path:
-    """A clip of ``frame_pattern`` frames with a key frame every ``gop`` frames; the
-    container follows the suffix (.mp4, .mkv, .avi)."""
-    h, w = size
-    options = {"preset": preset} if codec == "libx264" else {}
-    with av.open(str(path), mode="w") as c:
-        s = c.add_stream(codec, rate=fps, options=options)
-        s.width, s.height, s.pix_fmt, s.gop_size = w, h, "yuv420p", gop
-        for i in range(frames):
-            vf = av.VideoFrame.from_ndarray(frame_pattern(i, h, w), format="bgr24")
-            vf.pts, vf.time_base = i, Fraction(1, fps)
-            for p in s.encode(vf):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    return path
+    """A small clip of ``frame_pattern`` frames with a key frame every ``gop`` frames."""
+    return write_video(path, frames=frames, fps=fps, size=size, codec=codec, gop=gop,
+                       preset=preset)
 
 
 def bases(d: Path) -> list[Path]:

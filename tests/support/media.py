@@ -32,13 +32,18 @@ def matches_pattern(img: np.ndarray, i: int) -> bool:
 
 
 def write_video(path: Path, *, frames: int = 30, fps: int = 30, size: tuple[int, int] = (384, 768),
-                codec: str = "libx264") -> Path:
-    """An H.264 MP4 (yuv420p) of ``frames`` pattern frames at ``fps``; size is (H, W)."""
+                codec: str = "libx264", gop: int | None = None,
+                preset: str = "ultrafast") -> Path:
+    """A video (yuv420p) of ``frames`` pattern frames at ``fps``; size is (H, W); the
+    container follows the suffix (.mp4, .mkv, .avi, .ts); a key frame every ``gop`` frames
+    where given (the encoder's default otherwise)."""
     h, w = size
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), mode="w") as c:
-        s = c.add_stream(codec, rate=fps, options={"preset": "ultrafast"})
+        s = c.add_stream(codec, rate=fps, options={"preset": preset} if codec == "libx264" else {})
         s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+        if gop is not None:
+            s.gop_size = gop
         for i in range(frames):
             vf = av.VideoFrame.from_ndarray(frame_pattern(i, h, w), format="bgr24")
             vf.pts, vf.time_base = i, Fraction(1, fps)
