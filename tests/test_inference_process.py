@@ -89,6 +89,13 @@ def _stop(proc: subprocess.Popen[str]) -> tuple[int, str]:
     return proc.returncode, err
 
 
+def _kill(proc: subprocess.Popen[str]) -> None:
+    """A run the test expected to end by itself and did not: no process left behind."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
 def test_killed_inference_is_restarted_while_capture_and_recording_go_on(
         tmp_path: Path, video30: Path, small_model: Path) -> None:
     stale_ms = load_config().overlay.stale_ms
@@ -228,9 +235,7 @@ def test_a_child_that_keeps_dying_ends_the_run_with_a_typed_error(
         ended_s = time.monotonic() - t_first
     finally:
         watch.close()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _kill(proc)
     lines = err.strip().splitlines()
     restarts = [ln for ln in lines if "; restart " in ln]
     print(f"\ncrash loop: {len(killed)} children killed, {len(restarts)} restarts, run ended "
@@ -257,9 +262,7 @@ def test_a_model_file_gone_bad_is_not_restarted_forever(
         ended_s = time.monotonic() - t_kill
     finally:
         watch.close()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _kill(proc)
     lines = err.strip().splitlines()
     print(f"\nbad model file: run ended {ended_s:.2f} s after the kill, exit "
           f"{proc.returncode}: {lines[-1]}")
