@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -7,8 +8,30 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from support import budget
 from support.media import write_video
 from support.models import make_classifier
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--slow", action="store_true",
+                     help="also run the long variants (tests marked slow: more trials, the "
+                     "2-minute soak); by default one short variant of each kind runs")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("--slow"):
+        os.environ[budget.ENV] = "1"  # read by support.budget, in subprocesses too
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if budget.full():
+        return
+    skip = pytest.mark.skip(reason="long variant: run with --slow (a short one of the same "
+                            "kind runs by default)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

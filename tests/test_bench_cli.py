@@ -33,7 +33,6 @@ def test_bench_registration_is_torch_free_and_parses() -> None:
         parser.parse_args(["bench", "--streams", "0"])
 
 
-@pytest.mark.slow
 def test_bench_tiny_budget_writes_every_file_and_section(tmp_path: Path) -> None:
     out = tmp_path / "res"
     assert main(["--quick", "--seconds", "1", "--runs", "5", "--batches", "1,2",

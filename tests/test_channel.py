@@ -20,6 +20,7 @@ from typing import Any
 import msgpack
 import numpy as np
 import zmq
+from support.budget import trials
 
 from hepascope.stream.messages import (
     SCHEMA_VERSION,
@@ -184,7 +185,7 @@ def test_a_slow_subscriber_neither_blocks_the_publisher_nor_ages_the_overlay() -
 
 # --- heartbeats: a publisher SIGKILLed ------------------------------------------------------
 
-TRIALS = 20
+TRIALS = trials(6, 20)
 
 
 def _free_port() -> int:

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import yaml
+from support.budget import trials
 
 from hepascope.stream.config import load_config
 from hepascope.stream.errors import ModelError
@@ -162,7 +163,7 @@ def test_killed_inference_is_restarted_while_capture_and_recording_go_on(
           f"{summary['inference_restarts']}; pids {victim} -> {new_pid}")
 
 
-STALE_TRIALS = 8
+STALE_TRIALS = trials(3, 8)
 
 
 def test_stale_delay_over_many_real_kills(tmp_path: Path, video30: Path,

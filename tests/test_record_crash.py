@@ -16,6 +16,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from support.budget import trials
 
 from hepascope.stream.errors import DataError, SourceError
 from hepascope.stream.frame import Frame
@@ -33,7 +34,7 @@ from hepascope.stream.sources.file import FileSource
 from hepascope.stream.sources.phantom import PhantomSource
 
 CHILD = Path(__file__).parent / "support" / "record_child.py"
-TRIALS = 5
+TRIALS = trials(2, 5)
 SEED = 7
 BOUND_S = 1.0  # the spec: a kill loses at most the last second
 
@@ -90,7 +91,6 @@ def _run_and_kill(d: Path, model: Path, ring: str, delay_s: float) -> int:
         Path("/dev/shm", ring).unlink(missing_ok=True)  # a killed writer leaves its ring
 
 
-@pytest.mark.slow  # five recordings of 2-3.5 s each, in subprocesses
 def test_sigkill_loses_at_most_one_second(tmp_path: Path, small_model: Path) -> None:
     rng = random.Random(SEED)
     losses = []

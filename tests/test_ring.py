@@ -363,7 +363,6 @@ def _stress_reader(name: str, mode: str, created: Any, ready: Any, out: Any) -> 
     r.close()
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_stress_writer_and_reader_processes() -> None:
     name = _unique("stress")

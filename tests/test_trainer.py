@@ -80,7 +80,6 @@ def test_augment_keeps_views_registered_and_in_range() -> None:
     assert roughness(bm) > 0.5 * roughness(plain)
 
 
-@pytest.mark.slow
 def test_ddp_two_cpu_ranks_train_identical_weights(tmp_path: Path) -> None:
     script = Path(__file__).parent / "support" / "ddp_train.py"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
