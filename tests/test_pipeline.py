@@ -85,8 +85,9 @@ def test_publisher_and_subscriber_on_loopback() -> None:
     pub = Publisher("tcp://127.0.0.1:*", context=ctx)
     sub = Subscriber(pub.bound, context=ctx)
     try:
-        good = {"v": 1, "stream": "s", "seq": 1, "model": "m", "labels": ["a"], "probs": [1.0],
-                "t_capture_ns": 1, "t_publish_ns": 2, "latency_ms": {"total": 1.0}}
+        good = {"v": 2, "stream": "s", "seq": 1, "model": "m", "labels": ["a"], "probs": [1.0],
+                "status": "ok", "run_id": "r", "t_capture_ns": 1, "t_capture_utc_ns": 1,
+                "t_publish_ns": 2, "latency_ms": {"total": 1.0}}
         got: list[dict[str, Any]] = []
         deadline = time.monotonic() + 5
         while not got and time.monotonic() < deadline:  # PUB/SUB joins asynchronously
