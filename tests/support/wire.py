@@ -31,7 +31,7 @@ def fault(seq: int, run_id: str, **extra: Any) -> dict[str, Any]:
                                   "fault": "non-finite output", **extra})
 
 
-def telemetry(run_id: str, pid: int = 4242, **extra: Any) -> dict[str, Any]:
+def telemetry(run_id: str, pid: Any = 4242, **extra: Any) -> dict[str, Any]:
     msg = {"v": SCHEMA_VERSION, "stream": "s", "t_publish_ns": time.monotonic_ns(),
            "fps_in": 30.0, "fps_out": 30.0, "dropped": 0, "latency_p50_ms": 1.0,
            "latency_p99_ms": 2.0, "model": "m", "pid": pid, "run_id": run_id,
