@@ -294,13 +294,36 @@ def _open_log(out: Path) -> IO[str]:
                           f"{f' ({e.filename})' if e.filename else ''}") from e
 
 
+def _log_line(frame: int, view: OverlayView, state: OverlayState, malformed: int) -> str:
+    """One displayed frame in the ``.jsonl`` log: what it showed and about which result."""
+    top = view.labels[int(np.argmax(view.probs))] if view.probs else None
+    seq = state.result["seq"] if state.result else None
+    return json.dumps({"frame": frame, "status": view.status, "top": top, "seq": seq,
+                       "age_ms": view.age_ms, "run_id": state.run_id,
+                       "malformed": malformed}) + "\n"
+
+
+def _pace(sub: Subscriber, next_tick: float) -> float:
+    """Wait for the next display tick, waking early only to drain (pacing stays fixed);
+    the tick after, or now when we fell behind (no catching up)."""
+    delay = next_tick - time.monotonic()
+    if delay <= 0:
+        return time.monotonic()
+    sub.poll(int(delay * 1000))
+    rest = next_tick - time.monotonic()
+    if rest > 0:
+        time.sleep(rest)
+    return next_tick
+
+
 def run_overlay(endpoint: str, *, out: Path | None, window: bool, background: Source | None,
                 stale_ms: float, fps: float, duration_s: float | None,
                 stop: threading.Event, heartbeat_timeout_ms: float = 600.0,
                 keys: ClientKeys | None = None) -> dict[str, Any]:
     """Display loop at ``fps`` until ``duration_s`` or ``stop``; returns a summary
     (frames per status, messages received, malformed ones dropped). With ``out``, also
-    writes ``<out>.jsonl``: per displayed frame, status, label, age, malformed so far.
+    writes ``<out>.jsonl``: per displayed frame, status, label, frame age, run id, malformed
+    messages so far (``out``'s folder is created; if it cannot be, one ``ConfigError``).
     With ``keys``, subscribes over CURVE to the pinned publisher key only."""
     if window:
         try:
@@ -320,7 +343,7 @@ def run_overlay(endpoint: str, *, out: Path | None, window: bool, background: So
     bg = Background(background)
     writer: Mp4Writer | None = None
     counts = {"frames": 0, **dict.fromkeys(STATUS_COLOURS, 0)}
-    period = 1.0 / fps
+    period = 1.0 / fps  # display ticks, by _pace
     t_end = None if duration_s is None else time.monotonic() + duration_s
     next_tick = time.monotonic()
     try:
@@ -341,25 +364,12 @@ def run_overlay(endpoint: str, *, out: Path | None, window: bool, background: So
                     writer = Mp4Writer(out, fps, img.shape[1], img.shape[0], crf=23)
                 writer.write(img)
             if log_file is not None:
-                top = view.labels[int(np.argmax(view.probs))] if view.probs else None
-                seq = state.result["seq"] if state.result else None
-                log_file.write(json.dumps({"frame": counts["frames"] - 1, "status": view.status,
-                                           "top": top, "seq": seq, "age_ms": view.age_ms,
-                                           "run_id": state.run_id,
-                                           "malformed": sub.malformed}) + "\n")
+                log_file.write(_log_line(counts["frames"] - 1, view, state, sub.malformed))
             if window:
                 cv2.imshow("hepascope", img)
                 if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
                     break
-            next_tick += period
-            delay = next_tick - time.monotonic()
-            if delay > 0:
-                sub.poll(int(delay * 1000))  # wake early only to drain; pacing stays fixed
-                rest = next_tick - time.monotonic()
-                if rest > 0:
-                    time.sleep(rest)
-            else:
-                next_tick = time.monotonic()  # fell behind: do not try to catch up
+            next_tick = _pace(sub, next_tick + period)
     finally:
         if writer is not None:
             writer.close()
