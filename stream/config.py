@@ -1,21 +1,32 @@
-"""Configuration: frozen dataclasses loaded from one YAML file with a version key.
+"""Configuration: frozen dataclasses loaded from one YAML file with a version key,
+validated strictly with msgspec (the library that also checks the results channel's
+messages): unknown keys are refused with the nearest valid name, types are checked (an int
+may stand for a float; ``"false"`` is not a bool), and every error is one line naming the
+file and the key path.
 
 The packaged ``default.yaml`` is the reference; ``--config FILE`` replaces it whole (no
 merging, so what runs is exactly what the file says)."""
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import json
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
 
+import msgspec
 import yaml
 
 from hepascope.stream.errors import ConfigError
 from hepascope.stream.geometry import Rect, SectorGeometry
 
 CONFIG_VERSION = 1
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,18 +145,6 @@ class Config:
                               "pipeline.telemetry_period_s")
 
 
-def _section(raw: dict[str, Any], key: str, cls: type, where: str) -> Any:
-    data = raw.get(key) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: '{key}' must be a mapping")
-    try:
-        if "size" in data:
-            data = {**data, "size": tuple(int(v) for v in data["size"])}
-        return cls(**data)
-    except TypeError as e:
-        raise ConfigError(f"{where}: section '{key}': {e}") from e
-
-
 def view_rect(value: Any) -> Rect:
     """A view from YAML/JSON: ``[x, y, w, h]`` or ``"full"`` (the whole frame, any size)."""
     if value == "full":
@@ -163,35 +162,116 @@ def view_value(rect: Rect) -> str | list[int]:
     return "full" if rect.is_full else [rect.x, rect.y, rect.w, rect.h]
 
 
+_SECTIONS: dict[str, type] = {"preprocess": PreprocessConfig, "pipeline": PipelineConfig,
+                              "publish": PublishConfig, "overlay": OverlayConfig}
+_TOP_KEYS = ("version", "layout", *_SECTIONS)
+
+
+def _check_keys(data: dict[Any, Any], valid: Sequence[str], path: str, where: str) -> None:
+    """``ConfigError`` naming the first unknown key and the valid name nearest to it."""
+    for key in data:
+        if key in valid:
+            continue
+        name = f"{path}.{key}" if path else str(key)
+        near = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.6)
+        hint = f"did you mean {near[0]!r}?" if near else f"valid: {', '.join(valid)}"
+        raise ConfigError(f"{where}: {name}: unknown key; {hint}")
+
+
+def _mapping(value: Any, path: str, where: str) -> dict[Any, Any]:
+    """A section's mapping (an empty section in YAML is null: no keys)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: {path}: expected a mapping, got {type(value).__name__}")
+    return value
+
+
+def _shown(value: Any) -> str:
+    """A config value in an error line: YAML-ish, short."""
+    text = json.dumps(value) if isinstance(value, (str, bool)) or value is None else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _lookup(data: Any, steps: str) -> tuple[bool, Any]:
+    """The value at a msgspec error path (``.key[1].other``) inside ``data``."""
+    for key, index in re.findall(r"\.([^.\[]+)|\[(\d+)\]", steps):
+        try:
+            data = data[key] if key else data[int(index)]
+        except (KeyError, IndexError, TypeError):
+            return False, None
+    return True, data
+
+
+def _convert(data: dict[Any, Any], cls: type[T], path: str, where: str) -> T:
+    """``cls`` from ``data`` with msgspec's strict types (an int may stand for a float, no
+    other coercion): unknown keys and type errors are one ``ConfigError`` line naming the
+    key path; the dataclass's own checks (``__post_init__``) keep their message."""
+    _check_keys(data, [f.name for f in dataclasses.fields(cls)], path, where)  # type: ignore[arg-type]
+    try:
+        return msgspec.convert(data, cls, strict=True)
+    except msgspec.ValidationError as e:
+        if isinstance(e.__cause__, ConfigError):
+            raise ConfigError(f"{where}: {e.__cause__}") from e
+        m = re.fullmatch(r"(.*?)(?: - at `\$(.*)`)?", str(e), re.S)
+        what, steps = (m.group(1), m.group(2) or "") if m else (str(e), "")
+        found, value = _lookup(data, steps)
+        typed = "got `" in what  # "Expected `bool`, got `str`": add the value itself
+        what = what.replace("`", "")
+        what = what[:1].lower() + what[1:]
+        if found and typed:
+            what = f"{what} {_shown(value)}"
+        elif found and ", got " not in what:  # a range: "Expected `int` >= 1"
+            what = f"{what}, got {type(value).__name__} {_shown(value)}"
+        raise ConfigError(f"{where}: {path}{steps}: {what}") from e
+
+
+@dataclass(frozen=True, slots=True)
+class _LayoutData:
+    """``layout`` as written: views by name (``[x, y, w, h]`` or ``full``), sector."""
+
+    views: dict[str, Literal["full"] | list[int]]
+    sector: dict[str, Any] | None = None
+
+
 def _layout(raw: dict[str, Any], where: str) -> LayoutConfig:
     data = raw.get("layout")
+    if isinstance(data, dict):
+        _check_keys(data, ("views", "sector"), "layout", where)
     if not isinstance(data, dict) or not isinstance(data.get("views"), dict):
         raise ConfigError(f"{where}: 'layout.views' must map view names to [x, y, w, h] "
                           "or 'full'")
+    given = _convert(data, _LayoutData, "layout", where)
+    sector = None
+    if given.sector is not None:
+        sector = _convert(given.sector, SectorGeometry, "layout.sector", where)
     try:
-        views = tuple((str(k), view_rect(r)) for k, r in data["views"].items())
-        sector = data.get("sector")
-        geom = SectorGeometry(**{k: float(v) for k, v in sector.items()}) if sector else None
-    except (TypeError, ValueError) as e:
+        views = tuple((name, view_rect(r)) for name, r in given.views.items())
+    except ValueError as e:
         raise ConfigError(f"{where}: invalid layout: {e}") from e
-    return LayoutConfig(views, geom)
+    try:
+        return LayoutConfig(views, sector)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from e
 
 
 def config_from_dict(raw: Any, where: str = "<dict>") -> Config:
+    """A ``Config`` from parsed YAML, strictly: see ``_convert``."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping at the top level")
+    _check_keys(raw, _TOP_KEYS, "", where)
     version = raw.get("version")
-    if version != CONFIG_VERSION:
+    if version != CONFIG_VERSION or isinstance(version, bool):
         raise ConfigError(f"{where}: config version {version!r} is not supported "
                           f"(this hepascope reads version {CONFIG_VERSION})")
-    return Config(
-        version=version,
-        layout=_layout(raw, where),
-        preprocess=_section(raw, "preprocess", PreprocessConfig, where),
-        pipeline=_section(raw, "pipeline", PipelineConfig, where),
-        publish=_section(raw, "publish", PublishConfig, where),
-        overlay=_section(raw, "overlay", OverlayConfig, where),
-    )
+    layout = _layout(raw, where)
+    sections: dict[str, Any] = {
+        key: _convert(_mapping(raw.get(key), key, where), cls, key, where)
+        for key, cls in _SECTIONS.items()}
+    try:
+        return Config(version=version, layout=layout, **sections)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from e
 
 
 def load_packaged_config(name: str) -> Config:

@@ -11,8 +11,11 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-# BGR colours: green live, amber stale, grey no data.
-STATUS_COLOURS = {"LIVE": (60, 200, 60), "STALE": (0, 170, 255), "NO DATA": (150, 150, 150)}
+# BGR colours: green live, amber stale, grey no data; for a fresh result that is not a
+# class: red model fault, magenta uncertain, blue warming up.
+STATUS_COLOURS = {"LIVE": (60, 200, 60), "STALE": (0, 170, 255), "NO DATA": (150, 150, 150),
+                  "MODEL FAULT": (40, 40, 220), "UNCERTAIN": (200, 80, 200),
+                  "WARMING UP": (220, 150, 40)}
 PANEL_W = 260
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _WHITE, _GREY = (235, 235, 235), (170, 170, 170)
@@ -22,15 +25,16 @@ _WHITE, _GREY = (235, 235, 235), (170, 170, 170)
 class OverlayView:
     """What the overlay shows in one displayed frame."""
 
-    status: str                      # LIVE | STALE | NO DATA
+    status: str                      # a key of STATUS_COLOURS
     labels: tuple[str, ...] = ()
     probs: tuple[float, ...] = ()
     model: str = ""
     fps_out: float | None = None
     latency_ms: float | None = None  # capture -> publish of the shown result
     p99_ms: float | None = None
-    age_ms: float | None = None      # since the shown result was received
+    age_ms: float | None = None      # since the shown result's frame was captured
     extras: tuple[str, ...] = ()     # lines about side models' results (the clip model)
+    detail: str = ""                 # in place of the class: why there is none (a fault)
 
     def __post_init__(self) -> None:
         if self.status not in STATUS_COLOURS:
@@ -51,6 +55,17 @@ def _text(img: np.ndarray, s: str, org: tuple[int, int], scale: float,
 
 def _pretty(label: str) -> str:
     return label.replace("_", " ")
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    """``text`` in lines of at most ``width`` characters, broken at spaces."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and len(lines[-1]) + 1 + len(word) <= width:
+            lines[-1] += " " + word
+        else:
+            lines.append(word[:width])
+    return lines
 
 
 def draw_overlay(background: np.ndarray, view: OverlayView) -> np.ndarray:
@@ -82,6 +97,9 @@ def draw_overlay(background: np.ndarray, view: OverlayView) -> np.ndarray:
             cv2.rectangle(img, (bar_x, yy + 4), (bar_x + int(80 * p), yy + row - 4),
                           (80, 180, 255) if k == i else _GREY, -1)
             _text(img, f"{p * 100:.0f}", (bar_x + 86, yy + row - 8), 0.38, _GREY)
+    elif view.detail:
+        for k, part in enumerate(_wrap(view.detail, 26)[:3]):
+            _text(img, part, (left, top + 24 * k), 0.55, colour, 1 + (k == 0))
     else:
         _text(img, "waiting for results", (left, top), 0.55, colour)
     lines = []
@@ -90,8 +108,9 @@ def draw_overlay(background: np.ndarray, view: OverlayView) -> np.ndarray:
     if view.latency_ms is not None:
         p99 = f" (p99 {view.p99_ms:.0f})" if view.p99_ms is not None else ""
         lines.append(f"latency {view.latency_ms:.0f} ms{p99}")
-    if view.age_ms is not None and view.status != "LIVE":
-        lines.append(f"result age {view.age_ms / 1000:.1f} s")
+    if view.age_ms is not None:
+        lines.append(f"frame age {view.age_ms:.0f} ms" if view.age_ms < 1000
+                     else f"frame age {view.age_ms / 1000:.1f} s")
     if view.model:
         lines.append(view.model[:30])
     lines = [*view.extras, *lines]  # side models above the main model's figures

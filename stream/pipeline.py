@@ -32,7 +32,13 @@ import numpy as np
 from hepascope.stream.classifier import Classifier
 from hepascope.stream.config import PipelineConfig
 from hepascope.stream.frame import Frame
-from hepascope.stream.messages import SCHEMA_VERSION, TOPIC_RESULT, TOPIC_TELEMETRY
+from hepascope.stream.messages import (
+    SCHEMA_VERSION,
+    TOPIC_RESULT,
+    TOPIC_TELEMETRY,
+    RunStamp,
+    output_fault,
+)
 from hepascope.stream.ring import RingReader, RingWriter, slot_bytes_for
 from hepascope.stream.sources.base import Source
 from hepascope.stream.stats import ModelTally, RunStats
@@ -89,8 +95,10 @@ class Pipeline:
     def __init__(self, threads: list[threading.Thread], stop: threading.Event,
                  done: threading.Event, errors: list[BaseException], stats: RunStats,
                  ring_name: str,
-                 inference_info: Callable[[], dict[str, Any]] | None = None) -> None:
+                 inference_info: Callable[[], dict[str, Any]] | None = None,
+                 run: RunStamp | None = None) -> None:
         self._threads = threads
+        self.run_id = (run or RunStamp.new()).run_id
         # where the main model runs, its pid and restarts (telemetry and the summary)
         self.inference_info = inference_info or _in_thread
         self.on_stop: Callable[[], None] | None = None  # thread-safe source interrupt
@@ -153,6 +161,7 @@ def compose(source: Source, classifier: Classifier | InferenceProcess, sink: Sin
     process, relayed and restarted by the main model's thread."""
     stop, done, source_done = threading.Event(), threading.Event(), threading.Event()
     errors: list[BaseException] = []
+    run = RunStamp.new()
     stats = RunStats(ModelTally(classifier.model_name, config.latency_window),
                      [ModelTally(m.model_name, config.latency_window) for m in side])
     results: queue.Queue[tuple[dict[str, Any], ModelTally]] = queue.Queue(maxsize=256)
@@ -189,7 +198,7 @@ def compose(source: Source, classifier: Classifier | InferenceProcess, sink: Sin
         try:
             _publish_loop(sink, results, lambda: all(e.is_set() for e in finished),
                           stats, config, listeners, source.source_id, engine_name, ring.name,
-                          info)
+                          info, run)
         finally:
             done.set()
             ring.close()
@@ -198,7 +207,7 @@ def compose(source: Source, classifier: Classifier | InferenceProcess, sink: Sin
         ("grab", grab), *((f"side-{i}" if i else "infer", partial(infer, i))
                           for i in range(len(steps))), ("publish", publish)]
     threads = [_worker(n, f, stop, errors) for n, f in work]
-    pipeline = Pipeline(threads, stop, done, errors, stats, ring.name, info)
+    pipeline = Pipeline(threads, stop, done, errors, stats, ring.name, info, run)
     # a reconnecting source waiting out an outage yields no frame to notice the stop by
     pipeline.on_stop = getattr(source, "interrupt", None)
     return pipeline
@@ -310,22 +319,32 @@ def _side_step(model: SideModel, frame: Frame, t_read: int) -> dict[str, Any] | 
 
 
 def result_message(model: Classifier | SideModel, frame: Frame, t_read: int,
-             out: tuple[np.ndarray, dict[str, float]]) -> dict[str, Any]:
+                   out: tuple[np.ndarray, dict[str, float]]) -> dict[str, Any]:
+    """The result map of ``model``'s output on ``frame``: status ``ok`` with its top class,
+    or, for an output that is not probabilities (NaN, Inf, out of range, wrong count),
+    status ``model_fault`` with no probabilities, no class and the reason. The publish loop
+    adds the run's id and the publish and UTC times."""
     probs, stages = out
     t_inf = time.monotonic_ns()
-    msg = {
+    values = [float(p) for p in np.asarray(probs, dtype=np.float64).ravel()]
+    fault = output_fault(values, len(model.labels))
+    msg: dict[str, Any] = {
         "v": SCHEMA_VERSION,
         "stream": frame.source_id,
         "seq": int(frame.seq),
         "model": model.model_name,
         "labels": list(model.labels),
-        "probs": [float(p) for p in probs],
-        "top": model.labels[int(np.argmax(probs))],
+        "status": "ok" if fault is None else "model_fault",
+        "probs": values if fault is None else [],
         "t_capture_ns": frame.t_capture_ns,
         "pts_s": frame.pts_s,
         "latency_ms": {"queue": (t_read - frame.t_capture_ns) * _MS, **stages},
         "_t_infer_ns": t_inf,
     }
+    if fault is None:
+        msg["top"] = model.labels[int(np.argmax(values))]
+    else:
+        msg["fault"] = fault
     fields = getattr(model, "result_fields", None)  # optional schema fields (window_fill)
     if callable(fields):
         msg.update(fields())
@@ -335,7 +354,8 @@ def result_message(model: Classifier | SideModel, frame: Frame, t_read: int,
 def _publish_loop(sink: Sink, results: queue.Queue[tuple[dict[str, Any], ModelTally]],
                   inferring_done: Callable[[], bool], stats: RunStats,
                   config: PipelineConfig, listeners: tuple[ResultListener, ...], stream: str,
-                  engine: str, ring_name: str, info: Callable[[], dict[str, Any]]) -> None:
+                  engine: str, ring_name: str, info: Callable[[], dict[str, Any]],
+                  run: RunStamp) -> None:
     period_ns = int(config.telemetry_period_s * 1e9)
     next_telemetry = time.monotonic_ns()
     while True:
@@ -348,16 +368,19 @@ def _publish_loop(sink: Sink, results: queue.Queue[tuple[dict[str, Any], ModelTa
             msg, tally = item
             t_inf = msg.pop("_t_infer_ns")
             msg["t_publish_ns"] = now
+            run.stamp(msg)
             lat = msg["latency_ms"]
             lat["publish"] = (now - t_inf) * _MS
             lat["total"] = (now - msg["t_capture_ns"]) * _MS
             sink.send(TOPIC_RESULT, msg)
             tally.add(lat, now)
+            if msg["status"] == "model_fault":
+                tally.invalid_outputs += 1
             for listener in listeners:
                 listener.on_result(msg)
         if now >= next_telemetry:
-            sink.send(TOPIC_TELEMETRY, {**_telemetry(stats, now, stream, engine, ring_name),
-                                        **info()})
+            sink.send(TOPIC_TELEMETRY, {**_telemetry(stats, now, stream, engine, ring_name,
+                                                     run.run_id), **info()})
             next_telemetry = now + period_ns
         # on stop too, wait for the model threads: a result counted as out just before the
         # stop is still on its way into the queue (stop cannot lose it)
@@ -366,17 +389,18 @@ def _publish_loop(sink: Sink, results: queue.Queue[tuple[dict[str, Any], ModelTa
 
 
 def _telemetry(stats: RunStats, now: int, stream: str, engine: str,
-               ring_name: str) -> dict[str, Any]:
+               ring_name: str, run_id: str) -> dict[str, Any]:
     """The heartbeat: the main model's figures at the top level, every model's in ``models``.
     It goes on while the inference process is down (results stop: the overlay says STALE);
-    the publish loop adds where inference runs, its pid and restarts."""
+    the publish loop adds where inference runs, its pid, restarts and ``inference_up``."""
     main = stats.main
     return {
-        "v": SCHEMA_VERSION, "stream": stream, "t_publish_ns": now,
+        "v": SCHEMA_VERSION, "stream": stream, "t_publish_ns": now, "run_id": run_id,
         "fps_in": round(stats.rate_in.rate(), 2), "fps_out": round(main.rate_out.rate(), 2),
         "dropped": main.dropped, "latency_p50_ms": round(main.window.percentile(50), 3),
         "latency_p99_ms": round(main.window.percentile(99), 3),
         "frames_in": stats.frames_in, "frames_out": main.frames_out,
         "model": main.model, "engine": engine, "ring": ring_name, "pid": os.getpid(),
+        "invalid_outputs": main.invalid_outputs,
         "models": [m.telemetry() for m in stats.models],
     }

@@ -103,6 +103,7 @@ class ModelTally:
     frames_seen: int = 0  # frames its thread took from the ring
     frames_out: int = 0   # results published
     dropped: int = 0      # frames its thread never took
+    invalid_outputs: int = 0  # results published as model_fault (output not probabilities)
     rate_out: RateMeter = field(default_factory=RateMeter)
     totals: LatencyHistogram = field(default_factory=LatencyHistogram)
     stage_sum_ms: dict[str, float] = field(default_factory=dict)
@@ -122,6 +123,7 @@ class ModelTally:
         """This model's entry in telemetry's ``models`` list."""
         return {"model": self.model, "frames_seen": self.frames_seen,
                 "frames_out": self.frames_out, "dropped": self.dropped,
+                "invalid_outputs": self.invalid_outputs,
                 "fps_out": round(self.rate_out.rate(), 2),
                 "latency_p50_ms": round(self.window.percentile(50), 3),
                 "latency_p99_ms": round(self.window.percentile(99), 3)}
@@ -131,6 +133,7 @@ class ModelTally:
         return {
             "model": self.model, "frames_seen": self.frames_seen,
             "frames_out": self.frames_out, "dropped": self.dropped,
+            "invalid_outputs": self.invalid_outputs,
             "results_per_s": round(self.frames_out / seconds, 2),
             "latency_p50_ms": round(tot.percentile(50), 2),
             "latency_p99_ms": round(tot.percentile(99), 2),
@@ -169,6 +172,7 @@ class RunStats:
             "frames_out": main["frames_out"],
             "dropped": main["dropped"],
             "fps_in": round(self.frames_in / seconds, 2),
+            "invalid_outputs": main["invalid_outputs"],
             **{k: main[k] for k in ("results_per_s", "latency_p50_ms", "latency_p99_ms",
                                     "latency_max_ms", "stage_mean_ms")},
             "models": [main, *(m.summary(seconds) for m in self.side)],

@@ -14,12 +14,14 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import msgpack
 import numpy as np
 import zmq
+from support import wire
 from support.budget import trials
 
 from hepascope.stream.messages import (
@@ -38,17 +40,15 @@ STALE_MS = 250.0
 HEARTBEAT_MS = 600.0  # the pipeline's telemetry comes every 200 ms: 3 of them
 
 
+RUN = uuid.uuid4().hex
+
+
 def _result(seq: int, **extra: Any) -> dict[str, Any]:
-    now = time.monotonic_ns()
-    return {"v": SCHEMA_VERSION, "stream": "s", "seq": seq, "model": "m",
-            "labels": ["non_hcc", "hcc"], "probs": [0.3, 0.7], "t_capture_ns": now,
-            "t_publish_ns": now, "latency_ms": {"total": 1.0}, **extra}
+    return wire.result(seq, RUN, **extra)
 
 
 def _telemetry(pid: int = 1) -> dict[str, Any]:
-    return {"v": SCHEMA_VERSION, "stream": "s", "t_publish_ns": time.monotonic_ns(),
-            "fps_in": 100.0, "fps_out": 100.0, "dropped": 0, "latency_p50_ms": 1.0,
-            "latency_p99_ms": 2.0, "model": "m", "pid": pid}
+    return wire.telemetry(RUN, pid, fps_in=100.0, fps_out=100.0)
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -280,7 +280,9 @@ def _malformed() -> list[list[bytes]]:
         {**good, "probs": [0.9, 0.9]},                                    # not summing to 1
         {**good, "labels": ["a"]},                                        # length mismatch
         {**good, "latency_ms": {"total": math.nan}},                      # NaN latency
-        {**good, "v": 2},                                                 # other schema
+        {**good, "v": SCHEMA_VERSION + 1},                                # other schema
+        {**good, "status": "fine"},                                       # unknown status
+        {**good, "probs": [], "status": "model_fault"},                   # fault, no reason
         {**good, "seq": -1},                                              # negative
         {**good, "window_fill": 3.0},                                     # out of range
         {**good, **{f"k{i}": i for i in range(60_000)}},                  # huge map

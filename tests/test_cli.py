@@ -175,3 +175,17 @@ def test_record_then_replay(tmp_path: Path, video30: Path, small_model: Path) ->
 def test_argument_errors_exit_nonzero(args: list[str]) -> None:
     res = hepascope(*args)
     assert res.returncode == 2 and "Traceback" not in res.stderr
+
+
+def test_overlay_out_into_a_missing_folder_creates_it_or_says_why(tmp_path: Path) -> None:
+    endpoint = f"tcp://127.0.0.1:{free_port()}"  # nothing publishes: NO DATA frames
+    out = tmp_path / "does" / "not" / "exist" / "x.mp4"
+    res = hepascope("overlay", "--connect", endpoint, "--out", str(out), "--duration", "0.5")
+    assert res.returncode == 0, res.stderr
+    assert out.stat().st_size > 0 and out.with_suffix(".mp4.jsonl").stat().st_size > 0
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    res = hepascope("overlay", "--connect", endpoint, "--out", str(blocker / "sub" / "x.mp4"),
+                    "--duration", "0.5")
+    print(f"\n  exit {res.returncode}: {res.stderr.strip()}")
+    _one_error_line(res, re.escape(str(blocker)))

@@ -98,9 +98,9 @@ def test_sector_mask_matches_geometry() -> None:
 
 
 def _result(**over: object) -> dict:
-    msg = {"v": 1, "stream": "s", "seq": 3, "model": "m", "labels": ["a", "b"],
-           "probs": [0.25, 0.75], "t_capture_ns": 1, "t_publish_ns": 2,
-           "latency_ms": {"total": 1.0}}
+    msg = {"v": 2, "stream": "s", "seq": 3, "model": "m", "labels": ["a", "b"],
+           "probs": [0.25, 0.75], "status": "ok", "run_id": "r1", "t_capture_ns": 1,
+           "t_capture_utc_ns": 5, "t_publish_ns": 2, "latency_ms": {"total": 1.0}}
     msg.update(over)
     return msg
 
@@ -108,7 +108,7 @@ def _result(**over: object) -> dict:
 def test_messages_roundtrip_and_validation() -> None:
     topic, msg = parse([b"result", encode(_result())])
     assert topic == b"result" and msg["probs"] == [0.25, 0.75]
-    for bad in (_result(v=2), _result(probs=[0.5, 0.6]), _result(labels=["a"]),
+    for bad in (_result(v=1), _result(probs=[0.5, 0.6]), _result(labels=["a"]),
                 _result(seq="3"), _result(latency_ms={"x": "1"})):
         with pytest.raises(MessageError):
             validate_result(bad)

@@ -14,6 +14,7 @@ import msgpack
 import pytest
 import zmq
 import zmq.auth
+from support import wire
 
 from hepascope.stream.cli import main
 from hepascope.stream.messages import TOPIC_RESULT, TOPIC_TELEMETRY
@@ -34,10 +35,7 @@ WINDOW_S = 1.0  # how long each subscriber is given: a CURVE handshake takes mil
 
 
 def _result(seq: int) -> dict[str, Any]:
-    now = time.monotonic_ns()
-    return {"v": 1, "stream": "s", "seq": seq, "model": "m", "labels": ["a", "b"],
-            "probs": [0.25, 0.75], "t_capture_ns": now, "t_publish_ns": now,
-            "latency_ms": {"total": 1.0}}
+    return wire.result(seq, "curve-test")
 
 
 def _received(send: Any, sub: Subscriber, seconds: float = WINDOW_S) -> int:
@@ -245,10 +243,7 @@ def test_overlay_cli_pins_the_server_key(keyring: dict[str, Any], tmp_path: Path
         seq = 0
         while not stop.is_set():
             pub.send(TOPIC_RESULT, _result(seq))
-            pub.send(TOPIC_TELEMETRY, {"v": 1, "stream": "s", "t_publish_ns":
-                                       time.monotonic_ns(), "fps_in": 30.0, "fps_out": 30.0,
-                                       "dropped": 0, "latency_p50_ms": 1.0,
-                                       "latency_p99_ms": 2.0})
+            pub.send(TOPIC_TELEMETRY, wire.telemetry("curve-test"))
             seq += 1
             time.sleep(0.02)
 

@@ -85,8 +85,9 @@ def test_publisher_and_subscriber_on_loopback() -> None:
     pub = Publisher("tcp://127.0.0.1:*", context=ctx)
     sub = Subscriber(pub.bound, context=ctx)
     try:
-        good = {"v": 1, "stream": "s", "seq": 1, "model": "m", "labels": ["a"], "probs": [1.0],
-                "t_capture_ns": 1, "t_publish_ns": 2, "latency_ms": {"total": 1.0}}
+        good = {"v": 2, "stream": "s", "seq": 1, "model": "m", "labels": ["a"], "probs": [1.0],
+                "status": "ok", "run_id": "r", "t_capture_ns": 1, "t_capture_utc_ns": 1,
+                "t_publish_ns": 2, "latency_ms": {"total": 1.0}}
         got: list[dict[str, Any]] = []
         deadline = time.monotonic() + 5
         while not got and time.monotonic() < deadline:  # PUB/SUB joins asynchronously
@@ -113,3 +114,46 @@ def test_publisher_and_subscriber_on_loopback() -> None:
         sub.close()
         pub.close()
         ctx.term()
+
+
+class NanClassifier:
+    """A real classifier whose output turns non-finite from frame ``after`` on: the fault
+    (a diverged model, a broken engine), injected from outside the pipeline."""
+
+    def __init__(self, inner: FrameClassifier, after: int) -> None:
+        self.inner, self.after = inner, after
+        self.labels, self.model_name = inner.labels, inner.model_name
+
+    def predict(self, frame: Any) -> tuple[np.ndarray, dict[str, float]]:
+        probs, stages = self.inner.predict(frame)
+        return (np.full_like(probs, np.nan) if frame.seq >= self.after else probs), stages
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_non_finite_outputs_are_published_as_model_faults(video30: Path,
+                                                          small_model: Path) -> None:
+    clf = NanClassifier(FrameClassifier(open_engine(small_model, threads=1), load_config()), 30)
+    sink = ListSink()
+    pipe = compose(FileSource(video30), clf, sink, PipelineConfig(telemetry_period_s=0.2))
+    summary = pipe.run(duration_s=30)
+    results, tel = sink.of(TOPIC_RESULT), sink.of(TOPIC_TELEMETRY)
+    faults = [r for r in results if r["seq"] >= 30]
+    print(f"\n{len(results)} results, {len(faults)} of them model faults; telemetry "
+          f"invalid_outputs {tel[-1].get('invalid_outputs')}, summary "
+          f"{summary.get('invalid_outputs')}")
+    assert faults and len(results) > len(faults)
+    for r in faults:
+        assert r.get("status") == "model_fault" and r["probs"] == [] and "top" not in r
+        assert r["fault"] == "non-finite output"
+    for r in results:
+        validate_result(r)  # every one is a valid message: none is dropped as malformed
+        assert r["run_id"] == pipe.run_id == tel[0]["run_id"]
+        assert abs(r["t_capture_utc_ns"] - r["t_capture_ns"]
+                   - (time.time_ns() - time.monotonic_ns())) < 1e9  # UTC of the capture
+    assert all(r["status"] == "ok" and r["top"] in r["labels"] for r in results if r["seq"] < 30)
+    # the last heartbeat may precede the last results; the summary has them all
+    assert 0 < tel[-1]["invalid_outputs"] <= len(faults) == summary["invalid_outputs"]
+    other = compose(FileSource(video30), clf, ListSink(), PipelineConfig())
+    assert other.run_id != pipe.run_id and len(other.run_id) == 32

@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import time
+import uuid
 
 from hepascope.stream.messages import SCHEMA_VERSION, TOPIC_RESULT, TOPIC_TELEMETRY
 from hepascope.stream.publish import Publisher
@@ -21,20 +22,23 @@ from hepascope.stream.publish import Publisher
 def main(endpoint: str, rate: float = 30.0, period: float = 0.2) -> None:
     pub = Publisher(endpoint)
     print("bound", pub.bound, flush=True)
+    run_id = uuid.uuid4().hex  # per start, as a pipeline's
     seq = 0
     next_tel = time.monotonic()
     while True:
         now = time.monotonic_ns()
         pub.send(TOPIC_RESULT, {
             "v": SCHEMA_VERSION, "stream": "phantom:0", "seq": seq, "model": "m",
-            "labels": ["non_hcc", "hcc"], "probs": [0.4, 0.6], "t_capture_ns": now,
+            "labels": ["non_hcc", "hcc"], "probs": [0.4, 0.6], "top": "hcc", "status": "ok",
+            "run_id": run_id, "t_capture_ns": now, "t_capture_utc_ns": time.time_ns(),
             "t_publish_ns": now, "latency_ms": {"total": 1.0}})
         seq += 1
         if time.monotonic() >= next_tel:
             pub.send(TOPIC_TELEMETRY, {
                 "v": SCHEMA_VERSION, "stream": "phantom:0", "t_publish_ns": time.monotonic_ns(),
                 "fps_in": rate, "fps_out": rate, "dropped": 0, "latency_p50_ms": 1.0,
-                "latency_p99_ms": 2.0, "model": "m", "pid": os.getpid()})
+                "latency_p99_ms": 2.0, "model": "m", "pid": os.getpid(), "run_id": run_id,
+                "inference_up": True})
             next_tel += period
         time.sleep(1.0 / rate)
 
