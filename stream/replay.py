@@ -34,9 +34,17 @@ from hepascope.stream.classifier import Classifier
 from hepascope.stream.config import Config, load_config
 from hepascope.stream.errors import DataError, ModelError
 from hepascope.stream.frame import Frame
+from hepascope.stream.messages import RunStamp
 from hepascope.stream.models import open_model
 from hepascope.stream.pipeline import result_message
-from hepascope.stream.record import VIDEO_NAME, FrameRow, read_index, read_session
+from hepascope.stream.record import (
+    RESULTS_NAME,
+    VIDEO_NAME,
+    FrameRow,
+    read_index,
+    read_results,
+    read_session,
+)
 from hepascope.stream.sources.file import FileSource
 
 _MS = 1e-6  # ns -> ms
@@ -103,7 +111,21 @@ def _stamped(decoded: Frame, row: FrameRow) -> Frame:
     return Frame(decoded.image, row.seq, row.t_capture_ns, decoded.source_id, row.pts_s)
 
 
-def lockstep_message(model: Classifier, frame: Frame, clock: VirtualClock) -> dict[str, Any]:
+def recorded_stamp(directory: Path) -> RunStamp:
+    """The run stamp of a deterministic replay, from the recorded run's first result: its
+    ``run_id`` and UTC offset, so the replayed lines line up with the recorded ones (the
+    same recording, the same stamp: the stream stays bit-identical). A recording without
+    results gets the id ``deterministic-replay`` and offset 0."""
+    recorded = read_results(directory)[0] if (directory / RESULTS_NAME).exists() else []
+    for r in recorded:
+        run_id, utc, mono = r.get("run_id"), r.get("t_capture_utc_ns"), r.get("t_capture_ns")
+        if isinstance(run_id, str) and isinstance(utc, int) and isinstance(mono, int):
+            return RunStamp(run_id, utc - mono)
+    return RunStamp("deterministic-replay", 0)
+
+
+def lockstep_message(model: Classifier, frame: Frame, clock: VirtualClock,
+                     stamp: RunStamp) -> dict[str, Any]:
     """The pipeline's result map for ``frame``, every time and latency from ``clock``."""
     clock.advance_to(frame.t_capture_ns)
     t_read = clock.now_ns()
@@ -117,6 +139,7 @@ def lockstep_message(model: Classifier, frame: Frame, clock: VirtualClock) -> di
     lat["queue"] = (t_read - frame.t_capture_ns) * _MS
     lat["publish"] = (now - t_read) * _MS
     lat["total"] = (now - frame.t_capture_ns) * _MS
+    stamp.stamp(msg)
     return msg
 
 
@@ -152,11 +175,11 @@ def replay_deterministic(directory: str | Path, out: str | Path, *, model: Path 
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     classifier = open_deterministic(model, cfg, labels)
     try:
-        clock = VirtualClock()
+        clock, stamp = VirtualClock(), recorded_stamp(d)
         with tmp.open("wb") as f:
             for frame in recorded_frames(d, source_id, check_pts=version >= 2):
                 decoded += 1
-                line = encode_line(lockstep_message(classifier, frame, clock))
+                line = encode_line(lockstep_message(classifier, frame, clock, stamp))
                 f.write(line)
                 digest.update(line)
                 count += 1

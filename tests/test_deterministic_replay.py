@@ -16,6 +16,7 @@ import pytest
 
 from hepascope.stream.errors import DataError
 from hepascope.stream.frame import Frame
+from hepascope.stream.messages import validate_result
 from hepascope.stream.record import (
     SESSION_NAME,
     VideoRecorder,
@@ -82,6 +83,7 @@ def test_three_replays_are_bit_identical(recording: Path, tmp_path: Path) -> Non
     assert all(m["t_publish_ns"] == m["t_capture_ns"] for m in msgs)
     assert all(set(m["latency_ms"].values()) == {0.0} for m in msgs)
     assert len({tuple(m["probs"]) for m in msgs}) > FRAMES // 2  # the frames differ
+    assert all(validate_result(m) for m in msgs)  # each line is a valid schema-v2 result
     print(f"3 replays in 3 processes: {len(msgs)} results, {len(data[0])} bytes each, "
           f"sha256 {shas[0]}")
 
