@@ -24,6 +24,19 @@ CLI = [sys.executable, "-m", "hepascope.stream"]
 START_S = 60.0  # generous: two processes start on a loaded 2-core machine
 
 
+class ListSink:
+    """A pipeline sink that keeps every message (an in-process run's publisher)."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[bytes, dict[str, Any]]] = []
+
+    def send(self, topic: bytes, msg: dict[str, Any]) -> None:
+        self.messages.append((topic, msg))
+
+    def of(self, topic: bytes) -> list[dict[str, Any]]:
+        return [m for t, m in self.messages if t == topic]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
