@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -22,6 +23,21 @@ from hepascope.stream.frame import Frame
 from hepascope.stream.preprocess import PreprocessSpec, preprocess, spec_from_dict
 
 log = logging.getLogger(__name__)
+
+
+MODEL_FAULT = "model_fault"  # a result's status when its output cannot be shown (fault says why)
+
+
+def output_fault(probs: Sequence[float] | np.ndarray) -> str | None:
+    """Why ``probs`` cannot be shown as a classification, or None when it can: an output
+    with NaN or Inf (a broken model, engine or GPU) or one that is not a probability
+    distribution (negative, above 1, not summing to 1 within 1e-3)."""
+    p = np.asarray(probs, dtype=np.float64)
+    if not np.all(np.isfinite(p)):
+        return "non-finite output"
+    if p.size == 0 or p.min() < 0.0 or p.max() > 1.0 or abs(p.sum() - 1.0) > 1e-3:
+        return "output is not a probability distribution"
+    return None
 
 
 def softmax(x: np.ndarray) -> np.ndarray:

@@ -79,6 +79,7 @@ class PipelineConfig:
     # least min_s and at most max_s (max_s until its first step), is hung: killed, restarted
     inference_hang_min_s: float = 1.0
     inference_hang_max_s: float = 10.0
+    inference_max_invalid: int = 30  # model-fault results in a row that are a fault
 
     def __post_init__(self) -> None:
         if self.inference not in ("process", "thread"):
@@ -90,6 +91,8 @@ class PipelineConfig:
         if not 0 < self.inference_hang_min_s <= self.inference_hang_max_s:
             raise ConfigError("pipeline.inference_hang_min_s must be > 0 and <= "
                               "inference_hang_max_s")
+        if self.inference_max_invalid < 1:
+            raise ConfigError("pipeline.inference_max_invalid must be >= 1")
         if self.ring_slots < 2:
             raise ConfigError("pipeline.ring_slots must be >= 2")
         if not (0 < self.telemetry_period_s <= 1.0):

@@ -144,7 +144,7 @@ def child_main(spec: ModelSpec, out: Connection, ctl: Connection, log_level: int
         sys.exit(EXIT_LOAD_FAILED)
     try:
         out.send((READY, classifier.model_name, tuple(classifier.labels)))
-        _serve(classifier, out, ctl, progress)
+        _serve(classifier, out, ctl, progress, spec.config.pipeline.inference_max_invalid)
     except BaseException as e:
         _report(out, e)
         sys.exit(EXIT_FAILED)
@@ -153,11 +153,12 @@ def child_main(spec: ModelSpec, out: Connection, ctl: Connection, log_level: int
     out.send((END,))
 
 
-def _serve(classifier: Any, out: Connection, ctl: Connection, progress: Progress) -> None:
+def _serve(classifier: Any, out: Connection, ctl: Connection, progress: Progress,
+           max_invalid: int) -> None:
     # imported here, not at the top: pipeline imports the supervisor, which imports us
     from hepascope.stream.pipeline import main_step
 
     control = _Control(ctl)
     threading.Thread(target=control.run, name="hepascope-infer-control", daemon=True).start()
     infer_loop(partial(main_step, classifier), ModelTally(classifier.model_name), control,
-               control.source_done, control.stop, _Sender(out), progress)
+               control.source_done, control.stop, _Sender(out), progress, max_invalid)

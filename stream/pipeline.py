@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from hepascope.stream.classifier import Classifier
+from hepascope.stream.classifier import MODEL_FAULT, Classifier, output_fault
 from hepascope.stream.config import PipelineConfig
 from hepascope.stream.frame import Frame
 from hepascope.stream.inference_loop import Step, infer_loop
@@ -158,7 +158,8 @@ def compose(source: Source, classifier: Classifier | InferenceProcess, sink: Sin
     where = classifier.telemetry if isinstance(classifier, InferenceProcess) else _in_thread
 
     def info() -> dict[str, Any]:
-        return {**where(), **_source_health(source)}
+        return {**where(), "invalid_outputs": stats.main.invalid_outputs,
+                **_source_health(source)}
 
     def grab() -> None:
         try:
@@ -174,8 +175,9 @@ def compose(source: Source, classifier: Classifier | InferenceProcess, sink: Sin
             if isinstance(step, InferenceProcess):
                 step.serve(ring, source_done, stop, lambda m: results.put((m, tally)), tally,
                            lambda: stats.frames_in)
-            else:
-                infer_loop(step, tally, ring, source_done, stop, results)
+            else:  # the main model's invalid outputs in a row end the run (no restart here)
+                infer_loop(step, tally, ring, source_done, stop, results,
+                           max_invalid=config.inference_max_invalid if i == 0 else 0)
         finally:
             finished[i].set()
 
@@ -264,13 +266,24 @@ def _grab_loop(source: Source, ring: _LazyRing, stats: RunStats, stop: threading
 
 
 def main_step(classifier: Classifier, frame: Frame, t_read: int) -> dict[str, Any]:
-    """The main model's step: its result for ``frame``."""
-    return result_message(classifier, frame, t_read, classifier.predict(frame))
+    """The main model's step: its result for ``frame`` (a model fault if the output is
+    not a probability distribution)."""
+    return _checked(result_message(classifier, frame, t_read, classifier.predict(frame)))
 
 
 def _side_step(model: SideModel, frame: Frame, t_read: int) -> dict[str, Any] | None:
     out = model.step(frame)
-    return None if out is None else result_message(model, frame, t_read, out)
+    return None if out is None else _checked(result_message(model, frame, t_read, out))
+
+
+def _checked(msg: dict[str, Any]) -> dict[str, Any]:
+    """``msg`` as a model-fault result if its probabilities cannot be shown (NaN, Inf, not
+    a distribution): no probabilities, no top class, the reason in ``fault``."""
+    fault = output_fault(msg["probs"])
+    if fault is not None:
+        msg.update(status=MODEL_FAULT, probs=[], fault=fault)
+        msg.pop("top", None)
+    return msg
 
 
 def result_message(model: Classifier | SideModel, frame: Frame, t_read: int,

@@ -103,6 +103,7 @@ class ModelTally:
     frames_seen: int = 0  # frames its thread took from the ring
     frames_out: int = 0   # results published
     dropped: int = 0      # frames its thread never took
+    invalid_outputs: int = 0  # of its results, model faults (output NaN/Inf, not probs)
     last_seq_out: int = -1    # the newest frame it gave a result for
     rate_out: RateMeter = field(default_factory=RateMeter)
     totals: LatencyHistogram = field(default_factory=LatencyHistogram)
@@ -112,10 +113,12 @@ class ModelTally:
     def __post_init__(self) -> None:
         self.window = LatencyWindow(self.window_size)
 
-    def count_result(self, seq: int) -> None:
-        """One more result of this model (for frame ``seq``), on its way to the publisher."""
+    def count_result(self, seq: int, fault: bool) -> None:
+        """One more result of this model (for frame ``seq``; ``fault``: a model fault), on
+        its way to the publisher."""
         self.frames_out += 1
         self.last_seq_out = max(self.last_seq_out, seq)
+        self.invalid_outputs += fault
 
     def add(self, lat: dict[str, float], now_ns: int) -> None:
         self.rate_out.tick(now_ns)
@@ -128,6 +131,7 @@ class ModelTally:
         """This model's entry in telemetry's ``models`` list."""
         return {"model": self.model, "frames_seen": self.frames_seen,
                 "frames_out": self.frames_out, "dropped": self.dropped,
+                "invalid_outputs": self.invalid_outputs,
                 "fps_out": round(self.rate_out.rate(), 2),
                 "latency_p50_ms": round(self.window.percentile(50), 3),
                 "latency_p99_ms": round(self.window.percentile(99), 3)}
@@ -137,6 +141,7 @@ class ModelTally:
         return {
             "model": self.model, "frames_seen": self.frames_seen,
             "frames_out": self.frames_out, "dropped": self.dropped,
+            "invalid_outputs": self.invalid_outputs,
             "results_per_s": round(self.frames_out / seconds, 2),
             "latency_p50_ms": round(tot.percentile(50), 2),
             "latency_p99_ms": round(tot.percentile(99), 2),

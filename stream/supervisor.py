@@ -15,7 +15,8 @@ is not restarted forever.
 A hung child is a crash too: the child beats in a shared-memory ``Progress`` block, and one
 that has work waiting and does not beat within a bound derived from its measured step
 times (``StallWatch``, stream/progress.py) is killed (SIGKILL) and restarted; telemetry
-says ``inference_up: false`` from then until the new child is ready. At the end of
+says ``inference_up: false`` from then until the new child is ready. So is a child that
+gives ``max_invalid`` model-fault results in a row (``ModelOutputError``). At the end of
 the source the child finishes the newest frame and ends; one hung or dead then is not
 restarted, so a finite run always ends.
 
@@ -41,9 +42,9 @@ from pathlib import Path
 from typing import Any
 
 from hepascope.stream import inference_proc as proto
-from hepascope.stream.classifier import Classifier
+from hepascope.stream.classifier import MODEL_FAULT, Classifier
 from hepascope.stream.config import Config
-from hepascope.stream.errors import ConfigError, HepascopeError
+from hepascope.stream.errors import ConfigError, HepascopeError, ModelOutputError
 from hepascope.stream.inference_loop import RingHandle
 from hepascope.stream.inference_proc import ModelSpec
 from hepascope.stream.progress import FINISHING, Progress, StallWatch
@@ -236,7 +237,7 @@ class InferenceProcess:
             nonlocal last
             tally.dropped += max(msg["seq"] - last - 1, 0)
             tally.frames_seen += 1
-            tally.count_result(msg["seq"])
+            tally.count_result(msg["seq"], msg.get("status") == MODEL_FAULT)
             last = max(last, msg["seq"])
             self._watch.step_done()
             emit(msg)
@@ -249,8 +250,10 @@ class InferenceProcess:
             if death is None:
                 return
             why, error = death
-            if isinstance(error, HepascopeError):  # raised on purpose (a frame the model
-                raise error  # cannot take): a restart would raise it again; as in a thread
+            if isinstance(error, HepascopeError) and not isinstance(error, ModelOutputError):
+                # raised on purpose (a frame the model cannot take): a restart would raise
+                # it again; as in a thread. Invalid outputs in a row are a crash instead.
+                raise error
             if stop.is_set() or source_done.is_set():  # no restart at the end of a run
                 log.error("inference process %d %s; not restarted: the run is ending",
                           self.pid, _detail(why, error))
