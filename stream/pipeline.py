@@ -158,8 +158,7 @@ def compose(source: Source, classifier: Classifier | InferenceProcess, sink: Sin
     where = classifier.telemetry if isinstance(classifier, InferenceProcess) else _in_thread
 
     def info() -> dict[str, Any]:
-        return {**where(), "invalid_outputs": stats.main.invalid_outputs,
-                **_source_health(source)}
+        return {**where(), **stats.fault_counts(), **_source_health(source)}
 
     def grab() -> None:
         try:
@@ -175,9 +174,9 @@ def compose(source: Source, classifier: Classifier | InferenceProcess, sink: Sin
             if isinstance(step, InferenceProcess):
                 step.serve(ring, source_done, stop, lambda m: results.put((m, tally)), tally,
                            lambda: stats.frames_in)
-            else:  # the main model's invalid outputs in a row end the run (no restart here)
+            else:  # the main model's invalid outputs in a row end the run (no restart)
                 infer_loop(step, tally, ring, source_done, stop, results,
-                           max_invalid=config.inference_max_invalid if i == 0 else 0)
+                           max_invalid=0 if i else config.inference_max_invalid)
         finally:
             finished[i].set()
 

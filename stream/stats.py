@@ -170,6 +170,10 @@ class RunStats:
         for m in self.models:
             m.dropped = self.frames_in - m.frames_seen
 
+    def fault_counts(self) -> dict[str, int]:
+        """The main model's fault counters, for the top level of telemetry and summary."""
+        return {"invalid_outputs": self.main.invalid_outputs}
+
     def lost_at_end(self) -> int:
         """Frames the source delivered after the newest one the main model answered (by
         sequence number): once the source has ended, frames that never get a result."""
