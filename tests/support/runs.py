@@ -50,7 +50,6 @@ class Watcher:
         self.sub = Subscriber(endpoint)
         self.state = OverlayState(stale_ms)
         self.telemetry: dict[str, Any] = {}
-        self.telemetries: list[tuple[int, dict[str, Any]]] = []  # (local receipt ns, msg)
         self.results: list[tuple[int, dict[str, Any]]] = []  # (local receipt ns, msg)
         self.statuses: list[tuple[int, str]] = []
 
@@ -65,7 +64,6 @@ class Watcher:
                     self.results.append((now, msg))
                 else:
                     self.telemetry = msg
-                    self.telemetries.append((now, msg))
             self.statuses.append((now, self.state.view(now).status))
             if until(now):
                 return now
