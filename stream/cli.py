@@ -1,5 +1,8 @@
-"""The ``hepascope`` command. Each subcommand has ``--help``; any ``HepascopeError`` ends
-the process with one line on stderr and exit status 2, never a traceback."""
+"""The ``hepascope`` command. Each subcommand has ``--help``. Exit status: 0 done; 2 any
+``HepascopeError`` (one line on stderr, never a traceback) or a bad argument (argparse's
+usage line); 3 ``run``/``replay`` whose source ended while the model was down, so that its
+last frames got no result (one line on stderr; the summary is still printed and written);
+130 interrupted by Ctrl-C outside a run (a run stops cleanly on SIGINT/SIGTERM: 0)."""
 
 from __future__ import annotations
 
@@ -16,6 +19,10 @@ from typing import Any
 from hepascope.stream.errors import ConfigError, HepascopeError
 
 log = logging.getLogger("hepascope")
+
+EXIT_ERROR = 2         # a HepascopeError (or argparse's usage error)
+EXIT_RESULTS_LOST = 3  # the source ended while the model was down: frames without result
+EXIT_INTERRUPTED = 130
 
 
 def positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -109,11 +116,23 @@ def _report(summary: dict[str, Any], path: Path | None) -> None:
         path.write_text(json.dumps(summary, indent=2))
 
 
+def _results_lost(summary: dict[str, Any]) -> int:
+    """0, or ``EXIT_RESULTS_LOST`` with one line when the source's last frames got no
+    result (the model was hung or dead when it ended)."""
+    lost = int(summary.get("results_lost", 0))
+    if not lost:
+        return 0
+    print(f"hepascope: error: results lost: the source ended while the model was down; its "
+          f"last {lost} frames got no result", file=sys.stderr)
+    return EXIT_RESULTS_LOST
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from hepascope.stream.app import run_pipeline
 
-    _report(run_pipeline(_request(args, args.source, args.model)), args.summary)
-    return 0
+    summary = run_pipeline(_request(args, args.source, args.model))
+    _report(summary, args.summary)
+    return _results_lost(summary)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -131,7 +150,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if not meta.get("complete", True):  # killed while recording: say how much replayed
         print(f"recording interrupted: {len(read_index(args.dir)[0])} frames indexed, "
               f"{summary['frames_in']} decodable and replayed")
-    return 0
+    return _results_lost(summary)
 
 
 def _replay_lockstep(args: argparse.Namespace) -> int:
@@ -279,9 +298,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except HepascopeError as e:
         print(f"hepascope: error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_ERROR
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

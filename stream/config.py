@@ -86,6 +86,11 @@ class PipelineConfig:
     inference: str = "process"
     inference_max_crashes: int = 5        # crashes within the window that end the run
     inference_crash_window_s: float = 60.0
+    # a child with a frame waiting that makes no progress for 10 x its p99 step time, at
+    # least min_s and at most max_s (max_s until its first step), is hung: killed, restarted
+    inference_hang_min_s: float = 1.0
+    inference_hang_max_s: float = 10.0
+    inference_max_invalid: int = 30  # model-fault results in a row that are a fault
 
     def __post_init__(self) -> None:
         if self.inference not in ("process", "thread"):
@@ -94,6 +99,11 @@ class PipelineConfig:
         if self.inference_max_crashes < 1 or not self.inference_crash_window_s > 0:
             raise ConfigError("pipeline.inference_max_crashes must be >= 1 and "
                               "inference_crash_window_s > 0")
+        if not 0 < self.inference_hang_min_s <= self.inference_hang_max_s:
+            raise ConfigError("pipeline.inference_hang_min_s must be > 0 and <= "
+                              "inference_hang_max_s")
+        if self.inference_max_invalid < 1:
+            raise ConfigError("pipeline.inference_max_invalid must be >= 1")
         if self.ring_slots < 2:
             raise ConfigError("pipeline.ring_slots must be >= 2")
         if not (0 < self.telemetry_period_s <= 1.0):

@@ -38,6 +38,11 @@ class ModelInputError(ModelError):
     """The model's inputs do not match the frames the pipeline produces."""
 
 
+class ModelOutputError(ModelError):
+    """The model's outputs could not be shown (NaN, Inf, not probabilities) too many times
+    in a row: a fault like a crash."""
+
+
 class RingError(HepascopeError, RuntimeError):
     """The shared-memory frame ring could not be created, attached or written."""
 

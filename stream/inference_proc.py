@@ -5,8 +5,10 @@ this child, restarts it when it dies, and publishes what it sends.
 
 The child opens the model itself (``ModelSpec``: what ``open_model`` needs, the engine
 already resolved by the parent), attaches the parent's frame ring by name and runs the
-pipeline's own newest-frame-wins loop and result construction (``pipeline._infer_loop``).
-It speaks tuples over two one-way pipes:
+pipeline's own newest-frame-wins loop (``inference_loop.infer_loop``) and result
+construction (``pipeline.main_step``). That loop beats in a shared-memory ``Progress``
+block the parent reads without the child's help (``stream/progress.py``): a stopped or
+stuck child is found hung and killed. It speaks tuples over two one-way pipes:
 
     child -> parent:  (READY, model_name, labels)  the model is open
                       (RESULT, msg)                one result map, as the thread would queue it
@@ -33,6 +35,8 @@ from typing import Any
 
 from hepascope.stream.config import Config
 from hepascope.stream.errors import HepascopeError
+from hepascope.stream.inference_loop import infer_loop
+from hepascope.stream.progress import Progress
 from hepascope.stream.stats import ModelTally
 
 log = logging.getLogger(__name__)
@@ -121,7 +125,8 @@ def _report(out: Connection, e: BaseException) -> None:
         log.warning("could not report %s to the parent: it is gone", type(e).__name__)
 
 
-def child_main(spec: ModelSpec, out: Connection, ctl: Connection, log_level: int) -> None:
+def child_main(spec: ModelSpec, out: Connection, ctl: Connection, log_level: int,
+               progress: Progress) -> None:
     """Entry point of the child (spawned: the parent has threads). Exits 0 after END,
     ``EXIT_LOAD_FAILED`` / ``EXIT_FAILED`` after ERROR."""
     # Ctrl-C in a terminal signals the whole process group: the parent decides when the
@@ -139,7 +144,7 @@ def child_main(spec: ModelSpec, out: Connection, ctl: Connection, log_level: int
         sys.exit(EXIT_LOAD_FAILED)
     try:
         out.send((READY, classifier.model_name, tuple(classifier.labels)))
-        _serve(classifier, out, ctl)
+        _serve(classifier, out, ctl, progress, spec.config.pipeline.inference_max_invalid)
     except BaseException as e:
         _report(out, e)
         sys.exit(EXIT_FAILED)
@@ -148,11 +153,12 @@ def child_main(spec: ModelSpec, out: Connection, ctl: Connection, log_level: int
     out.send((END,))
 
 
-def _serve(classifier: Any, out: Connection, ctl: Connection) -> None:
+def _serve(classifier: Any, out: Connection, ctl: Connection, progress: Progress,
+           max_invalid: int) -> None:
     # imported here, not at the top: pipeline imports the supervisor, which imports us
-    from hepascope.stream.pipeline import _infer_loop, _main_step
+    from hepascope.stream.pipeline import main_step
 
     control = _Control(ctl)
     threading.Thread(target=control.run, name="hepascope-infer-control", daemon=True).start()
-    _infer_loop(partial(_main_step, classifier), ModelTally(classifier.model_name), control,
-                control.source_done, control.stop, _Sender(out))
+    infer_loop(partial(main_step, classifier), ModelTally(classifier.model_name), control,
+               control.source_done, control.stop, _Sender(out), progress, max_invalid)

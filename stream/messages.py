@@ -46,6 +46,9 @@ RunId = Annotated[str, Meta(min_length=1, max_length=64, description=(
 RingName = Annotated[str, Meta(pattern="^/?[^/\x00]{1,250}$")]
 
 
+MODEL_FAULT = "model_fault"  # a result's status when its output cannot be shown (fault says why)
+
+
 class MessageError(ValueError):
     """A message that does not follow the schema."""
 

@@ -32,17 +32,19 @@ import numpy as np
 from hepascope.stream.classifier import Classifier
 from hepascope.stream.config import PipelineConfig
 from hepascope.stream.frame import Frame
+from hepascope.stream.inference_loop import Step, infer_loop
 from hepascope.stream.messages import (
+    MODEL_FAULT,
     SCHEMA_VERSION,
     TOPIC_RESULT,
     TOPIC_TELEMETRY,
     RunStamp,
     output_fault,
 )
-from hepascope.stream.ring import RingReader, RingWriter, slot_bytes_for
+from hepascope.stream.ring import RingWriter, slot_bytes_for
 from hepascope.stream.sources.base import Source
 from hepascope.stream.stats import ModelTally, RunStats
-from hepascope.stream.supervisor import InferenceProcess, RingHandle
+from hepascope.stream.supervisor import InferenceProcess
 
 log = logging.getLogger(__name__)
 
@@ -78,17 +80,6 @@ class SideModel(Protocol):
     def close(self) -> None: ...
 
 
-# (frame, time it was read) -> a result message, or None when the model did not run
-Step = Callable[[Frame, int], "dict[str, Any] | None"]
-
-
-class ResultQueue(Protocol):
-    """Where a model's loop puts (result, its tally): the publish queue, or the pipe to
-    the parent when the loop runs in the inference process."""
-
-    def put(self, item: tuple[dict[str, Any], ModelTally]) -> None: ...
-
-
 class Pipeline:
     """Handle on a composed pipeline: ``run()`` starts it and returns its summary."""
 
@@ -110,7 +101,8 @@ class Pipeline:
 
     def run(self, duration_s: float | None = None) -> dict[str, Any]:
         """Run until the source ends, ``duration_s`` passes, ``stop()`` or an error; re-raise
-        the first error of any stage."""
+        the first error of any stage. When the source ended by itself, ``results_lost``
+        counts its last frames that got no result (the model was down at the end)."""
         self.stats.t_start_ns = time.monotonic_ns()
         for t in self._threads:
             t.start()
@@ -120,13 +112,15 @@ class Pipeline:
             if left is not None and left <= 0:
                 break
             self._done.wait(0.1 if left is None else min(0.1, left))
+        ended = self._done.is_set() and not self.stop_event.is_set()
         self.stop()
         for t in self._threads:
             t.join(timeout=10.0)
         self.stats.settle()
         if self._errors:
             raise self._errors[0]
-        return {**self.stats.summary(), **self.inference_info()}
+        lost = self.stats.lost_at_end() if ended else 0
+        return {**self.stats.summary(), **self.inference_info(), "results_lost": lost}
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -168,13 +162,13 @@ def compose(source: Source, classifier: Classifier | InferenceProcess, sink: Sin
     ring = _LazyRing(ring_name or f"hepascope-{os.getpid()}-{uuid.uuid4().hex[:8]}",
                      config.ring_slots, on_ring)
     main: Step | InferenceProcess = (classifier if isinstance(classifier, InferenceProcess)
-                                     else partial(_main_step, classifier))
+                                     else partial(main_step, classifier))
     steps = [main, *(partial(_side_step, m) for m in side)]
     finished = [threading.Event() for _ in steps]
     where = classifier.telemetry if isinstance(classifier, InferenceProcess) else _in_thread
 
     def info() -> dict[str, Any]:
-        return {**where(), **_source_health(source)}
+        return {**where(), **stats.fault_counts(), **_source_health(source)}
 
     def grab() -> None:
         try:
@@ -188,9 +182,11 @@ def compose(source: Source, classifier: Classifier | InferenceProcess, sink: Sin
         step, tally = steps[i], stats.models[i]
         try:
             if isinstance(step, InferenceProcess):
-                step.serve(ring, source_done, stop, lambda m: results.put((m, tally)), tally)
-            else:
-                _infer_loop(step, tally, ring, source_done, stop, results)
+                step.serve(ring, source_done, stop, lambda m: results.put((m, tally)), tally,
+                           lambda: stats.frames_in)
+            else:  # the main model's invalid outputs in a row end the run (no restart)
+                infer_loop(step, tally, ring, source_done, stop, results,
+                           max_invalid=0 if i else config.inference_max_invalid)
         finally:
             finished[i].set()
 
@@ -272,44 +268,15 @@ def _grab_loop(source: Source, ring: _LazyRing, stats: RunStats, stop: threading
         for frame in source:
             ring.write(frame)
             stats.frames_in += 1
+            stats.last_seq_in = frame.seq
             stats.rate_in.tick(frame.t_capture_ns)
             if stop.is_set():
                 break
 
 
-def _infer_loop(step: Step, tally: ModelTally, ring: RingHandle, source_done: threading.Event,
-                stop: threading.Event, results: ResultQueue) -> None:
-    """One model's loop (a thread here, or the inference process's main thread): the newest
-    frame wins; ``step`` says whether it made a result."""
-    while not ring.ready.wait(0.05):
-        if stop.is_set() or source_done.is_set():
-            return
-    last = -1
-    seen = 0  # ring writes already looked at: one copy per inferred frame, not two
-    with RingReader(ring.name, start="oldest") as reader:
-        while not stop.is_set():
-            written = reader.written
-            if written > seen:  # frames arrived while we were busy: the newest wins
-                frame, seen = reader.latest(), written
-            else:  # idle: wait for the next one (latest() moved the cursor past the last)
-                frame = reader.next(timeout_s=0.05)
-                if frame is not None:
-                    seen = written + 1
-                elif source_done.is_set() and reader.written == seen:
-                    break
-            if frame is None or frame.seq <= last:
-                continue
-            t_read = time.monotonic_ns()
-            tally.dropped += frame.seq - last - 1
-            tally.frames_seen += 1
-            last = frame.seq
-            msg = step(frame, t_read)
-            if msg is not None:
-                tally.frames_out += 1
-                results.put((msg, tally))
-
-
-def _main_step(classifier: Classifier, frame: Frame, t_read: int) -> dict[str, Any]:
+def main_step(classifier: Classifier, frame: Frame, t_read: int) -> dict[str, Any]:
+    """The main model's step: its result for ``frame`` (a model fault if the output is
+    not a probability distribution)."""
     return result_message(classifier, frame, t_read, classifier.predict(frame))
 
 
@@ -334,7 +301,7 @@ def result_message(model: Classifier | SideModel, frame: Frame, t_read: int,
         "seq": int(frame.seq),
         "model": model.model_name,
         "labels": list(model.labels),
-        "status": "ok" if fault is None else "model_fault",
+        "status": "ok" if fault is None else MODEL_FAULT,
         "probs": values if fault is None else [],
         "t_capture_ns": frame.t_capture_ns,
         "pts_s": frame.pts_s,
@@ -374,8 +341,6 @@ def _publish_loop(sink: Sink, results: queue.Queue[tuple[dict[str, Any], ModelTa
             lat["total"] = (now - msg["t_capture_ns"]) * _MS
             sink.send(TOPIC_RESULT, msg)
             tally.add(lat, now)
-            if msg["status"] == "model_fault":
-                tally.invalid_outputs += 1
             for listener in listeners:
                 listener.on_result(msg)
         if now >= next_telemetry:

@@ -104,6 +104,7 @@ class ModelTally:
     frames_out: int = 0   # results published
     dropped: int = 0      # frames its thread never took
     invalid_outputs: int = 0  # results published as model_fault (output not probabilities)
+    last_seq_out: int = -1    # the newest frame it gave a result for
     rate_out: RateMeter = field(default_factory=RateMeter)
     totals: LatencyHistogram = field(default_factory=LatencyHistogram)
     stage_sum_ms: dict[str, float] = field(default_factory=dict)
@@ -111,6 +112,13 @@ class ModelTally:
 
     def __post_init__(self) -> None:
         self.window = LatencyWindow(self.window_size)
+
+    def count_result(self, seq: int, fault: bool) -> None:
+        """One more result of this model (for frame ``seq``; ``fault``: a model fault), on
+        its way to the publisher."""
+        self.frames_out += 1
+        self.last_seq_out = max(self.last_seq_out, seq)
+        self.invalid_outputs += fault
 
     def add(self, lat: dict[str, float], now_ns: int) -> None:
         self.rate_out.tick(now_ns)
@@ -149,6 +157,7 @@ class RunStats:
     main: ModelTally
     side: list[ModelTally] = field(default_factory=list)
     frames_in: int = 0
+    last_seq_in: int = -1  # the newest frame the source delivered
     rate_in: RateMeter = field(default_factory=RateMeter)
     t_start_ns: int = field(default_factory=time.monotonic_ns)
 
@@ -160,6 +169,15 @@ class RunStats:
         """At the end: frames captured after a model's last look were never seen either."""
         for m in self.models:
             m.dropped = self.frames_in - m.frames_seen
+
+    def fault_counts(self) -> dict[str, int]:
+        """The main model's fault counters, for the top level of telemetry and summary."""
+        return {"invalid_outputs": self.main.invalid_outputs}
+
+    def lost_at_end(self) -> int:
+        """Frames the source delivered after the newest one the main model answered (by
+        sequence number): once the source has ended, frames that never get a result."""
+        return max(self.last_seq_in - self.main.last_seq_out, 0)
 
     def summary(self) -> dict[str, Any]:
         """The main model's figures at the top level (as before side models existed), and

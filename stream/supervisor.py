@@ -12,6 +12,14 @@ meanwhile, so the overlay shows STALE, not NO DATA. ``max_crashes`` crashes with
 ``window_s`` end the run with ``InferenceCrashError``: a model that crashes at every load
 is not restarted forever.
 
+A hung child is a crash too: the child beats in a shared-memory ``Progress`` block, and one
+that has work waiting and does not beat within a bound derived from its measured step
+times (``StallWatch``, stream/progress.py) is killed (SIGKILL) and restarted; telemetry
+says ``inference_up: false`` from then until the new child is ready. So is a child that
+gives ``max_invalid`` model-fault results in a row (``ModelOutputError``). At the end of
+the source the child finishes the newest frame and ends; one hung or dead then is not
+restarted, so a finite run always ends.
+
 A crash is a death the child did not explain (a signal, an exit without a report) or an
 unexpected exception. A ``HepascopeError`` the child reports (a ``ModelError`` when a
 restart finds the model file gone bad, a frame the model cannot take) is raised as it is,
@@ -31,13 +39,16 @@ from dataclasses import dataclass
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from hepascope.stream import inference_proc as proto
 from hepascope.stream.classifier import Classifier
 from hepascope.stream.config import Config
-from hepascope.stream.errors import ConfigError, HepascopeError
+from hepascope.stream.errors import ConfigError, HepascopeError, ModelOutputError
+from hepascope.stream.inference_loop import RingHandle
 from hepascope.stream.inference_proc import ModelSpec
+from hepascope.stream.messages import MODEL_FAULT
+from hepascope.stream.progress import FINISHING, Progress, StallWatch
 from hepascope.stream.stats import ModelTally
 
 log = logging.getLogger(__name__)
@@ -50,18 +61,13 @@ class InferenceCrashError(HepascopeError, RuntimeError):
     """The inference process died too often (or at its first start): the run ends."""
 
 
-class RingHandle(Protocol):
-    """The pipeline's frame ring as the supervisor sees it: its name, once it exists."""
-
-    name: str
-    ready: threading.Event
-
-
 @dataclass(frozen=True, slots=True)
 class RestartPolicy:
     """When to restart the child and when to give up: the k-th crash within ``window_s``
     waits ``backoff_s * 2**(k-1)`` (at most ``backoff_max_s``); the ``max_crashes``-th
-    ends the run. A child neither ready nor dead after ``load_timeout_s`` is a crash."""
+    ends the run. A child neither ready nor dead after ``load_timeout_s`` is a crash; so is
+    one with work waiting and no progress for ``hang_factor`` x its p99 step time, within
+    [``hang_min_s``, ``hang_max_s``]."""
 
     max_crashes: int = 5
     window_s: float = 60.0
@@ -69,14 +75,20 @@ class RestartPolicy:
     backoff_max_s: float = 2.0
     load_timeout_s: float = 120.0
     stop_timeout_s: float = 5.0
+    hang_min_s: float = 1.0
+    hang_max_s: float = 10.0
+    hang_factor: float = 10.0
 
     def __post_init__(self) -> None:
         if self.max_crashes < 1:
             raise ConfigError(f"max_crashes must be >= 1, got {self.max_crashes}")
         for name in ("window_s", "backoff_s", "backoff_max_s", "load_timeout_s",
-                     "stop_timeout_s"):
+                     "stop_timeout_s", "hang_min_s", "hang_max_s", "hang_factor"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.hang_min_s > self.hang_max_s:
+            raise ConfigError(f"hang_min_s ({self.hang_min_s}) must be <= hang_max_s "
+                              f"({self.hang_max_s})")
 
     def delay(self, crashes: int) -> float:
         return min(self.backoff_s * 2 ** max(crashes - 1, 0), self.backoff_max_s)
@@ -91,6 +103,10 @@ class _ChildFailed(Exception):
         self.why, self.error = why, error
 
 
+def _detail(why: str, error: BaseException | None) -> str:
+    return f"{why}: {type(error).__name__}: {error}" if error is not None else why
+
+
 def _describe(exitcode: int | None) -> str:
     if exitcode is None:
         return "did not exit"
@@ -103,14 +119,16 @@ def _describe(exitcode: int | None) -> str:
 
 
 class _Child:
-    """One child process and the parent's ends of its two pipes."""
+    """One child process, the parent's ends of its two pipes and its heartbeat block."""
 
     def __init__(self, ctx: Any, spec: ModelSpec) -> None:
         self.out, out_w = ctx.Pipe(duplex=False)  # child -> parent
         ctl_r, self.ctl = ctx.Pipe(duplex=False)  # parent -> child
+        self.progress = Progress(ctx)
         level = logging.getLogger().getEffectiveLevel()
-        self.proc: BaseProcess = ctx.Process(target=proto.child_main, name="hepascope-infer",
-                                             args=(spec, out_w, ctl_r, level), daemon=True)
+        self.proc: BaseProcess = ctx.Process(
+            target=proto.child_main, name="hepascope-infer",
+            args=(spec, out_w, ctl_r, level, self.progress), daemon=True)
         try:
             self.proc.start()
         finally:  # only the child holds these now: its death is our end of file
@@ -152,6 +170,8 @@ class InferenceProcess:
         self.spec = spec
         self.policy = policy or RestartPolicy()
         self._ctx = mp.get_context("spawn")  # never fork: the parent has threads
+        self._watch = StallWatch(self.policy.hang_min_s, self.policy.hang_max_s,
+                                 self.policy.hang_factor)
         self.restarts = 0
         self.pid = 0
         try:
@@ -203,44 +223,54 @@ class InferenceProcess:
     def telemetry(self) -> dict[str, Any]:
         """Fields of the heartbeat and the run summary."""
         return {"inference": "process", "inference_pid": self.pid,
-                "inference_restarts": self.restarts, "inference_up": self._child is not None}
+                "inference_restarts": self.restarts, "inference_up": self._child is not None,
+                "inference_hang_bound_s": round(self._watch.bound_s(), 3)}
 
     def serve(self, ring: RingHandle, source_done: threading.Event, stop: threading.Event,
-              emit: Callable[[dict[str, Any]], None], tally: ModelTally) -> None:
-        """The main model's thread: relay results, restart on crashes, until the child ends
-        after the source does or ``stop``."""
+              emit: Callable[[dict[str, Any]], None], tally: ModelTally,
+              frames_in: Callable[[], int] = lambda: 0) -> None:
+        """The main model's thread: relay results, restart on crashes and hangs, until the
+        child ends after the source does or ``stop``. ``frames_in``: frames written to the
+        ring so far (a frame the child has not taken is work waiting)."""
         last = -1  # kept across children: frames a dead child never saw are drops
 
         def on_result(msg: dict[str, Any]) -> None:
             nonlocal last
             tally.dropped += max(msg["seq"] - last - 1, 0)
             tally.frames_seen += 1
-            tally.frames_out += 1
+            tally.count_result(msg["seq"], msg.get("status") == MODEL_FAULT)
             last = max(last, msg["seq"])
+            self._watch.step_done()
             emit(msg)
 
         crashes: deque[float] = deque()
         child = self._child
         while child is not None:
-            death = self._relay(child, ring, source_done, stop, on_result)
+            death = self._relay(child, ring, source_done, stop, on_result, frames_in)
             self._child = None
             if death is None:
                 return
             why, error = death
-            if isinstance(error, HepascopeError):  # raised on purpose (a frame the model
-                raise error  # cannot take): a restart would raise it again; as in a thread
+            if isinstance(error, HepascopeError) and not isinstance(error, ModelOutputError):
+                # raised on purpose (a frame the model cannot take): a restart would raise
+                # it again; as in a thread. Invalid outputs in a row are a crash instead.
+                raise error
             if stop.is_set() or source_done.is_set():  # no restart at the end of a run
+                log.error("inference process %d %s; not restarted: the run is ending",
+                          self.pid, _detail(why, error))
                 return
             child = self._child = self._restart(crashes, why, error, stop, source_done)
 
     def _relay(self, child: _Child, ring: RingHandle, source_done: threading.Event,
                stop: threading.Event, on_result: Callable[[dict[str, Any]], None],
-               ) -> tuple[str, BaseException | None] | None:
+               frames_in: Callable[[], int]) -> tuple[str, BaseException | None] | None:
         """Talk to one child until it ends: None when it ended as asked (or would not stop
-        and was killed), else how it died and the error it reported, if any."""
-        told_ring = told_done = False
-        t_stop: float | None = None
+        and was killed), else how it died (or hung, and was killed) and the error it
+        reported, if any."""
+        told_ring = told_done = told_stop = False
+        t_end: float | None = None  # since when it should be ending (told STOP, finishing)
         error: BaseException | None = None
+        self._watch.watch(child.progress, time.monotonic_ns(), frames_in())
         while True:
             if not told_ring and ring.ready.is_set():
                 child.tell(proto.RING, ring.name)
@@ -248,10 +278,12 @@ class InferenceProcess:
             if not told_done and source_done.is_set():
                 child.tell(proto.DONE)
                 told_done = True
-            if t_stop is None and stop.is_set():
+            if not told_stop and stop.is_set():
                 child.tell(proto.STOP)
-                t_stop = time.monotonic()
-            elif t_stop is not None and time.monotonic() - t_stop > self.policy.stop_timeout_s:
+                told_stop = True
+            if t_end is None and (told_stop or child.progress.phase == FINISHING):
+                t_end = time.monotonic()
+            elif t_end is not None and time.monotonic() - t_end > self.policy.stop_timeout_s:
                 log.warning("inference process %d did not stop within %g s: killed",
                             child.pid, self.policy.stop_timeout_s)
                 child.proc.kill()
@@ -272,6 +304,12 @@ class InferenceProcess:
                     return None
             elif ready:  # dead, and nothing left in its pipe
                 return child.reap(), error
+            quiet = self._watch.stalled_s(time.monotonic_ns(), frames_in(), told_done)
+            if quiet is not None:
+                child.proc.kill()  # SIGKILL: a stopped process dies too
+                child.reap()
+                return (f"hung: no progress for {quiet:.2f} s (bound "
+                        f"{self._watch.bound_s():.2f} s), killed"), error
 
     def _restart(self, crashes: deque[float], why: str, error: BaseException | None,
                  stop: threading.Event, source_done: threading.Event) -> _Child | None:
@@ -282,7 +320,7 @@ class InferenceProcess:
             crashes.append(now)
             while now - crashes[0] > self.policy.window_s:
                 crashes.popleft()
-            detail = f"{why}: {type(error).__name__}: {error}" if error is not None else why
+            detail = _detail(why, error)
             if len(crashes) >= self.policy.max_crashes:
                 raise InferenceCrashError(
                     f"inference process crashed {len(crashes)} times within "
@@ -324,6 +362,7 @@ def open_inference(mode: str, path: Path, config: Config, *, backend: str,
 
         return open_model(path, config, backend=backend, threads=threads, labels=labels)
     spec = ModelSpec(Path(path), config, backend, threads, labels)
+    pipe = config.pipeline
     return InferenceProcess(spec, RestartPolicy(
-        max_crashes=config.pipeline.inference_max_crashes,
-        window_s=config.pipeline.inference_crash_window_s))
+        max_crashes=pipe.inference_max_crashes, window_s=pipe.inference_crash_window_s,
+        hang_min_s=pipe.inference_hang_min_s, hang_max_s=pipe.inference_hang_max_s))

@@ -80,7 +80,6 @@ class SleepyClassifier:
         self.inner.close()
 
 
-@pytest.mark.slow
 def test_a_slow_model_that_publishes_promptly_is_never_live(tmp_path: Path, video30: Path,
                                                            small_model: Path) -> None:
     clf = SleepyClassifier(FrameClassifier(open_engine(small_model, threads=1), load_config()),

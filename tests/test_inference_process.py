@@ -8,100 +8,23 @@ import itertools
 import json
 import os
 import signal
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 from support.budget import trials
+from support.runs import START_S, Watcher, kill_run, start_run, stop_run, write_config
 
 from hepascope.stream.config import load_config
 from hepascope.stream.errors import ModelError
-from hepascope.stream.messages import TOPIC_RESULT
-from hepascope.stream.overlay import OverlayState
-from hepascope.stream.publish import Subscriber
 from hepascope.stream.supervisor import open_inference
-
-CLI = [sys.executable, "-m", "hepascope.stream"]
-START_S = 60.0  # generous: two processes start on a loaded 2-core machine
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Watcher:
-    """A real subscriber feeding the overlay's state, polled every ~10 ms by the test."""
-
-    def __init__(self, endpoint: str, stale_ms: float) -> None:
-        self.sub = Subscriber(endpoint)
-        self.state = OverlayState(stale_ms)
-        self.telemetry: dict[str, Any] = {}
-        self.results: list[tuple[int, dict[str, Any]]] = []  # (local receipt ns, msg)
-        self.statuses: list[tuple[int, str]] = []
-
-    def pump(self, until: Callable[[int], bool], timeout_s: float, what: str) -> int:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            self.sub.poll(10)
-            now = time.monotonic_ns()
-            for topic, msg in self.sub.drain():
-                self.state.update(topic, msg, now)
-                if topic == TOPIC_RESULT:
-                    self.results.append((now, msg))
-                else:
-                    self.telemetry = msg
-            self.statuses.append((now, self.state.view(now).status))
-            if until(now):
-                return now
-        raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-
-    @property
-    def status(self) -> str:
-        return self.statuses[-1][1] if self.statuses else "NO DATA"
-
-    def close(self) -> None:
-        self.sub.close()
-
-
-def _start(tmp_path: Path, model: Path, video: Path, *extra: str,
-           config: Path | None = None) -> tuple[subprocess.Popen[str], str]:
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
-    args = [*CLI, "-v", "run", "--source", str(video), "--model", str(model), "--loop",
-            "--publish", endpoint, "--inference", "process",
-            "--summary", str(tmp_path / "summary.json"), *extra]
-    if config is not None:
-        args += ["--config", str(config)]
-    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True), endpoint
-
-
-def _stop(proc: subprocess.Popen[str]) -> tuple[int, str]:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)  # stop_on_signals: a clean stop, files finalised
-    _, err = proc.communicate(timeout=60)
-    return proc.returncode, err
-
-
-def _kill(proc: subprocess.Popen[str]) -> None:
-    """A run the test expected to end by itself and did not: no process left behind."""
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
 
 
 def test_killed_inference_is_restarted_while_capture_and_recording_go_on(
         tmp_path: Path, video30: Path, small_model: Path) -> None:
     stale_ms = load_config().overlay.stale_ms
     rec = tmp_path / "rec"
-    proc, endpoint = _start(tmp_path, small_model, video30, "--record", str(rec))
+    proc, endpoint = start_run(tmp_path, small_model, video30, "--record", str(rec))
     watch = Watcher(endpoint, stale_ms)
     try:
         watch.pump(lambda _: watch.status == "LIVE" and "inference_pid" in watch.telemetry,
@@ -130,7 +53,7 @@ def test_killed_inference_is_restarted_while_capture_and_recording_go_on(
                    "results going on after the restart")
     finally:
         watch.close()
-        rc, err = _stop(proc)
+        rc, err = stop_run(proc)
     assert rc == 0, err
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert "NO DATA" not in outage and "STALE" in outage
@@ -171,8 +94,8 @@ def test_stale_delay_over_many_real_kills(tmp_path: Path, video30: Path,
     """The inference child is SIGKILLed again and again in one run; each time the overlay
     must turn STALE (never NO DATA: the publisher lives) within stale_ms + a few polls."""
     stale_ms = load_config().overlay.stale_ms
-    config = _config(tmp_path, inference_max_crashes=STALE_TRIALS + 5)
-    proc, endpoint = _start(tmp_path, small_model, video30, config=config)
+    config = write_config(tmp_path, inference_max_crashes=STALE_TRIALS + 5)
+    proc, endpoint = start_run(tmp_path, small_model, video30, config=config)
     watch = Watcher(endpoint, stale_ms)
     delays, back = [], []
     try:
@@ -191,7 +114,7 @@ def test_stale_delay_over_many_real_kills(tmp_path: Path, video30: Path,
             back.append((t_new - t_kill) / 1e6)
     finally:
         watch.close()
-        rc, err = _stop(proc)
+        rc, err = stop_run(proc)
     assert rc == 0, err
     statuses = [s for _, s in watch.statuses]
     assert "NO DATA" not in statuses[statuses.index("LIVE"):]
@@ -205,18 +128,10 @@ def test_stale_delay_over_many_real_kills(tmp_path: Path, video30: Path,
     assert delays[-1] < stale_ms + 250
 
 
-def _config(tmp_path: Path, **pipeline: object) -> Path:
-    raw = yaml.safe_load((Path(__file__).parents[1] / "stream" / "default.yaml").read_text())
-    raw["pipeline"].update(pipeline)
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
-
-
 def test_a_child_that_keeps_dying_ends_the_run_with_a_typed_error(
         tmp_path: Path, video30: Path, small_model: Path) -> None:
-    config = _config(tmp_path, inference_max_crashes=3)
-    proc, endpoint = _start(tmp_path, small_model, video30, config=config)
+    config = write_config(tmp_path, inference_max_crashes=3)
+    proc, endpoint = start_run(tmp_path, small_model, video30, config=config)
     watch = Watcher(endpoint, load_config().overlay.stale_ms)
     killed: list[int] = []
     t_first = 0.0
@@ -236,7 +151,7 @@ def test_a_child_that_keeps_dying_ends_the_run_with_a_typed_error(
         ended_s = time.monotonic() - t_first
     finally:
         watch.close()
-        _kill(proc)
+        kill_run(proc)
     lines = err.strip().splitlines()
     restarts = [ln for ln in lines if "; restart " in ln]
     print(f"\ncrash loop: {len(killed)} children killed, {len(restarts)} restarts, run ended "
@@ -251,7 +166,7 @@ def test_a_model_file_gone_bad_is_not_restarted_forever(
         tmp_path: Path, video30: Path, small_model: Path) -> None:
     model = tmp_path / "model.onnx"
     model.write_bytes(small_model.read_bytes())
-    proc, endpoint = _start(tmp_path, model, video30)
+    proc, endpoint = start_run(tmp_path, model, video30)
     watch = Watcher(endpoint, load_config().overlay.stale_ms)
     try:
         watch.pump(lambda _: watch.status == "LIVE" and "inference_pid" in watch.telemetry,
@@ -263,7 +178,7 @@ def test_a_model_file_gone_bad_is_not_restarted_forever(
         ended_s = time.monotonic() - t_kill
     finally:
         watch.close()
-        _kill(proc)
+        kill_run(proc)
     lines = err.strip().splitlines()
     print(f"\nbad model file: run ended {ended_s:.2f} s after the kill, exit "
           f"{proc.returncode}: {lines[-1]}")

@@ -136,7 +136,9 @@ def test_non_finite_outputs_are_published_as_model_faults(video30: Path,
                                                           small_model: Path) -> None:
     clf = NanClassifier(FrameClassifier(open_engine(small_model, threads=1), load_config()), 30)
     sink = ListSink()
-    pipe = compose(FileSource(video30), clf, sink, PipelineConfig(telemetry_period_s=0.2))
+    # every fault published (the limit of faults in a row is tested in test_model_outputs)
+    pipe = compose(FileSource(video30), clf, sink,
+                   PipelineConfig(telemetry_period_s=0.2, inference_max_invalid=1000))
     summary = pipe.run(duration_s=30)
     results, tel = sink.of(TOPIC_RESULT), sink.of(TOPIC_TELEMETRY)
     faults = [r for r in results if r["seq"] >= 30]
