@@ -33,6 +33,7 @@ class Writer:
         slot_bytes: int,
         replace: bool = False,
         generation: int = 0,
+        frames_before: int = 0,
         owner_start: int = 0,
         owner_pidns: int = 0,
     ) -> None:
@@ -78,6 +79,9 @@ class Reader:
     def slot_bytes(self) -> int: ...
     @property
     def generation(self) -> int: ...
+    @property
+    def frames_before(self) -> int:
+        """Frames the writer wrote to earlier generations of the ring."""
     @property
     def owner(self) -> tuple[int, int, int]:
         """(pid, start time, pid namespace) of the process that created the segment."""

@@ -133,8 +133,10 @@ class RingWriter:
 
     def _create(self, slots: int, slot_bytes: int, replace: bool, gen: int) -> _ring.Writer:
         start, pidns = this_process()
+        before = self.written if gen else 0
         try:
-            return _ring.Writer(self._shm, slots, slot_bytes, replace, gen, start, pidns)
+            return _ring.Writer(self._shm, slots, slot_bytes, replace, gen, before, start,
+                                pidns)
         except (RuntimeError, OSError) as exc:
             raise RingError(str(exc)) from None
 
@@ -246,8 +248,10 @@ class RingReader:
         _require_native()
         self._name, self._shm = shm[1:], shm
         self._r = self._attach(start == "oldest")
-        # counts of the generations left behind; _gone: the newest one was removed too
-        self._before = self._drops_before = self._torn_before = 0
+        # frames written to earlier generations; drops and torn copies of the generations
+        # this reader left behind; _gone: the newest one was removed too
+        self._before = int(self._r.frames_before)
+        self._drops_before = self._torn_before = 0
         self._gone = False
         self._held: _ring.FrameTuple | None = None  # see _follow()
 
@@ -278,9 +282,11 @@ class RingReader:
                             f"{new.generation} after {r.generation}): re-attach")
         # latest() has a newest frame to give until the new generation has one
         self._held = None if drain else self._call(r.latest)
-        self._before += self._call(lambda: int(r.written))
-        # with drain, the new generation's frames already overwritten are lost to us
-        self._drops_before += int(r.drops) + (int(new.cursor) if drain else 0)
+        if drain:  # frames of generations skipped, and of the new one already overwritten
+            seen = self._before + self._call(lambda: int(r.written))
+            self._drops_before += max(0, int(new.frames_before) - seen) + int(new.cursor)
+        self._drops_before += int(r.drops)
+        self._before = int(new.frames_before)
         self._torn_before += int(r.torn)
         r.close()
         self._r = new

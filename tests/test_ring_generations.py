@@ -81,8 +81,12 @@ def test_a_reader_skips_generations_it_was_too_slow_to_see(name: str) -> None:
         w.new_generation(120)
         w.write(_frame(2, GREY))
         seqs = [f.seq for f in iter(lambda: r.next(0), None)]
-        # generation 1 was gone (its name taken by 2) before this reader looked
+        # generation 1 was gone (its name taken by 2) before this reader looked: its
+        # frame is counted as a drop, and the counts go on across generations
         assert seqs == [0, 2] and r.generation == 2
+        assert (r.drops, r.written) == (1, 3)
+        with RingReader(name) as late:
+            assert late.written == 3
 
 
 def test_the_last_generation_closing_ends_a_reader_left_behind(name: str) -> None:
@@ -113,3 +117,25 @@ def test_a_name_taken_by_another_writer_is_not_followed(name: str) -> None:
     finally:
         w.close()
         r.close()
+
+
+def test_the_grabbers_ring_counts_size_and_pixel_format_changes() -> None:
+    """The pipeline's lazily created ring (stream/grab.py): BGR -> grey of the same size
+    (a pixel-format change) and back, then a new size; a reader sees every frame."""
+    from hepascope.stream.grab import LazyRing
+
+    name = f"hepascope-test-grab-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    ring = LazyRing(name, slots=8, on_ring=None)
+    shapes = [BIG, BIG, GREY, GREY, BIG, SMALL]
+    try:
+        ring.write(_frame(0, shapes[0]))
+        got = []
+        with RingReader(name, start="oldest") as r:
+            for seq, shape in enumerate(shapes[1:], 1):
+                ring.write(_frame(seq, shape))
+                got += [(f.seq, f.image.shape) for f in iter(lambda: r.next(0), None)]
+        assert got == list(enumerate(shapes))
+        assert ring.geometry_changes == 3
+    finally:
+        ring.close()
+    assert glob.glob(f"/dev/shm/{name}*") == []

@@ -130,13 +130,15 @@ NB_MODULE(_ring, m) {
         .def(
             "__init__",
             [](Writer *w, const std::string &name, uint32_t slots, uint64_t slot_bytes,
-               bool replace, uint64_t generation, uint64_t owner_start, uint64_t owner_pidns) {
+               bool replace, uint64_t generation, uint64_t frames_before, uint64_t owner_start,
+               uint64_t owner_pidns) {
                 nb::gil_scoped_release release;
-                new (w) Writer(name, slots, slot_bytes, replace, generation,
+                new (w) Writer(name, slots, slot_bytes, replace, generation, frames_before,
                                Owner{owner_start, owner_pidns});
             },
             nb::arg("name"), nb::arg("slots"), nb::arg("slot_bytes"),
-            nb::arg("replace") = false, nb::arg("generation") = 0, nb::arg("owner_start") = 0,
+            nb::arg("replace") = false, nb::arg("generation") = 0,
+            nb::arg("frames_before") = 0, nb::arg("owner_start") = 0,
             nb::arg("owner_pidns") = 0)
         .def("write", &py_write, nb::arg("image"), nb::arg("seq"), nb::arg("t_capture_ns"),
              nb::arg("pts").none(), nb::arg("source_id"))
@@ -158,6 +160,7 @@ NB_MODULE(_ring, m) {
         .def_prop_ro("slots", &Reader::slots)
         .def_prop_ro("slot_bytes", &Reader::slot_bytes)
         .def_prop_ro("generation", &Reader::generation)
+        .def_prop_ro("frames_before", &Reader::frames_before)
         .def_prop_ro("owner", [](Reader &r) {
             auto o = r.owner();
             return nb::make_tuple(int64_t(o[0]), o[1], o[2]);

@@ -5,6 +5,7 @@
 //   RingHeader   magic, layout version, slot count, slot capacity, slot stride, segment
 //                size, the owner's identity (pid, start time, pid namespace); then on its
 //                own cache line: write count, writer-closed and superseded flags, generation
+//                and the frames written to earlier generations
 //   slot 0       SlotHeader (seqlock sequence + metadata), then `capacity` pixel bytes
 //   slot 1       ...
 //   slot N-1
@@ -72,6 +73,7 @@ struct alignas(kAlign) RingHeader {
     // geometry) has replaced this one under the same name: readers re-open the name.
     std::atomic<uint32_t> superseded;
     uint64_t generation;
+    uint64_t frames_before;  // frames written to earlier generations: counts across them
 };
 
 // Copied as one block under the seqlock (a multiple of 8 bytes: whole atomic words).

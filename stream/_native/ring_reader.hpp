@@ -103,6 +103,7 @@ public:
         capacity_ = h->slot_capacity;
         stride_ = h->slot_stride;
         generation_ = h->generation;
+        frames_before_ = h->frames_before;
         owner_ = {uint64_t(h->writer_pid), h->writer_start, h->writer_pidns};
         // Never trust the header blindly: a corrupt one must not make us read past the map.
         if (slots_ < 2 || slots_ > kMaxSlots || capacity_ == 0 || capacity_ > kMaxSlotBytes ||
@@ -210,6 +211,7 @@ public:
     uint32_t slots() const { return slots_; }
     uint64_t slot_bytes() const { return capacity_; }
     uint64_t generation() const { return generation_; }
+    uint64_t frames_before() const { return frames_before_; }
     std::array<uint64_t, 3> owner() const { return owner_; }  // pid, start, pid namespace
     const std::string &name() const { return name_; }
     uint64_t written() {
@@ -314,6 +316,7 @@ private:
     uint64_t capacity_ = 0;
     uint64_t stride_ = 0;
     uint64_t generation_ = 0;
+    uint64_t frames_before_ = 0;
     std::array<uint64_t, 3> owner_{};
     // Process-local bookkeeping, only changed under mu_. Relaxed atomics so that the
     // properties can be read from another Python thread while next() waits (no lock).

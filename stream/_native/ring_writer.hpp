@@ -60,7 +60,7 @@ inline void reserve(int fd, const std::string &name, uint64_t size, uint32_t slo
 class Writer {
 public:
     Writer(const std::string &name, uint32_t slots, uint64_t slot_bytes, bool replace,
-           uint64_t generation, Owner owner)
+           uint64_t generation, uint64_t frames_before, Owner owner)
         : name_(name), slots_(slots), capacity_(slot_bytes) {
         if (name.empty() || name[0] != '/')
             throw std::invalid_argument("ring name must start with '/': " + name);
@@ -118,6 +118,7 @@ public:
         h->writer_start = owner.start;
         h->writer_pidns = owner.pidns;
         h->generation = generation;
+        h->frames_before = frames_before;
         h->write_count.store(0, std::memory_order_relaxed);
         h->writer_closed.store(0, std::memory_order_relaxed);
         h->superseded.store(0, std::memory_order_relaxed);
