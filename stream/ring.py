@@ -37,7 +37,6 @@ import time
 import weakref
 from collections.abc import Callable
 from functools import partial
-from types import TracebackType
 from typing import Literal, TypeVar
 
 from hepascope.stream.errors import RingError
@@ -215,19 +214,13 @@ class RingWriter:
     def __enter__(self) -> RingWriter:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"written={self.written}"
-        return (
-            f"RingWriter({self._name!r}, slots={self.slots}, slot_bytes={self.slot_bytes}, {state})"
-        )
+        return f"RingWriter({self._name!r}, slots={self.slots}, slot_bytes={self.slot_bytes}, " \
+            f"{state})"
 
 
 class RingReader:
@@ -412,12 +405,7 @@ class RingReader:
     def __enter__(self) -> RingReader:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
