@@ -1,8 +1,9 @@
 """Type stub of the native frame ring ``hepascope.stream._ring`` (stream/_native/ring.cpp).
 
 Use it through :mod:`hepascope.stream.ring`, which speaks ``Frame`` and ``RingError``.
-Native errors: ``RuntimeError`` (create/attach/closed), ``ValueError`` (bad arguments,
-frame larger than the slot).
+Native errors: ``RuntimeError`` (create/attach/closed, a corrupt or inconsistent segment),
+``NotFoundError`` (a ``RuntimeError``: no ring of that name), ``ValueError`` (bad
+arguments, frame larger than the slot).
 """
 
 from typing import Final
@@ -17,11 +18,27 @@ ALIGN: Final[int]
 # (image, seq, t_capture_ns, pts or None, source_id); image is a fresh HxW or HxWxC array.
 FrameTuple = tuple[NDArray[np.uint8], int, int, float | None, str]
 
+class NotFoundError(RuntimeError): ...
+
 def slot_stride(slot_bytes: int) -> int: ...
+def peek(name: str) -> tuple[int, int, int, int] | None:
+    """(version, writer_pid, writer_start, writer_pidns) of ring ``name``; None when it is
+    not an initialised ring; ``NotFoundError`` when there is no such name."""
 
 class Writer:
-    def __init__(self, name: str, slots: int, slot_bytes: int, replace: bool = False) -> None:
-        """Creates the ring ``name`` (must start with '/'); O_EXCL unless ``replace``."""
+    def __init__(
+        self,
+        name: str,
+        slots: int,
+        slot_bytes: int,
+        replace: bool = False,
+        generation: int = 0,
+        frames_before: int = 0,
+        owner_start: int = 0,
+        owner_pidns: int = 0,
+    ) -> None:
+        """Creates the ring ``name`` (must start with '/'); O_EXCL unless ``replace``;
+        reserves its memory (a full /dev/shm is a RuntimeError saying how much is free)."""
     def write(
         self,
         image: NDArray[np.uint8],
@@ -33,6 +50,8 @@ class Writer:
         """Copies one frame into the next slot (GIL released). Never blocks."""
     def close(self) -> None:
         """Marks closed, unmaps and unlinks (in the creating process). Idempotent."""
+    def supersede(self) -> None:
+        """Marks superseded (a newer generation holds the name), then closes."""
     @property
     def name(self) -> str: ...
     @property
@@ -59,6 +78,14 @@ class Reader:
     @property
     def slot_bytes(self) -> int: ...
     @property
+    def generation(self) -> int: ...
+    @property
+    def frames_before(self) -> int:
+        """Frames the writer wrote to earlier generations of the ring."""
+    @property
+    def owner(self) -> tuple[int, int, int]:
+        """(pid, start time, pid namespace) of the process that created the segment."""
+    @property
     def drops(self) -> int: ...
     @property
     def torn(self) -> int: ...
@@ -68,5 +95,7 @@ class Reader:
     def written(self) -> int: ...
     @property
     def writer_closed(self) -> bool: ...
+    @property
+    def superseded(self) -> bool: ...
     @property
     def closed(self) -> bool: ...

@@ -47,11 +47,16 @@ class RunRequest:
 
 @contextmanager
 def stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """SIGINT/SIGTERM set ``stop`` (so files are finalised) instead of killing mid-write."""
+    """SIGINT/SIGTERM/SIGHUP set ``stop`` instead of killing mid-write: files are finalised
+    and the frame ring (patient images in /dev/shm) is removed. SIGHUP: the terminal or
+    ssh session that started the run went away."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    signals = [signal.SIGINT, signal.SIGTERM]
+    if hasattr(signal, "SIGHUP"):  # not on Windows
+        signals.append(signal.SIGHUP)
+    previous = {s: signal.getsignal(s) for s in signals}
     for s in previous:
         signal.signal(s, lambda *_: stop.set())
     try:

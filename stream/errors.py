@@ -30,6 +30,11 @@ class SourceFormatError(SourceError):
     stream, corrupt data)."""
 
 
+class SourceWriterGoneError(SourceError, ConnectionAbortedError):
+    """The process writing a ``shm:`` source's ring died without closing it: no more frames
+    will come (rather than waiting for them forever)."""
+
+
 class ModelError(HepascopeError, ValueError):
     """A model file is missing, unreadable or lacks what the pipeline needs."""
 

@@ -32,6 +32,7 @@ import numpy as np
 from hepascope.stream.classifier import Classifier
 from hepascope.stream.config import PipelineConfig
 from hepascope.stream.frame import Frame
+from hepascope.stream.grab import LazyRing, grab_loop, source_health
 from hepascope.stream.inference_loop import Step, infer_loop
 from hepascope.stream.messages import (
     MODEL_FAULT,
@@ -41,7 +42,6 @@ from hepascope.stream.messages import (
     RunStamp,
     output_fault,
 )
-from hepascope.stream.ring import RingWriter, slot_bytes_for
 from hepascope.stream.sources.base import Source
 from hepascope.stream.stats import ModelTally, RunStats
 from hepascope.stream.supervisor import InferenceProcess
@@ -159,7 +159,7 @@ def compose(source: Source, classifier: Classifier | InferenceProcess, sink: Sin
     stats = RunStats(ModelTally(classifier.model_name, config.latency_window),
                      [ModelTally(m.model_name, config.latency_window) for m in side])
     results: queue.Queue[tuple[dict[str, Any], ModelTally]] = queue.Queue(maxsize=256)
-    ring = _LazyRing(ring_name or f"hepascope-{os.getpid()}-{uuid.uuid4().hex[:8]}",
+    ring = LazyRing(ring_name or f"hepascope-{os.getpid()}-{uuid.uuid4().hex[:8]}",
                      config.ring_slots, on_ring)
     main: Step | InferenceProcess = (classifier if isinstance(classifier, InferenceProcess)
                                      else partial(main_step, classifier))
@@ -168,11 +168,11 @@ def compose(source: Source, classifier: Classifier | InferenceProcess, sink: Sin
     where = classifier.telemetry if isinstance(classifier, InferenceProcess) else _in_thread
 
     def info() -> dict[str, Any]:
-        return {**where(), **stats.fault_counts(), **_source_health(source)}
+        return {**where(), **stats.fault_counts(), **source_health(source, ring)}
 
     def grab() -> None:
         try:
-            _grab_loop(source, ring, stats, stop)
+            grab_loop(source, ring, stats, stop)
         finally:
             source_done.set()
 
@@ -209,13 +209,6 @@ def compose(source: Source, classifier: Classifier | InferenceProcess, sink: Sin
     return pipeline
 
 
-def _source_health(source: Source) -> dict[str, Any]:
-    """A reconnecting or watchdog-guarded source's counters (outages, reconnects, frames
-    lost; stalls, replacements) under ``source_health``; nothing for a plain source."""
-    stats = getattr(source, "stats", None)
-    return {"source_health": stats()} if callable(stats) else {}
-
-
 def _lower_priority(nice: int) -> None:
     """Raise the calling thread's nice value by ``nice`` (Linux only: elsewhere the call
     would name a process, not a thread)."""
@@ -226,52 +219,6 @@ def _lower_priority(nice: int) -> None:
         os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + nice)
     except OSError as e:  # not fatal: the side model then competes on equal terms
         log.warning("could not lower a side model's priority: %s", e)
-
-
-class _LazyRing:
-    """The frame ring, created at the first frame (its slots are sized to that frame)."""
-
-    def __init__(self, name: str, slots: int, on_ring: Callable[[str], None] | None) -> None:
-        self.name, self.slots, self._on_ring = name, slots, on_ring
-        self.ready = threading.Event()
-        self._writer: RingWriter | None = None
-        self._closed = False
-        self._lock = threading.Lock()  # close() runs in the publish thread, write() in grab
-
-    def write(self, frame: Frame) -> None:
-        created = False
-        with self._lock:
-            if self._closed:  # the run is over: a last frame in flight is let go
-                return
-            if self._writer is None:
-                c = 1 if frame.image.ndim == 2 else 3
-                self._writer = RingWriter(self.name, slots=self.slots,
-                                          slot_bytes=slot_bytes_for(frame.height, frame.width, c))
-                created = True
-        if created:
-            self.ready.set()
-            if self._on_ring is not None:  # before the first write: a recorder misses nothing
-                self._on_ring(self.name)
-        with self._lock:
-            if self._writer is not None:
-                self._writer.write(frame)
-
-    def close(self) -> None:
-        with self._lock:
-            writer, self._writer, self._closed = self._writer, None, True
-        if writer is not None:
-            writer.close()
-
-
-def _grab_loop(source: Source, ring: _LazyRing, stats: RunStats, stop: threading.Event) -> None:
-    with source:
-        for frame in source:
-            ring.write(frame)
-            stats.frames_in += 1
-            stats.last_seq_in = frame.seq
-            stats.rate_in.tick(frame.t_capture_ns)
-            if stop.is_set():
-                break
 
 
 def main_step(classifier: Classifier, frame: Frame, t_read: int) -> dict[str, Any]:

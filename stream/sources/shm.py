@@ -1,5 +1,10 @@
 """Frames of another pipeline's shared-memory ring (``shm:NAME``): a second consumer of a
-running grabber (a recorder, a second model, a display) without decoding twice."""
+running grabber (a recorder, a second model, a display) without decoding twice.
+
+The ring's new generations (the writer's frames changed size) are followed. A writer that
+dies without closing the ring (SIGKILL, a crash) is noticed at the next poll without a
+frame, from its pid and start time in the ring's header: ``source_health`` then says
+``writer_alive: false`` and iteration ends with ``SourceWriterGoneError``."""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from hepascope.stream.errors import SourceWriterGoneError
 from hepascope.stream.frame import Frame
 from hepascope.stream.ring import RingReader
 from hepascope.stream.sources.base import SourceBase
@@ -28,10 +34,18 @@ class RingSource(SourceBase):
         self.name = name
         self.poll_s = poll_s
         self._reader: RingReader | None = None
+        self._writer_alive = True
 
     @property
     def drops(self) -> int:
         return 0 if self._reader is None else self._reader.drops
+
+    def stats(self) -> dict[str, object]:
+        """``source_health``: whether the ring's writer lives, frames lost to overruns, and
+        the ring generation being read."""
+        r = self._reader
+        return {"writer_alive": self._writer_alive, "drops": self.drops,
+                "generation": 0 if r is None or r.closed else r.generation}
 
     def _open(self) -> None:
         self._reader = RingReader(self.name, start="latest")
@@ -43,11 +57,18 @@ class RingSource(SourceBase):
         # Overridden rather than _frames: the writer's capture time is kept.
         self.open()
         assert self._reader is not None
+        reader = self._reader
         while True:
-            frame = self._reader.next(timeout_s=self.poll_s)
+            frame = reader.next(timeout_s=self.poll_s)
             if frame is None:
-                if self._reader.writer_closed:
+                if reader.writer_closed:
                     return
+                if not reader.writer_alive:
+                    self._writer_alive = False
+                    pid = reader.writer_pid
+                    raise SourceWriterGoneError(
+                        f"{self.source_id}: the ring's writer (pid {pid}) died without closing "
+                        "it; no more frames will come")
                 continue
             yield self._emit(frame.image, frame.pts_s, frame.t_capture_ns)
 
