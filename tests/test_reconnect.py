@@ -100,6 +100,8 @@ def test_frames_keep_flowing_across_server_kills(clip: Path) -> None:
                      20, f"frames after restart {cycle}")
             assert reader.error is None, reader.error
             first_new = reader.since(t_back)[0]
+            health = src.stats()  # what telemetry publishes as source_health
+            assert health["last_error"] is None and health["previous_error"], health
             print(f"cycle {cycle}: reconnect time (server back -> first new frame) "
                   f"{(first_new[1] - t_back) / 1e6:.0f} ms, outage {src.last_outage_s:.2f} s, "
                   f"frames lost (estimated) {src.frames_lost - lost0}")
