@@ -241,6 +241,32 @@ def test_gives_up_after_max_attempts(clip: Path) -> None:
 
 
 @pytest.mark.timeout(30)
+def test_a_restarted_server_is_reopened_without_waiting_out_the_backoff(clip: Path) -> None:
+    """A 3 s backoff step, the server back after 0.5 s: the source probes the port while
+    the server is down and reopens as soon as it listens, not when the step ends."""
+    with RtspServer(clip, loop=True, max_lifetime=30) as srv:
+        src = Reconnecting(rtsp(srv.url), backoff_initial_s=3.0, backoff_max_s=3.0,
+                           jitter=0.0)
+        reader = Reader(src)
+        reader.start()
+        try:
+            wait_for(lambda: len(reader.frames) >= 5, 20, "frames")
+            srv.kill()
+            wait_for(lambda: src.outages == 1, 10, "the outage")  # in the 3 s step now
+            time.sleep(0.5)
+            srv.start()
+            t_back = time.monotonic_ns()
+            wait_for(lambda: bool(reader.since(t_back)), 10, "frames again")
+            back_ms = (reader.since(t_back)[0][1] - t_back) / 1e6
+        finally:
+            src.close()
+            reader.join(5)
+    print(f"\nserver back -> first frame {back_ms:.0f} ms within a 3 s backoff step; "
+          f"{src.stats()}")
+    assert back_ms < 1500 and src.failed_attempts == 0
+
+
+@pytest.mark.timeout(30)
 def test_close_cuts_the_backoff_short(clip: Path) -> None:
     with RtspServer(clip, loop=True, max_lifetime=30) as srv:
         src = Reconnecting(rtsp(srv.url), backoff_initial_s=30.0, backoff_max_s=30.0,

@@ -3,7 +3,12 @@
 ``Reconnecting(factory)`` opens ``factory()`` and hands its frames on. When the inner source
 fails with a ``SourceError`` (server killed, connection reset, read timeout) it closes it,
 logs one warning line, waits with exponential backoff (with jitter, never above
-``backoff_max_s``, cut short by ``close()``), opens a fresh ``factory()`` and goes on. Frames
+``backoff_max_s``, cut short by ``close()``), opens a fresh ``factory()`` and goes on. A
+source that can tell whether its server listens (``reachable(timeout_s)``; RTSP: one TCP
+connect) and whose server did not at the start of a wait is probed every ``PROBE_S``
+meanwhile: a restarted server is reopened within ``PROBE_S`` of listening again, not at the
+next backoff step (up to ``backoff_max_s`` later), while a server that listens but fails
+still gets the whole backoff. Frames
 are renumbered so ``seq`` keeps increasing across reconnects (the overlay and the pipeline
 drop a result whose ``seq`` goes back), and ``pts_s`` continues from the outage's wall time.
 
@@ -60,6 +65,7 @@ RATE_WINDOW_S = 2.0  # capture times kept to measure the frame rate before an ou
 # first frames may come in a burst) is not trusted: the last one measured over longer is.
 RATE_MIN_SPAN_S = 0.5
 _PERMANENT = (ConfigError, SourceNotFoundError, SourceFormatError)
+PROBE_S = 0.05  # how often a server that does not listen is probed during a backoff wait
 
 
 def is_permanent(e: BaseException) -> bool:
@@ -320,9 +326,10 @@ class Reconnecting:
         while True:
             if self.max_attempts is not None and self._consecutive > self.max_attempts:
                 raise error
-            if self._closed.wait(self._delay(self._consecutive - 1)):
-                return None
             inner = self._factory()
+            if not self._wait(self._delay(self._consecutive - 1), inner):
+                inner.close()
+                return None
             try:
                 inner.open()
             except SourceError as e:
@@ -332,6 +339,20 @@ class Reconnecting:
                 continue
             self._numbers.new_inner()
             return inner
+
+    def _wait(self, delay: float, inner: Source) -> bool:
+        """Wait out ``delay``, or less: until ``inner``'s server listens again if it did not
+        at the start (module docstring). False when closed meanwhile."""
+        probe: Callable[[float], bool] | None = getattr(inner, "reachable", None)
+        deadline = time.monotonic() + delay
+        if probe is None or probe(min(PROBE_S, delay)):  # up (and failing) or no probe
+            return not self._closed.wait(max(0.0, deadline - time.monotonic()))
+        while (remaining := deadline - time.monotonic()) > 0:
+            if self._closed.wait(min(PROBE_S, remaining)):
+                return False
+            if probe(PROBE_S):
+                return True
+        return not self._closed.is_set()
 
     def _drop_inner(self) -> None:
         with self._lock:
