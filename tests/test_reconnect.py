@@ -5,6 +5,7 @@ and the overlay going STALE during the outage and LIVE again without a restart."
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import socket
 import threading
@@ -264,6 +265,34 @@ def test_a_restarted_server_is_reopened_without_waiting_out_the_backoff(clip: Pa
     print(f"\nserver back -> first frame {back_ms:.0f} ms within a 3 s backoff step; "
           f"{src.stats()}")
     assert back_ms < 1500 and src.failed_attempts == 0
+
+
+@pytest.mark.timeout(30)
+def test_a_server_that_listens_but_fails_still_gets_the_backoff(clip: Path) -> None:
+    """The probe only shortens the wait for a server that does not listen: one that
+    accepts and hangs up at once (up, but failing) is retried at the backoff's pace."""
+    with RtspServer(clip, loop=True, max_lifetime=30) as srv:
+        port = srv.port
+        src = Reconnecting(rtsp(srv.url), backoff_initial_s=0.5, backoff_max_s=0.5,
+                           jitter=0.0)
+        reader = Reader(src)
+        reader.start()
+        wait_for(lambda: len(reader.frames) >= 5, 20, "frames")
+        with socket.socket() as rude:
+            rude.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            srv.kill()
+            rude.bind(("127.0.0.1", port))
+            rude.listen(16)
+            rude.settimeout(0.05)
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < 1.6:
+                with contextlib.suppress(TimeoutError):
+                    rude.accept()[0].close()  # accept, hang up
+            attempts = src.failed_attempts
+        src.close()
+        reader.join(5)
+    print(f"\nserver up but failing for 1.6 s, backoff 0.5 s: {attempts} attempts")
+    assert 1 <= attempts <= 5
 
 
 @pytest.mark.timeout(30)
