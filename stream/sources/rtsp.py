@@ -142,12 +142,15 @@ class RtspSource(SourceBase):
         """Whether the server accepts a TCP connection on its RTSP port now: one connect,
         closed at once, bounded by ``timeout_s`` (name resolution aside). ``Reconnecting``
         probes with it while a server is down, so the stream is reopened as soon as the
-        server listens again."""
+        server listens again. A host name that does not resolve says nothing about the
+        server: True, so the backoff, not the probe, paces the attempts."""
         parts = urlsplit(self.url)
         port = parts.port or DEFAULT_PORTS[parts.scheme.lower()]
         try:
             with socket.create_connection((parts.hostname, port), timeout=timeout_s):
                 return True
+        except socket.gaierror:
+            return True
         except OSError:
             return False
 
