@@ -93,6 +93,26 @@ class Reader(threading.Thread):
                 yield a, b
 
 
+class Listener(threading.Thread):
+    """Subscribes to ``endpoint``; keeps (received, t_capture_ns) of every result."""
+
+    def __init__(self, endpoint: str) -> None:
+        super().__init__(daemon=True)
+        self.sub = Subscriber(endpoint)
+        self.results: list[tuple[int, int]] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                self.sub.poll(5)
+                now = time.monotonic_ns()
+                self.results.extend((now, int(m["t_capture_ns"]))
+                                    for topic, m in self.sub.drain() if topic == TOPIC_RESULT)
+        finally:
+            self.sub.close()
+
+
 def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
@@ -179,19 +199,9 @@ def test_first_result_after_the_server_returns(kind: str, clip: Path,
     cfg = load_config()
     classifier = open_model(small_model, cfg)
     publisher = Publisher("tcp://127.0.0.1:*")
-    sub = Subscriber(publisher.bound)
-    results: list[tuple[int, int]] = []  # (received, t_capture_ns)
-    stop = threading.Event()
-
-    def listen() -> None:
-        while not stop.is_set():
-            sub.poll(5)
-            now = time.monotonic_ns()
-            results.extend((now, int(m["t_capture_ns"])) for topic, m in sub.drain()
-                           if topic == TOPIC_RESULT)
-
-    listener = threading.Thread(target=listen, daemon=True)
+    listener = Listener(publisher.bound)
     listener.start()
+    results = listener.results
     to_frame: list[float] = []
     to_result: list[float] = []
     with srv:
@@ -223,9 +233,8 @@ def test_first_result_after_the_server_returns(kind: str, clip: Path,
             pipe.stop()
             src.close()
             runner.join(15)
-            stop.set()
+            listener.stop.set()
             listener.join(5)
-            sub.close()
             publisher.close()
             classifier.close()
     for name, values in (("first frame", to_frame), ("first result", to_result)):
