@@ -12,12 +12,14 @@ overwrites. Typical setup:
 
   hepascope keys pubkeys --name server      # on the pipeline host
   hepascope keys ovkeys --name overlay      # on the overlay host
-  mkdir pubkeys/clients; cp ovkeys/overlay.key pubkeys/clients/   # allow the overlay
+  mkdir -m 700 pubkeys/clients; cp ovkeys/overlay.key pubkeys/clients/  # allow it
   hepascope run ... --publish tcp://0.0.0.0:5555 --keys pubkeys
   hepascope overlay --connect tcp://HOST:5555 \\
       --server-key server.key --client-key ovkeys/overlay.key_secret
 
-Copy only .key files between hosts, never .key_secret."""
+Copy only .key files between hosts, never .key_secret. As ssh does, the commands refuse
+(one line naming the file and its mode) a keys directory, allow-list or key file that
+group or others can write, a secret key they can read, and a key another user owns."""
 
 
 def cmd_keys(args: argparse.Namespace) -> int:

@@ -1,7 +1,7 @@
 """A small RTSP server: serves one recorded H.264 MP4 over RTP/AVP/TCP (interleaved), for
 rehearsals, soak runs and tests, with nothing to install::
 
-    python -m hepascope.stream.rtsp_serve FILE [--port N] [--loop | --live] [--path live]
+    python -m hepascope.stream.rtsp_serve FILE [--port N] [--loop | --live [--epoch T]]
 
 Pure Python plus PyAV (to demux the file; ``rtsp_media``). It speaks just enough RTSP 1.0
 (RFC 2326) for FFmpeg's client: OPTIONS, DESCRIBE (SDP with ``sprop-parameter-sets`` taken
@@ -13,15 +13,17 @@ band before every IDR so a client can join at any keyframe, also after a loop.
 
 Each connection plays the file from its first frame (``--loop``: over and over); with
 ``--live`` all connections share one looping timeline started with the server, so a client
-joins wherever the "camera" is (usually mid-GOP), as with a real device. ``--mute``
-answers every request but never sends media (a stuck camera).
+joins wherever the "camera" is (usually mid-GOP), as with a real device; ``--epoch T``
+starts that timeline at CLOCK_MONOTONIC time T instead, so a server killed and restarted
+with the same T goes on where the camera would be. ``--mute`` answers every request but
+never sends media (a stuck camera).
 
 It prints one line ``READY rtsp://HOST:PORT/PATH`` on stdout once it listens (``--port 0``
 picks a free port). It listens on 127.0.0.1 unless ``--host`` says otherwise; it exits
 after ``--max-lifetime`` seconds if given, or when its parent process goes away.
 
-``RtspServer`` (below) runs such a process so a test or the soak can kill it (SIGKILL),
-stall it (SIGSTOP) and restart it on the same port.
+``RtspServer`` (``rtsp_proc``, re-exported here) runs such a process so a test or the soak
+can kill it (SIGKILL), stall it (SIGSTOP) and restart it on the same port.
 """
 
 from __future__ import annotations
@@ -34,12 +36,9 @@ import random
 import signal
 import socket
 import struct
-import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
-from types import TracebackType
 
 from hepascope.stream.rtsp_media import (
     CLOCK,
@@ -50,6 +49,9 @@ from hepascope.stream.rtsp_media import (
     load_media,
     rtp_payloads,
 )
+from hepascope.stream.rtsp_proc import RtspServer
+
+__all__ = ["RtspServer", "Session", "main", "serve"]  # RtspServer: its old home
 
 REQUEST_LIMIT = 64 * 1024  # an RTSP request head larger than this closes the connection
 
@@ -272,10 +274,12 @@ class Session:
 # server process
 # --------------------------------------------------------------------------------------
 def serve(file: str, port: int, path: str, loop: bool, live: bool, mute: bool,
-          max_lifetime: float | None, host: str = HOST) -> int:
-    """Serve ``file`` until SIGTERM/SIGINT, ``max_lifetime`` seconds or the parent's exit."""
+          max_lifetime: float | None, host: str = HOST, epoch: float | None = None) -> int:
+    """Serve ``file`` until SIGTERM/SIGINT, ``max_lifetime`` seconds or the parent's exit.
+    ``epoch`` (CLOCK_MONOTONIC seconds, implies live) starts the live timeline then, not
+    now: a server restarted with the same epoch goes on where the old one would be."""
     media = load_media(file)
-    live_t0 = time.monotonic() if live else None
+    live_t0 = epoch if epoch is not None else time.monotonic() if live else None
     deadline = math.inf if max_lifetime is None else time.monotonic() + max_lifetime
     parent = os.getppid()
     stop = threading.Event()
@@ -301,8 +305,8 @@ def serve(file: str, port: int, path: str, loop: bool, live: bool, mute: bool,
         except TimeoutError:
             continue
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        s = Session(conn, media, path.strip("/"), loop or live, deadline, live_t0,
-                    mute)
+        s = Session(conn, media, path.strip("/"), loop or live_t0 is not None, deadline,
+                    live_t0, mute)
         sessions.append(s)
         threading.Thread(target=s.serve, daemon=True).start()
         sessions = [x for x in sessions if not x.stop.is_set()]
@@ -323,121 +327,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--live", action="store_true",
                     help="one looping timeline from server start: a client joins where it "
                          "is now (mid-GOP), like a camera; implies --loop")
+    ap.add_argument("--epoch", type=float, metavar="T",
+                    help="--live with the timeline started at CLOCK_MONOTONIC time T (the "
+                         "same in every process): a restarted server goes on with it")
     ap.add_argument("--mute", action="store_true",
                     help="answer RTSP requests but never send media (a stuck camera)")
     ap.add_argument("--max-lifetime", type=float, metavar="S",
                     help="exit after S seconds whatever happens (default: run until stopped)")
     a = ap.parse_args(argv)
     try:
-        return serve(a.file, a.port, a.path, a.loop, a.live, a.mute, a.max_lifetime, a.host)
+        return serve(a.file, a.port, a.path, a.loop, a.live, a.mute, a.max_lifetime, a.host,
+                     a.epoch)
     except (ValueError, OSError) as e:  # not an H.264 MP4, port taken: one line, no traceback
         print(f"rtsp_serve: error: {e}", file=sys.stderr)
         return 2
-
-
-# --------------------------------------------------------------------------------------
-# the server as a child process (tests, soak)
-# --------------------------------------------------------------------------------------
-class RtspServer:
-    """Starts ``python -m hepascope.stream.rtsp_serve`` as a child process and waits for
-    its READY line.
-
-    ``url`` is the stream URL; ``kill()`` sends SIGKILL, ``stall()``/``resume()`` send
-    SIGSTOP/SIGCONT, ``restart()`` starts it again on the same port. Also a context
-    manager.
-    """
-
-    def __init__(self, file: str | Path, *, port: int = 0, path: str = "live",
-                 loop: bool = False, live: bool = False, mute: bool = False,
-                 max_lifetime: float = 120.0,
-                 ready_timeout: float = 15.0) -> None:
-        self.file = Path(file)
-        self.port = port
-        self.path = path
-        self.loop = loop
-        self.live = live
-        self.mute = mute
-        self.max_lifetime = max_lifetime
-        self.ready_timeout = ready_timeout
-        self.proc: subprocess.Popen[str] | None = None
-        self.url = ""
-
-    def start(self) -> RtspServer:
-        """Start (again: on the same port as before) and wait for READY."""
-        self.stop()
-        cmd = [sys.executable, "-m", "hepascope.stream.rtsp_serve", str(self.file),
-               "--port", str(self.port), "--path", self.path,
-               "--max-lifetime", str(self.max_lifetime)]
-        if self.loop:
-            cmd.append("--loop")
-        if self.live:
-            cmd.append("--live")
-        if self.mute:
-            cmd.append("--mute")
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-        out = self.proc.stdout
-        assert out is not None
-        line: list[str] = []
-        reader = threading.Thread(target=lambda: line.append(out.readline()), daemon=True)
-        reader.start()
-        reader.join(self.ready_timeout)
-        if not line or not line[0].startswith("READY "):
-            self.stop()
-            raise RuntimeError(f"RTSP test server did not start: {line!r}")
-        self.url = line[0].split()[1]
-        self.port = int(self.url.rsplit(":", 1)[1].split("/", 1)[0])
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def _signal(self, sig: int) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, sig)
-
-    def kill(self) -> None:
-        """SIGKILL: the connections drop at once, as when a camera loses power."""
-        self._signal(signal.SIGKILL)
-        self._reap()
-
-    def _reap(self) -> None:
-        if self.proc is None:
-            return
-        self.proc.wait(timeout=10)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self.proc = None
-
-    def stall(self) -> None:
-        self._signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        self._signal(signal.SIGCONT)
-
-    def restart(self) -> RtspServer:
-        self.stop()
-        return self.start()
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self._signal(signal.SIGCONT)  # a stalled server cannot act on SIGTERM
-            self._signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                self._signal(signal.SIGKILL)
-        self._reap()
-
-    def __enter__(self) -> RtspServer:
-        return self.start()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
 
 
 if __name__ == "__main__":

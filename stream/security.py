@@ -15,6 +15,7 @@ import ipaddress
 import logging
 import os
 import stat
+import struct
 import threading
 from dataclasses import dataclass
 from datetime import datetime
@@ -48,6 +49,69 @@ class KeyFileError(SecurityError):
     """A key file or keys directory is missing, unreadable, malformed or too open."""
 
 
+class KeyPermissionError(KeyFileError):
+    """A key file or keys directory that other users can write (or, for a secret key, read),
+    or that another user owns: refused as ssh refuses an unprotected private key."""
+
+
+class KeyFormatError(KeyFileError, ValueError):
+    """A key file whose key is not a valid Z85 CURVE key (length, alphabet, value), or not
+    the kind expected (a public key where a secret one belongs)."""
+
+
+# mode bits that make a path unsafe: anyone but the owner writing it; for a secret key,
+# anyone but the owner having any access (ssh: "permissions 0644 are too open")
+OTHERS_WRITE = 0o022
+OTHERS_ANY = 0o077
+_Z85 = frozenset(z85.Z85CHARS)
+KEY_CHARS = 40  # a 32-byte CURVE key in Z85
+
+
+def _who(bits: int) -> str:
+    group, other = bool(bits & 0o070), bool(bits & 0o007)
+    return "group and others" if group and other else "group" if group else "others"
+
+
+def check_protected(path: Path, what: str, forbidden: int) -> None:
+    """Refuse ``path`` (a ``what``: "secret key file", "keys directory", ...) when its mode
+    has any ``forbidden`` bit or another user (not us, not root) owns it. Mode bits, not
+    ``access()``: root passes every access check."""
+    try:
+        st = path.stat()
+    except OSError as e:
+        raise KeyFileError(f"{path}: cannot read the {what} ({e.strerror})") from e
+    if os.name != "posix":
+        return
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & forbidden:
+        bad = mode & forbidden
+        can = "write" if bad & OTHERS_WRITE else "read" if bad & 0o044 else "access"
+        fix = "600" if forbidden == OTHERS_ANY and not path.is_dir() else "go-w"
+        raise KeyPermissionError(
+            f"UNPROTECTED {what.upper()} {path}: permissions {mode:04o} are too open "
+            f"({_who(bad)} can {can} it); chmod {fix} {path}")
+    uid = os.geteuid()
+    if st.st_uid not in (uid, 0):
+        raise KeyPermissionError(f"{path}: {what} is owned by uid {st.st_uid}, not by you "
+                                 f"(uid {uid}) or root; chown it or use your own")
+
+
+def _z85_key(key: bytes, path: Path, which: str) -> bytes:
+    """``key`` if it is 40 characters of Z85 that decode to 32 bytes, else one clear line."""
+    if len(key) != KEY_CHARS:
+        raise KeyFormatError(f"{path}: the {which} key is {len(key)} characters; a CURVE key "
+                             f"is {KEY_CHARS} characters of Z85")
+    bad = "".join(sorted({chr(c) for c in key if c not in _Z85}))
+    if bad:
+        raise KeyFormatError(f"{path}: the {which} key has characters outside Z85: {bad!r}")
+    try:
+        z85.decode(key)
+    except (ValueError, struct.error) as e:  # a 5-character group worth more than 2**32 - 1
+        raise KeyFormatError(f"{path}: the {which} key is not valid Z85 (a 5-character "
+                             "group exceeds 32 bits)") from e
+    return key
+
+
 def _write(path: Path, text: str, mode: int) -> None:
     # created with its final mode: a secret is never readable by others, not even briefly
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
@@ -57,10 +121,12 @@ def _write(path: Path, text: str, mode: int) -> None:
 
 def write_keypair(directory: Path, name: str) -> tuple[Path, Path]:
     """Write a new CURVE key pair as ``name.key`` (public, 0644) and ``name.key_secret``
-    (0600); never overwrites. Returns (public file, secret file)."""
+    (0600) into ``directory`` (made 0700 if new; refused if others can write it); never
+    overwrites. Returns (public file, secret file)."""
     if not name or "/" in name or name.startswith("."):
         raise ConfigError(f"invalid key name {name!r}")
-    directory.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    check_protected(directory, "keys directory", OTHERS_WRITE)
     public, secret = directory / f"{name}.key", directory / f"{name}.key_secret"
     for p in (public, secret):
         if p.exists():
@@ -80,26 +146,28 @@ def _load(path: Path) -> tuple[bytes, bytes | None]:
         public, secret = zmq.auth.load_certificate(path)
     except (OSError, ValueError) as e:
         raise KeyFileError(f"{path}: not a readable key file ({e})") from e
-    if len(public) != 40 or (secret is not None and len(secret) != 40):
-        raise KeyFileError(f"{path}: keys must be 40-character Z85 text")
-    return public, secret
+    return (_z85_key(public, path, "public"),
+            None if secret is None else _z85_key(secret, path, "secret"))
 
 
 def load_public_key(path: Path) -> bytes:
-    """The Z85 public key in a ``.key`` (or ``.key_secret``) file."""
+    """The Z85 public key in a ``.key`` (or ``.key_secret``) file, which others must not
+    be able to write (a pinned or allow-listed key swapped is an open door)."""
+    check_protected(path, "public key file", OTHERS_WRITE)
     return _load(path)[0]
 
 
 def load_secret_key(path: Path) -> tuple[bytes, bytes]:
-    """(public, secret) from a ``.key_secret`` file, which must not be readable by group
-    or others (as ssh does for private keys)."""
+    """(public, secret) from a ``.key_secret`` file, which nobody but its owner may read
+    or write, nor write its directory (as ssh does for private keys)."""
+    check_protected(path.parent, "keys directory", OTHERS_WRITE)
+    check_protected(path, "secret key file", OTHERS_ANY)
     public, secret = _load(path)
     if secret is None:
-        raise KeyFileError(f"{path}: holds no secret key (pass the .key_secret file)")
-    if os.name == "posix" and stat.S_IMODE(path.stat().st_mode) & 0o077:
-        raise KeyFileError(f"{path}: secret key readable by others; chmod 600 it")
+        raise KeyFormatError(f"{path}: holds only a public key where a secret key belongs "
+                             "(pass the .key_secret file)")
     if zmq.curve_public(secret) != public:
-        raise KeyFileError(f"{path}: public and secret keys do not match")
+        raise KeyFormatError(f"{path}: public and secret keys do not match")
     return public, secret
 
 
@@ -121,9 +189,11 @@ class ServerKeys:
     def from_dir(cls, directory: Path) -> ServerKeys:
         """``directory/server.key_secret`` and ``directory/clients/*.key``."""
         clients = directory / CLIENTS_DIR
+        check_protected(directory, "keys directory", OTHERS_WRITE)
         if not clients.is_dir():
             raise KeyFileError(f"{clients}: no allow-list directory (put the subscribers' "
                                "public .key files there)")
+        check_protected(clients, "allow-list directory", OTHERS_WRITE)
         public, secret = load_secret_key(directory / f"{SERVER_NAME}.key_secret")
         allowed = frozenset(load_public_key(p) for p in sorted(clients.glob("*.key")))
         if not allowed:
@@ -141,7 +211,10 @@ class ClientKeys:
 
     @classmethod
     def from_files(cls, server_key: Path, client_secret: Path) -> ClientKeys:
+        """The pinned ``server.key`` (it and its directory writable by no one else) and
+        this subscriber's ``.key_secret``."""
         public, secret = load_secret_key(client_secret)
+        check_protected(server_key.parent, "keys directory", OTHERS_WRITE)
         return cls(load_public_key(server_key), public, secret)
 
 

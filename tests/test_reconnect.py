@@ -5,6 +5,7 @@ and the overlay going STALE during the outage and LIVE again without a restart."
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import socket
 import threading
@@ -100,6 +101,8 @@ def test_frames_keep_flowing_across_server_kills(clip: Path) -> None:
                      20, f"frames after restart {cycle}")
             assert reader.error is None, reader.error
             first_new = reader.since(t_back)[0]
+            health = src.stats()  # what telemetry publishes as source_health
+            assert health["last_error"] is None and health["previous_error"], health
             print(f"cycle {cycle}: reconnect time (server back -> first new frame) "
                   f"{(first_new[1] - t_back) / 1e6:.0f} ms, outage {src.last_outage_s:.2f} s, "
                   f"frames lost (estimated) {src.frames_lost - lost0}")
@@ -236,6 +239,60 @@ def test_gives_up_after_max_attempts(clip: Path) -> None:
                 if f.seq == 5:
                     srv.kill()  # and never restarted
     assert src.outages == 1 and src.failed_attempts == 3 and src.reconnects == 0
+
+
+@pytest.mark.timeout(30)
+def test_a_restarted_server_is_reopened_without_waiting_out_the_backoff(clip: Path) -> None:
+    """A 3 s backoff step, the server back after 0.5 s: the source probes the port while
+    the server is down and reopens as soon as it listens, not when the step ends."""
+    with RtspServer(clip, loop=True, max_lifetime=30) as srv:
+        src = Reconnecting(rtsp(srv.url), backoff_initial_s=3.0, backoff_max_s=3.0,
+                           jitter=0.0)
+        reader = Reader(src)
+        reader.start()
+        try:
+            wait_for(lambda: len(reader.frames) >= 5, 20, "frames")
+            srv.kill()
+            wait_for(lambda: src.outages == 1, 10, "the outage")  # in the 3 s step now
+            time.sleep(0.5)
+            srv.start()
+            t_back = time.monotonic_ns()
+            wait_for(lambda: bool(reader.since(t_back)), 10, "frames again")
+            back_ms = (reader.since(t_back)[0][1] - t_back) / 1e6
+        finally:
+            src.close()
+            reader.join(5)
+    print(f"\nserver back -> first frame {back_ms:.0f} ms within a 3 s backoff step; "
+          f"{src.stats()}")
+    assert back_ms < 1500 and src.failed_attempts == 0
+
+
+@pytest.mark.timeout(30)
+def test_a_server_that_listens_but_fails_still_gets_the_backoff(clip: Path) -> None:
+    """The probe only shortens the wait for a server that does not listen: one that
+    accepts and hangs up at once (up, but failing) is retried at the backoff's pace."""
+    with RtspServer(clip, loop=True, max_lifetime=30) as srv:
+        port = srv.port
+        src = Reconnecting(rtsp(srv.url), backoff_initial_s=0.5, backoff_max_s=0.5,
+                           jitter=0.0)
+        reader = Reader(src)
+        reader.start()
+        wait_for(lambda: len(reader.frames) >= 5, 20, "frames")
+        with socket.socket() as rude:
+            rude.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            srv.kill()
+            rude.bind(("127.0.0.1", port))
+            rude.listen(16)
+            rude.settimeout(0.05)
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < 1.6:
+                with contextlib.suppress(TimeoutError):
+                    rude.accept()[0].close()  # accept, hang up
+            attempts = src.failed_attempts
+        src.close()
+        reader.join(5)
+    print(f"\nserver up but failing for 1.6 s, backoff 0.5 s: {attempts} attempts")
+    assert 1 <= attempts <= 5
 
 
 @pytest.mark.timeout(30)

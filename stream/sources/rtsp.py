@@ -32,6 +32,7 @@ Timeouts, precisely (measured with FFmpeg 8 / PyAV 18 against the test server):
 from __future__ import annotations
 
 import math
+import socket
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -49,6 +50,7 @@ TRANSPORTS = ("tcp", "udp")
 # this is given up as lost rather than holding back every frame behind it.
 UDP_MAX_DELAY_US = 50_000
 UDP_BUFFER_BYTES = 4 * 1024 * 1024  # socket buffer for RTP over UDP: bursts of an I-frame
+DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322}
 
 
 def _check_timeout(name: str, value: object) -> float:
@@ -135,6 +137,22 @@ class RtspSource(SourceBase):
             opts.update({"max_delay": str(UDP_MAX_DELAY_US),
                          "buffer_size": str(UDP_BUFFER_BYTES)})
         return opts
+
+    def reachable(self, timeout_s: float) -> bool:
+        """Whether the server accepts a TCP connection on its RTSP port now: one connect,
+        closed at once, bounded by ``timeout_s`` (name resolution aside). ``Reconnecting``
+        probes with it while a server is down, so the stream is reopened as soon as the
+        server listens again. A host name that does not resolve says nothing about the
+        server: True, so the backoff, not the probe, paces the attempts."""
+        parts = urlsplit(self.url)
+        port = parts.port or DEFAULT_PORTS[parts.scheme.lower()]
+        try:
+            with socket.create_connection((parts.hostname, port), timeout=timeout_s):
+                return True
+        except socket.gaierror:
+            return True
+        except OSError:
+            return False
 
     def _open(self) -> None:
         # Half the open timeout: PyAV applies it to avformat_open_input and then again,
