@@ -38,7 +38,8 @@ FILE_FRAMES = 300  # our server's clip: 10 s; its index wraps there (GStreamer's
 # different points of the reconnect backoff schedule
 OUTAGES_S = (0.5, 1.0, 2.0, 1.5, 3.0)
 STEADY_S = 1.2  # more frames before each kill (with the 1 s awaited after the last one)
-KINDS = ("hepascope", "gstreamer")
+# the third-party server by default; ours too with --slow
+KINDS = (pytest.param("hepascope", marks=pytest.mark.slow), "gstreamer")
 
 
 @dataclass
@@ -125,7 +126,6 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("kind", KINDS)
 def test_frames_lost_against_the_frames_really_missed(kind: str, clip: Path) -> None:
@@ -187,7 +187,6 @@ def test_frames_lost_against_the_frames_really_missed(kind: str, clip: Path) -> 
     assert all(abs(e - t) <= 1 + 0.03 * t for t, e, _ in rows), rows
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("kind", KINDS)
 def test_first_result_after_the_server_returns(kind: str, clip: Path,
