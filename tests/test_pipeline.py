@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import zmq
 from support.models import make_classifier
+from support.runs import ListSink
 
 from hepascope.engines import open_engine
 from hepascope.stream.classifier import FrameClassifier
@@ -18,17 +19,6 @@ from hepascope.stream.messages import TOPIC_RESULT, TOPIC_TELEMETRY, encode, val
 from hepascope.stream.pipeline import compose
 from hepascope.stream.publish import Publisher, Subscriber
 from hepascope.stream.sources.file import FileSource
-
-
-class ListSink:
-    def __init__(self) -> None:
-        self.messages: list[tuple[bytes, dict[str, Any]]] = []
-
-    def send(self, topic: bytes, msg: dict[str, Any]) -> None:
-        self.messages.append((topic, msg))
-
-    def of(self, topic: bytes) -> list[dict[str, Any]]:
-        return [m for t, m in self.messages if t == topic]
 
 
 def _run(video: Path, model: Path, duration_s: float = 30,

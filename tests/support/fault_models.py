@@ -6,14 +6,13 @@ that never answers (``kind="hang"``). Dark frames get an ordinary classification
 from __future__ import annotations
 
 import json
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import av
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+from support.media import write_video
 
 LABELS = ("normal", "cyst", "hcc")
 DARK, BRIGHT = 40, 200  # grey levels; preprocessed to about -1.4 and +1.1
@@ -88,18 +87,9 @@ def make_tripwire(path: Path, kind: str) -> Path:
 def write_levels(path: Path, levels: list[int], fps: int = 30,
                  size: tuple[int, int] = (96, 128)) -> Path:
     """An H.264 video whose i-th frame is grey level ``levels[i]`` with light speckle."""
-    h, w = size
     rng = np.random.default_rng(1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), mode="w") as c:
-        s = c.add_stream("libx264", rate=fps, options={"preset": "ultrafast"})
-        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
-        for i, level in enumerate(levels):
-            img = np.clip(level + rng.normal(0, 4, (h, w, 3)), 0, 255).astype(np.uint8)
-            vf = av.VideoFrame.from_ndarray(img, format="bgr24")
-            vf.pts, vf.time_base = i, Fraction(1, fps)
-            for p in s.encode(vf):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    return path
+
+    def level(i: int, h: int, w: int) -> np.ndarray:
+        return np.clip(levels[i] + rng.normal(0, 4, (h, w, 3)), 0, 255).astype(np.uint8)
+
+    return write_video(path, frames=len(levels), fps=fps, size=size, pattern=level)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
@@ -32,11 +33,11 @@ def matches_pattern(img: np.ndarray, i: int) -> bool:
 
 
 def write_video(path: Path, *, frames: int = 30, fps: int = 30, size: tuple[int, int] = (384, 768),
-                codec: str = "libx264", gop: int | None = None,
-                preset: str = "ultrafast") -> Path:
-    """A video (yuv420p) of ``frames`` pattern frames at ``fps``; size is (H, W); the
-    container follows the suffix (.mp4, .mkv, .avi, .ts); a key frame every ``gop`` frames
-    where given (the encoder's default otherwise)."""
+                codec: str = "libx264", gop: int | None = None, preset: str = "ultrafast",
+                pattern: Callable[[int, int, int], np.ndarray] = frame_pattern) -> Path:
+    """A video (yuv420p) of ``frames`` frames ``pattern(i, h, w)`` (BGR) at ``fps``; size is
+    (H, W); the container follows the suffix (.mp4, .mkv, .avi, .ts); a key frame every
+    ``gop`` frames where given (the encoder's default otherwise)."""
     h, w = size
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), mode="w") as c:
@@ -45,7 +46,7 @@ def write_video(path: Path, *, frames: int = 30, fps: int = 30, size: tuple[int,
         if gop is not None:
             s.gop_size = gop
         for i in range(frames):
-            vf = av.VideoFrame.from_ndarray(frame_pattern(i, h, w), format="bgr24")
+            vf = av.VideoFrame.from_ndarray(pattern(i, h, w), format="bgr24")
             vf.pts, vf.time_base = i, Fraction(1, fps)
             for p in s.encode(vf):
                 c.mux(p)
