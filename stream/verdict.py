@@ -16,7 +16,10 @@ inference process, and deterministic replay alike):
    gives logits z this is softmax(z / T) exactly, as log-softmax(z) differs from z by a
    constant; for one that gives probabilities it is the same on its log-probabilities.
 4. Smoothing (``smooth_series``): the mean of this scene's tempered probabilities within
-   ``verdict.smooth_s`` of media time, this frame's included.
+   ``verdict.smooth_s`` of media time, this frame's included. Media time is taken to the
+   microsecond, as a recording keeps it (frames.csv), so a replay of a recording smooths
+   over the very frames the live run did; a frame less than 1 ms inside the window's start
+   counts as outside it (at 30 fps one second holds 30 frames, never 30 or 31 by rounding).
 5. Status: ``warming_up`` while the model's window covers less than
    ``verdict.warmup_fraction`` of its span (``window_fill``), or while there is no scene;
    else ``uncertain`` when the smoothed confidence (largest probability) is below
@@ -43,6 +46,12 @@ from hepascope.stream.messages import output_fault
 
 OK, UNCERTAIN, WARMING_UP = "ok", "uncertain", "warming_up"
 THUMB = 16  # thumbnail side (px): speckle averages out in a cell, anatomy does not
+_TIME_SLACK_S = 1e-3  # a result this close to the smoothing window's start is outside it
+
+
+def verdict_time(frame: Frame) -> float:
+    """The frame's media time to the microsecond: what a recording's index keeps."""
+    return round(media_time(frame), 6)
 
 
 def temper(probs: np.ndarray, temperature: float) -> np.ndarray:
@@ -58,15 +67,18 @@ def temper(probs: np.ndarray, temperature: float) -> np.ndarray:
 
 def _window_mean(times: np.ndarray, probs: np.ndarray, i: int, start: int,
                  span_s: float) -> np.ndarray:
-    """Mean of rows start..i whose time is within ``span_s`` before row i's (row i always)."""
-    lo = start + int(np.searchsorted(times[start:i + 1], times[i] - span_s, side="right"))
+    """Mean of rows start..i whose time is within ``span_s`` before row i's, less the
+    slack (row i always)."""
+    edge = times[i] - span_s + _TIME_SLACK_S
+    lo = start + int(np.searchsorted(times[start:i + 1], edge, side="right"))
     return np.asarray(probs[min(lo, i):i + 1].mean(axis=0))
 
 
 def smooth_series(times: Sequence[float] | np.ndarray, probs: np.ndarray, span_s: float,
                   scenes: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
     """The smoothed probabilities of a sequence of results (N, K): row i is the mean of the
-    rows j <= i of its scene with ``times[j] > times[i] - span_s``. Times must not go back
+    rows j <= i of its scene with ``times[j] > times[i] - span_s + 1 ms`` (row i always;
+    times as ``verdict_time`` gives them, in seconds). Times must not go back
     within a scene. The live path computes each of its rows with the same function
     (``Judge``), so an evaluation of recorded results gets the live numbers, bit for bit."""
     t = np.asarray(times, np.float64)
@@ -129,7 +141,7 @@ class Judge:
         """(smoothed probabilities, status) of a result at media time ``t``."""
         p = temper(probs, self.calibration.temperature)
         span = self.config.smooth_s
-        while self._times and self._times[0] <= t - span:  # never needed again
+        while self._times and self._times[0] <= t - span + _TIME_SLACK_S:  # not needed again
             self._times.popleft()
             self._probs.popleft()
         self._times.append(t)
@@ -171,7 +183,7 @@ class JudgedClassifier:
 
     def predict(self, frame: Frame) -> tuple[np.ndarray, dict[str, float]]:
         t0 = time.monotonic_ns()
-        t = media_time(frame)
+        t = verdict_time(frame)
         went_back = self._t_last is not None and t < self._t_last
         self._t_last = t
         if self.scenes.observe(frame.image) or went_back:

@@ -152,7 +152,7 @@ def test_smoothing_is_the_mean_over_the_last_span_of_one_scene() -> None:
 def test_the_live_path_smooths_with_the_same_function_bit_for_bit(tmp_path: Path) -> None:
     """Live results of a phantom session with two patient changes == smooth_series of the
     bare model's per-frame probabilities over the same scenes: the same numbers, exactly."""
-    from hepascope.stream.verdict import smooth_series
+    from hepascope.stream.verdict import smooth_series, verdict_time
 
     frames = _phantom_frames(7, 75, segment_s=1.0)
     path = make_classifier(tmp_path / "m.onnx", shape=(1, 1, 64, 64), seed=5)
@@ -167,7 +167,7 @@ def test_the_live_path_smooths_with_the_same_function_bit_for_bit(tmp_path: Path
     finally:
         bare.close()
         clf.close()
-    times = [f.pts_s for f in frames]
+    times = [verdict_time(f) for f in frames]
     assert scenes[-1] == 3  # the first frame and two patient changes
     want = smooth_series(times, raw, load_config().verdict.smooth_s, scenes)
     assert np.array_equal(np.stack(live), want)
