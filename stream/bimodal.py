@@ -4,7 +4,9 @@ and a fusion head over a window of them.
 Each new frame costs one B-mode encoder pass and one CEUS encoder pass; the head then reads
 the newest B-mode feature and T cached CEUS features chosen a fixed media-time interval
 apart (nearest cached frame to each target time, so dropped frames cost accuracy only
-slightly, never a stall). Until a full window exists the oldest feature is repeated."""
+slightly, never a stall). Until a full window exists the oldest feature is repeated, and
+``window_fill`` says how much of the window's span the cache covers. ``reset`` (a scene
+cut, found by stream/verdict.py) empties the cache, as does a timeline that goes back."""
 
 from __future__ import annotations
 
@@ -19,15 +21,20 @@ import numpy as np
 from hepascope.engines.base import Engine
 from hepascope.stream.errors import ModelError, ModelInputError
 from hepascope.stream.frame import Frame
+from hepascope.stream.geometry import Rect
 from hepascope.stream.preprocess import PreprocessSpec, preprocess_view
 
 ROLE_BMODE, ROLE_CEUS, ROLE_HEAD = "bmode_encoder", "ceus_encoder", "head"
 
 
-def _media_time(frame: Frame) -> float:
-    # Media time keeps the window right under --max-rate replay; live sources without
-    # timestamps fall back to the capture clock.
+def media_time(frame: Frame) -> float:
+    """The frame's media time (s): it keeps windows right under --max-rate replay; live
+    sources without timestamps fall back to the capture clock."""
     return frame.pts_s if frame.pts_s is not None else frame.t_capture_ns / 1e9
+
+
+_media_time = media_time  # the name stream/clip.py imports
+_TIME_SLACK_S = 1e-3  # a cache spanning the window to within this counts as full
 
 
 class BimodalStreamer:
@@ -52,7 +59,26 @@ class BimodalStreamer:
         self._cache: deque[tuple[float, np.ndarray]] = deque()
 
     def reset(self) -> None:
+        """Forget the cached CEUS features (a new scene starts a new window)."""
         self._cache.clear()
+
+    @property
+    def window_fill(self) -> float:
+        """The share (0-1) of the window's span that the cached features cover: 0 after a
+        reset, 1 once the oldest target time has a frame of its own."""
+        if not self._cache:
+            return 0.0
+        span = (self.window - 1) * self.interval_s
+        if span <= 0:
+            return 1.0
+        covered = self._cache[-1][0] - self._cache[0][0]
+        return 1.0 if covered + _TIME_SLACK_S >= span else covered / span
+
+    @property
+    def scene_rect(self) -> Rect:
+        """Where the B-mode view is in the frame: what scene cuts are judged on."""
+        bspec = self._specs[0]
+        return bspec.layout.rect(bspec.view_names[0])
 
     def window_features(self, t_now: float) -> np.ndarray:
         """(1, T, C) CEUS features at t_now - (T-1-j) * interval, oldest first."""
@@ -72,7 +98,7 @@ class BimodalStreamer:
         fb = self.engines[ROLE_BMODE].infer({self._bmode_in: xb})["bmode_feat"].copy()
         fc = self.engines[ROLE_CEUS].infer({self._ceus_in: xc})["ceus_feat"].copy()
         t2 = time.monotonic_ns()
-        t = _media_time(frame)
+        t = media_time(frame)
         while self._cache and (self._cache[-1][0] >= t or t - self._cache[0][0] > self._keep_s):
             # a timeline that jumps back (a looping file) starts a new window
             if self._cache[-1][0] >= t:

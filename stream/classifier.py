@@ -3,13 +3,17 @@ with which labels, and how outputs become probabilities.
 
 What a model needs is read from its metadata where present (``hepascope.labels``,
 ``hepascope.output``, ``hepascope.inputs``), else inferred from its input shapes; a model
-the frames cannot feed is refused with one clear ``ModelInputError``."""
+the frames cannot feed is refused with one clear ``ModelInputError``. Its calibration
+(``META_TEMPERATURE``, ``META_ABSTAIN``: JSON numbers in the metadata of the graph that
+gives the probabilities, the head of a bimodal export) is read by ``read_calibration``."""
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -19,9 +23,49 @@ from hepascope.engines.base import Engine, TensorSpec
 from hepascope.stream.config import Config
 from hepascope.stream.errors import ModelError, ModelInputError
 from hepascope.stream.frame import Frame
+from hepascope.stream.geometry import Rect
 from hepascope.stream.preprocess import PreprocessSpec, preprocess, spec_from_dict
 
 log = logging.getLogger(__name__)
+
+# Calibration metadata (written by train/export.py), JSON numbers; absent: T = 1, no abstention
+META_TEMPERATURE = "hepascope.temperature"  # > 0: the logits are divided by it
+META_ABSTAIN = "hepascope.abstain_threshold"  # [0, 1]: a smoothed confidence below it is uncertain
+
+
+@dataclass(frozen=True, slots=True)
+class Calibration:
+    """What an exported model says about its own confidence: the temperature that
+    calibrates it, and the confidence below which its answer is ``uncertain``."""
+
+    temperature: float = 1.0
+    abstain_threshold: float | None = None
+
+
+def _meta_number(meta: Mapping[str, str], key: str, where: str) -> float | None:
+    if key not in meta:
+        return None
+    try:
+        value = json.loads(meta[key])
+    except json.JSONDecodeError as e:
+        raise ModelError(f"{where}: metadata {key!r} is not a JSON number") from e
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value):
+        raise ModelError(f"{where}: metadata {key!r} must be a finite number, "
+                         f"got {meta[key]!r:.40}")
+    return float(value)
+
+
+def read_calibration(meta: Mapping[str, str], where: str) -> Calibration:
+    """The calibration in a model's metadata (``where`` names it in errors); a temperature
+    that is not > 0 or a threshold outside [0, 1] is a ``ModelError``."""
+    temperature = _meta_number(meta, META_TEMPERATURE, where)
+    threshold = _meta_number(meta, META_ABSTAIN, where)
+    if temperature is not None and temperature <= 0:
+        raise ModelError(f"{where}: metadata {META_TEMPERATURE!r} must be > 0, got {temperature}")
+    if threshold is not None and not 0 <= threshold <= 1:
+        raise ModelError(f"{where}: metadata {META_ABSTAIN!r} must be in [0, 1], got {threshold}")
+    return Calibration(1.0 if temperature is None else temperature, threshold)
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -139,6 +183,14 @@ class FrameClassifier:
         self.output_name = out.name
         self.output_kind = meta.get("hepascope.output", "auto")  # probs | logits | auto
         self.model_name = model_name or meta.get("hepascope.model", "model")
+
+    @property
+    def scene_rect(self) -> Rect:
+        """Where in the frame the model's B-mode view (else its first) is: what scene cuts
+        are judged on."""
+        views = [(self.bindings[name], spec) for name, spec in self._specs.items()]
+        view, spec = next(((v, s) for v, s in views if v == "bmode"), views[0])
+        return spec.layout.rect(view)
 
     def feeds(self, image: np.ndarray) -> dict[str, np.ndarray]:
         """The engine inputs for one captured frame (preprocessing included)."""

@@ -140,6 +140,30 @@ class OverlayConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class VerdictConfig:
+    """How the main model's per-frame outputs become a result (stream/verdict.py): a scene
+    cut (a new patient, the probe lifted) resets the model's window and the smoothing; a
+    window model is ``warming_up`` until its window spans ``warmup_fraction`` of itself."""
+
+    smooth_s: float = 1.0  # mean of the probabilities over this much media time; 0: none
+    # mean |difference| (0-1) of two consecutive 16x16 grey thumbnails of the B-mode view
+    # that is a scene cut; phantom: motion <= 0.008 at 3 fps, patient changes >= 0.014
+    scene_cut_threshold: float = 0.011
+    scene_black_level: float = 0.03  # a B-mode view darker than this (mean, 0-1): no scene
+    warmup_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.smooth_s <= 60:
+            raise ConfigError("verdict.smooth_s must be in [0, 60]")
+        if not self.scene_cut_threshold > 0:
+            raise ConfigError("verdict.scene_cut_threshold must be > 0 (above 1: never)")
+        if not 0 <= self.scene_black_level < 1:
+            raise ConfigError("verdict.scene_black_level must be in [0, 1) (0: never)")
+        if not 0 <= self.warmup_fraction <= 1:
+            raise ConfigError("verdict.warmup_fraction must be in [0, 1]")
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     version: int
     layout: LayoutConfig
@@ -147,6 +171,7 @@ class Config:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
     overlay: OverlayConfig = field(default_factory=OverlayConfig)
+    verdict: VerdictConfig = field(default_factory=VerdictConfig)
 
     def __post_init__(self) -> None:
         # a pipeline alive but idle must not look dead: two heartbeats fit in the timeout
@@ -173,7 +198,8 @@ def view_value(rect: Rect) -> str | list[int]:
 
 
 _SECTIONS: dict[str, type] = {"preprocess": PreprocessConfig, "pipeline": PipelineConfig,
-                              "publish": PublishConfig, "overlay": OverlayConfig}
+                              "publish": PublishConfig, "overlay": OverlayConfig,
+                              "verdict": VerdictConfig}
 _TOP_KEYS = ("version", "layout", *_SECTIONS)
 
 

@@ -1,7 +1,13 @@
 """Opening a model for the pipeline: a plain ONNX classifier, or a hepascope export (a
 bimodal directory of ONNX graphs, or one clip-model graph) whose metadata carries labels,
 input spec and preprocessing, so the pipeline needs nothing else. A hepascope model with
-missing or inconsistent metadata is refused with one clear ``ModelError``."""
+missing or inconsistent metadata is refused with one clear ``ModelError``.
+
+The ``hepascope.*`` metadata keys: ``REQUIRED`` below per role, ``hepascope.output`` and
+``hepascope.inputs`` (stream/classifier.py), and the optional calibration keys
+``META_TEMPERATURE`` and ``META_ABSTAIN`` (defined in stream/classifier.py, read from the
+graph that gives the probabilities: the head of a bimodal export). ``open_model`` returns
+the classifier the pipeline runs: its results are verdicts (stream/verdict.py)."""
 
 from __future__ import annotations
 
@@ -16,13 +22,21 @@ from hepascope.stream.bimodal import (
     BimodalStreamer,
     describe_parts,
 )
-from hepascope.stream.classifier import Classifier, FrameClassifier
+from hepascope.stream.classifier import (
+    META_ABSTAIN,
+    META_TEMPERATURE,
+    Classifier,
+    FrameClassifier,
+    read_calibration,
+)
 from hepascope.stream.clip import ClipStreamer
 from hepascope.stream.config import Config
 from hepascope.stream.errors import ModelError
 from hepascope.stream.preprocess import PreprocessSpec, spec_from_dict
+from hepascope.stream.verdict import judged
 
 META_VERSION = "1"
+CALIBRATION_KEYS = (META_TEMPERATURE, META_ABSTAIN)  # optional, on the probabilities' graph
 HEAD_FILE = "head.onnx"
 CLIP_FILE = "model.onnx"  # a single-graph export's file name in its directory
 ROLE_CLIP = "clip"  # a 3D-CNN over a window of frames of one view (stream/clip.py)
@@ -145,25 +159,34 @@ def open_clip_model(path: str | Path, *, backend: str = "onnxruntime", threads: 
 
 
 def open_model(path: str | Path, config: Config, *, backend: str = "onnxruntime",
-               threads: int | None = None,
-               labels: tuple[str, ...] | None = None) -> Classifier:
+               threads: int | None = None, labels: tuple[str, ...] | None = None,
+               verdicts: bool = True) -> Classifier:
     """The classifier for ``path``: an export directory, its ``head.onnx``, a clip export
     (run on every frame it is given), or any ONNX image classifier (labels from metadata,
-    ``labels``, or class0..N). ``backend`` "auto" is decided once, for every graph."""
+    ``labels``, or class0..N). ``backend`` "auto" is decided once, for every graph. Its
+    results are verdicts (calibrated, smoothed within a scene, with a status: see
+    stream/verdict.py); ``verdicts=False``: the bare model, one frame's probabilities."""
     p = _model_file(Path(path))
     backend = resolve_backend(p, backend)
     engine = open_engine(p, backend, threads=threads)
     try:
-        role = engine.metadata.get("hepascope.role")
-        if role == ROLE_HEAD:
-            return _open_bimodal(p, engine, backend, threads)
-        if role == ROLE_CLIP:
-            return _open_clip(p, engine, every=1)
-        if role in (ROLE_BMODE, ROLE_CEUS):
-            raise ModelError(f"{p.name} is the {role} of a bimodal export; pass its directory")
-        if role is None and "hepascope.version" in engine.metadata:
-            raise ModelError(f"{p.name}: missing metadata 'hepascope.role'")
-        return FrameClassifier(engine, config, labels=labels, model_name=p.stem)
+        calibration = read_calibration(engine.metadata, p.name)
+        clf = _open_bare(p, engine, config, backend, threads, labels)
     except BaseException:
         engine.close()
         raise
+    return judged(clf, config.verdict, calibration, config.layout) if verdicts else clf
+
+
+def _open_bare(p: Path, engine: Engine, config: Config, backend: str, threads: int | None,
+               labels: tuple[str, ...] | None) -> Classifier:
+    role = engine.metadata.get("hepascope.role")
+    if role == ROLE_HEAD:
+        return _open_bimodal(p, engine, backend, threads)
+    if role == ROLE_CLIP:
+        return _open_clip(p, engine, every=1)
+    if role in (ROLE_BMODE, ROLE_CEUS):
+        raise ModelError(f"{p.name} is the {role} of a bimodal export; pass its directory")
+    if role is None and "hepascope.version" in engine.metadata:
+        raise ModelError(f"{p.name}: missing metadata 'hepascope.role'")
+    return FrameClassifier(engine, config, labels=labels, model_name=p.stem)

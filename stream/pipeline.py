@@ -70,7 +70,8 @@ class ResultListener(Protocol):
 class SideModel(Protocol):
     """A model run beside the main one on its own cadence (``ClipStreamer``): ``step`` sees
     every frame its thread takes and returns probabilities and stage times (ms) only for
-    the frames it ran on. A ``result_fields()`` method, if any, adds optional result fields."""
+    the frames it ran on. A ``result_fields()`` method, if any, adds optional result fields
+    (and may give the result's ``status``)."""
 
     labels: tuple[str, ...]
     model_name: str
@@ -234,21 +235,25 @@ def _side_step(model: SideModel, frame: Frame, t_read: int) -> dict[str, Any] | 
 
 def result_message(model: Classifier | SideModel, frame: Frame, t_read: int,
                    out: tuple[np.ndarray, dict[str, float]]) -> dict[str, Any]:
-    """The result map of ``model``'s output on ``frame``: status ``ok`` with its top class,
-    or, for an output that is not probabilities (NaN, Inf, out of range, wrong count),
-    status ``model_fault`` with no probabilities, no class and the reason. The publish loop
-    adds the run's id and the publish and UTC times."""
+    """The result map of ``model``'s output on ``frame``: its top class and the status the
+    model gives in ``result_fields()`` (``ok`` if none: a verdict is ``uncertain`` or
+    ``warming_up``, stream/verdict.py), or, for an output that is not probabilities (NaN,
+    Inf, out of range, wrong count), status ``model_fault`` with no probabilities, no class
+    and the reason. The publish loop adds the run's id and the publish and UTC times."""
     probs, stages = out
     t_inf = time.monotonic_ns()
     values = [float(p) for p in np.asarray(probs, dtype=np.float64).ravel()]
     fault = output_fault(values, len(model.labels))
+    fields_of = getattr(model, "result_fields", None)  # optional schema fields, status
+    fields: dict[str, Any] = dict(fields_of()) if callable(fields_of) else {}
+    status = fields.pop("status", "ok")
     msg: dict[str, Any] = {
         "v": SCHEMA_VERSION,
         "stream": frame.source_id,
         "seq": int(frame.seq),
         "model": model.model_name,
         "labels": list(model.labels),
-        "status": "ok" if fault is None else MODEL_FAULT,
+        "status": status if fault is None else MODEL_FAULT,
         "probs": values if fault is None else [],
         "t_capture_ns": frame.t_capture_ns,
         "pts_s": frame.pts_s,
@@ -259,9 +264,7 @@ def result_message(model: Classifier | SideModel, frame: Frame, t_read: int,
         msg["top"] = model.labels[int(np.argmax(values))]
     else:
         msg["fault"] = fault
-    fields = getattr(model, "result_fields", None)  # optional schema fields (window_fill)
-    if callable(fields):
-        msg.update(fields())
+    msg.update(fields)  # window_fill
     return msg
 
 

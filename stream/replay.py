@@ -14,6 +14,10 @@ What makes it deterministic, and what each field then means:
   one inter-op thread, sequential execution (ORT's default, which ``OrtTuning`` keeps) and
   its fixed graph optimisation level ("all"). Bit-identity holds for one machine and one
   ORT version: another CPU may run other kernels (AVX2 vs AVX-512) and round differently.
+- Verdicts: the model is opened as the live path opens it (``open_model``), so scene cuts,
+  temperature, smoothing and abstention (stream/verdict.py) run here as they run live, on
+  media time (the recorded pts), with the same functions: the same statuses and smoothed
+  probabilities, and nothing in them depends on the wall clock.
 - Output: JSON lines with sorted keys and compact separators (floats as Python's shortest
   round-trip repr), hashed with SHA-256 as they are written.
 A recording whose process was killed replays too: its decodable frames, as far as they go.
@@ -151,7 +155,8 @@ def encode_line(msg: dict[str, Any]) -> bytes:
 
 def open_deterministic(model: Path, config: Config,
                        labels: tuple[str, ...] | None = None) -> Classifier:
-    """``model`` on ONNX Runtime, one thread: see the module docstring."""
+    """``model`` on ONNX Runtime, one thread, its results verdicts as live: see the module
+    docstring."""
     return open_model(model, config, backend=ENGINE, threads=THREADS, labels=labels)
 
 

@@ -129,7 +129,8 @@ def test_a_timeline_that_goes_back_starts_a_new_window(clip_path: Path,
 
 def test_a_clip_export_directory_opens_as_a_model(clip_path: Path,
                                                   images: list[np.ndarray]) -> None:
-    clf = open_model(clip_path.parent, load_config())  # the directory holding model.onnx
+    # the directory holding model.onnx; the bare model (open_model's default: verdicts)
+    clf = open_model(clip_path.parent, load_config(), verdicts=False)
     assert isinstance(clf, ClipStreamer) and clf.model_name == "clip3d-test"
     probs, stages = clf.predict(_frame(images[0], 0, 0.0))
     assert probs.shape == (2,) and abs(probs.sum() - 1) < 1e-9 and "infer" in stages

@@ -1,6 +1,7 @@
 """Deterministic replay, for real: a recording made here is replayed three times in three
 processes (``hepascope replay DIR --deterministic``); the result streams must be the same
-bytes, non-trivial, and change (at that frame only) when one recorded frame is changed."""
+bytes, non-trivial, smoothed as the live path smooths, and change (at the results that
+frame feeds only) when one recorded frame is changed."""
 
 from __future__ import annotations
 
@@ -12,23 +13,27 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from hepascope.stream.config import load_config
 from hepascope.stream.errors import DataError
 from hepascope.stream.frame import Frame
 from hepascope.stream.messages import validate_result
+from hepascope.stream.models import open_model
 from hepascope.stream.record import (
     SESSION_NAME,
     VideoRecorder,
     read_index,
     write_json_atomic,
 )
-from hepascope.stream.replay import VirtualClock, replay_deterministic
+from hepascope.stream.replay import VirtualClock, recorded_frames, replay_deterministic
 from hepascope.stream.sources.phantom import PhantomSource
 
 CLI = [sys.executable, "-m", "hepascope.stream"]
 FRAMES = 90  # 3 s of phantom at 30 fps
 ALTERED = 45
+SMOOTH_S = 1.0  # the default config's verdict.smooth_s
 
 
 def _phantom(seed: int, count: int) -> list[Frame]:
@@ -103,9 +108,34 @@ def test_one_changed_frame_changes_that_result(recording: Path, small_model: Pat
     print(f"original {same.sha256} ({same.count} results), one frame changed "
           f"{other.sha256} ({other.count})")
     assert same.sha256 != other.sha256 and same.count == other.count == FRAMES
-    lines = zip(same.results.read_bytes().splitlines(), other.results.read_bytes().splitlines(),
-                strict=True)
-    assert [i for i, (x, y) in enumerate(lines) if x != y] == [ALTERED]
+    lines = list(zip(same.results.read_bytes().splitlines(),
+                     other.results.read_bytes().splitlines(), strict=True))
+    # the changed frame starts a scene, and so does the next; results smoothed over the
+    # changed frame or over frames before it differ (a second of media time), none other
+    pts = [json.loads(x)["pts_s"] for x, _ in lines]
+    feeds = [i for i in range(ALTERED, FRAMES) if pts[i] - pts[ALTERED] < SMOOTH_S - 0.001]
+    assert [i for i, (x, y) in enumerate(lines) if x != y] == feeds
+    assert load_config().verdict.smooth_s == SMOOTH_S
+    print(f"results that changed: {feeds[0]}..{feeds[-1]} ({SMOOTH_S} s of smoothing)")
+
+
+def test_replay_smooths_with_the_live_function(recording: Path, small_model: Path,
+                                              tmp_path: Path) -> None:
+    """The replayed probabilities are ``smooth_series`` of the bare model's per-frame
+    probabilities on the recorded frames (one scene), to the last bit."""
+    from hepascope.stream.verdict import smooth_series
+
+    report = replay_deterministic(recording, tmp_path / "r.jsonl")
+    msgs = [json.loads(x) for x in report.results.read_bytes().splitlines()]
+    bare = open_model(small_model, load_config(), threads=1, verdicts=False)
+    try:
+        raw = np.stack([bare.predict(f)[0] for f in recorded_frames(recording, "phantom:5")])
+    finally:
+        bare.close()
+    want = smooth_series([m["pts_s"] for m in msgs], raw, load_config().verdict.smooth_s)
+    assert [m["probs"] for m in msgs] == [[float(p) for p in row] for row in want]
+    assert [m["probs"] for m in msgs] != [[float(p) for p in row] for row in raw]
+    assert {m["status"] for m in msgs} == {"ok"}
 
 
 def test_virtual_clock_never_goes_back() -> None:

@@ -122,7 +122,7 @@ def test_int8_is_qdq_close_to_float_and_opens_like_the_float_model(
     a = np.concatenate([f32.infer(f)["probs"].copy() for f in test.feeds])
     b = np.concatenate([i8.infer(f)["probs"].copy() for f in test.feeds])
     assert np.abs(a - b).max() <= PROB_TOL
-    clf = open_model(out, load_config())
+    clf = open_model(out, load_config(), verdicts=False)
     case = make_case(7, lesion="hcc", fatty_grade=1, patient_id="q")
     frame, _ = Phantom(case, fps=30.0).render(0, ceus_t_s=10.0)
     direct = i8.infer({"image": preprocess_view(

@@ -59,6 +59,73 @@ def make_classifier(path: Path, *, input_name: str = "bmode", shape: tuple = (1,
     return path
 
 
+def set_metadata(path: Path, **props: object) -> Path:
+    """Add or replace metadata of the ONNX model at ``path``: a string value as given,
+    anything else as JSON (``set_metadata(p, **{"hepascope.temperature": 2.0})``)."""
+    m = onnx.load(str(path))
+    meta = {p.key: p.value for p in m.metadata_props}
+    meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in props.items()})
+    del m.metadata_props[:]
+    helper.set_model_props(m, meta)
+    onnx.save(m, str(path))
+    return path
+
+
+def _save(nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], name: str,
+          inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto],
+          meta: dict[str, str], path: Path) -> None:
+    graph = helper.make_graph(nodes, name, inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    helper.set_model_props(model, meta)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def make_bimodal_export(out: Path, *, window: int = 4, interval_s: float = 0.25,
+                        labels: tuple[str, ...] = ("normal", "cyst", "hcc"), feat: int = 8,
+                        bmode_size: tuple[int, int] = (32, 32),
+                        ceus_size: tuple[int, int] = (32, 32), seed: int = 0) -> Path:
+    """A bimodal export directory as ``hepascope export`` writes it (two encoders, a head
+    over T CEUS features, metadata), built in ONNX: each encoder is GlobalAveragePool ->
+    Gemm to ``feat`` features, the head max-pools the CEUS window, concatenates the B-mode
+    feature, Gemm -> Softmax ("probs")."""
+    rng = np.random.default_rng(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    common = {"hepascope.version": "1", "hepascope.model": "bimodal-test",
+              "hepascope.labels": json.dumps(list(labels))}
+    for role, view, size, name in (("bmode_encoder", "bmode", bmode_size, "bmode_feat"),
+                                   ("ceus_encoder", "ceus", ceus_size, "ceus_feat")):
+        inits = [numpy_helper.from_array(rng.normal(0, 1, (1, feat)).astype(np.float32), "W"),
+                 numpy_helper.from_array(rng.normal(0, 0.1, (feat,)).astype(np.float32), "b")]
+        nodes = [helper.make_node("GlobalAveragePool", ["x"], ["gap"]),
+                 helper.make_node("Flatten", ["gap"], ["f"]),
+                 helper.make_node("Gemm", ["f", "W", "b"], [name])]
+        _save(nodes, inits, role,
+              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, *size])],
+              [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, feat])],
+              {**common, "hepascope.role": role,
+               "hepascope.preprocess": json.dumps(preprocess_spec(size, view)),
+               "hepascope.inputs": json.dumps({"x": view})}, out / f"{role}.onnx")
+    k = len(labels)
+    inits = [numpy_helper.from_array(rng.normal(0, 1, (2 * feat, k)).astype(np.float32), "W"),
+             numpy_helper.from_array(rng.normal(0, 0.1, (k,)).astype(np.float32), "b")]
+    nodes = [helper.make_node("ReduceMax", ["ceus_feats"], ["pooled"], axes=[1], keepdims=0),
+             helper.make_node("Concat", ["bmode_feat", "pooled"], ["both"], axis=1),
+             helper.make_node("Gemm", ["both", "W", "b"], ["logits"]),
+             helper.make_node("Softmax", ["logits"], ["probs"], axis=1)]
+    _save(nodes, inits, "head",
+          [helper.make_tensor_value_info("bmode_feat", TensorProto.FLOAT, [1, feat]),
+           helper.make_tensor_value_info("ceus_feats", TensorProto.FLOAT, [1, window, feat])],
+          [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1, k])],
+          {**common, "hepascope.role": "head", "hepascope.output": "probs",
+           "hepascope.window": json.dumps({"frames": window, "interval_s": interval_s}),
+           "hepascope.parts": json.dumps({"bmode_encoder": "bmode_encoder.onnx",
+                                          "ceus_encoder": "ceus_encoder.onnx"})},
+          out / "head.onnx")
+    return out
+
+
 def make_clip_model(path: Path, preprocess: dict[str, object], *, frames: int = 4,
                     interval_s: float = 0.5, labels: tuple[str, ...] = ("non_hcc", "hcc"),
                     n_classes: int = 2, rank: int = 5, drop: tuple[str, ...] = (),
