@@ -73,7 +73,7 @@ class Result(msgspec.Struct, kw_only=True):
     top: str | None = None
     fault: str | None = None
     pts_s: float | None = None
-    window_fill: Prob | None = None  # a clip model: how full its window was
+    window_fill: Prob | None = None  # a window model (bimodal, clip): how full its window is
 
     def __post_init__(self) -> None:
         if self.status == "model_fault":
