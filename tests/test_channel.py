@@ -8,6 +8,7 @@ import json
 import math
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -223,7 +224,8 @@ def test_no_data_within_one_second_of_a_killed_publisher() -> None:
             server.stdin.write(endpoint + "\n")
             server.stdin.flush()
             line = server.stdout.readline()
-            while not line.startswith("child"):
+            while not re.fullmatch(r"child \d+\n", line):
+                assert line, "the fork server ended"
                 line = server.stdout.readline()
             child = int(line.split()[1])
             try:

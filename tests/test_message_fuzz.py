@@ -260,7 +260,8 @@ def test_ten_thousand_bad_messages_never_crash_the_overlay() -> None:
             draw_overlay(canvas, view)
             if last_seq is not None:  # the valid ones interleaved are still shown
                 assert state.result is not None and state.result["seq"] == last_seq
-                assert view.status == "LIVE"
+                # LIVE unless this (loaded) machine took longer than stale_ms to get here
+                assert view.status == ("LIVE" if (view.age_ms or 0) <= 250.0 else "STALE")
     finally:
         sub.close()
         xpub.close(0)

@@ -49,6 +49,8 @@ def fork_server() -> None:
         pid = os.fork()
         if pid == 0:
             try:
+                # the parent's stdout carries only its "child PID" lines
+                sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - until _exit
                 main(line.strip())
             finally:
                 os._exit(1)
