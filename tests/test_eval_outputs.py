@@ -184,7 +184,7 @@ def test_time_cap_is_a_warning_at_the_end_and_beside_the_figures(
     assert last.startswith("warning: resnet18: 3 of 3 folds cut short by a cap"), last
     assert "--max-minutes 1e-05 stopped it after 1 of 2 epochs" in last
     md = (out / "report.md").read_text()
-    assert "**⚠ resnet18: 3 of 3 folds cut short" in md and "| 1/2 (time) ⚠ |" in md
+    assert "**⚠ resnet18: 3 of 3 folds cut short" in md and "| 1/2, best 1 (time) ⚠ |" in md
     assert "| resnet18 ⚠ |" in md  # the comparison row
     assert rep["results"]["texture_rf"]["capped"] == []
 

@@ -226,16 +226,22 @@ def data_defaults(args: argparse.Namespace, index: Any, config: Any, console: An
     probe = probe_sizes(index, config)
     _note(args, "sizes", probe.to_dict())
     size = args.image_size or input_size(probe)
-    said = [f"input size {size}x{size}" + ("" if args.image_size else " (--image-size)")]
+    said, flags = [], []
+    if not args.image_size:
+        said.append(f"input size {size}x{size}")
+        flags.append("--image-size")
     if args.config is None:
         tiles = clahe_tiles(probe, config.preprocess.clahe_tiles)
         if tiles != config.preprocess.clahe_tiles:
             config = replace(config, preprocess=replace(config.preprocess, clahe_tiles=tiles))
-            said.append(f"CLAHE {tiles}x{tiles} tiles (--config)")
+            said.append(f"CLAHE {tiles}x{tiles} tiles")
+            flags.append("--config")
         _note(args, "clahe_tiles", tiles)
     _note(args, "image_size", size)
-    console.print(f"from the data (median frame {probe.median_hw[0]}x{probe.median_hw[1]} "
-                  f"of {len(probe.sizes)} probed): {'; '.join(said)}", highlight=False)
+    if said:
+        console.print(f"from the data (median frame {probe.median_hw[0]}x{probe.median_hw[1]}"
+                      f" of {len(probe.sizes)} probed): {', '.join(said)} (else "
+                      f"{' / '.join(flags)})", highlight=False, soft_wrap=True)
     return config, size
 
 

@@ -23,7 +23,7 @@ def epochs_cell(fold: dict[str, Any], capped: Sequence[dict[str, Any]]) -> str:
     x = fold.get("extra") or {}
     if x.get("epochs_run") is None:
         return "-"
-    text = f"{x['epochs_run']}/{x.get('epochs')} ({x.get('stopped')})"
+    text = f"{x['epochs_run']}/{x.get('epochs')}, best {x.get('best_epoch')} ({x.get('stopped')})"
     return text + (f" {CAP_MARK}" if any(c["fold"] == fold["fold"] for c in capped) else "")
 
 

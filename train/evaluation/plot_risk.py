@@ -19,9 +19,11 @@ def plot_risk_coverage(folds: Sequence[tuple[np.ndarray, np.ndarray, float]],
     """``folds``: (labels, calibrated probabilities, threshold) of each test fold."""
     fig = _figure(6.4, 4.8)
     ax = fig.add_subplot()
+    top = 0.05
     for k, ((y, p, t), color) in enumerate(zip(folds, _colors(len(folds)), strict=True)):
         cov, acc, _ = risk_coverage(p, y)
         ax.plot(cov, 1 - acc, color=color, lw=1, alpha=0.7, label=f"fold {k}")
+        top = max(top, float(np.max(1 - acc)))
         s = selective(p, y, t)
         if s["selective_accuracy"] is not None:
             ax.plot([s["coverage"]], [1 - s["selective_accuracy"]], "o", color=color, ms=6,
@@ -34,10 +36,10 @@ def plot_risk_coverage(folds: Sequence[tuple[np.ndarray, np.ndarray, float]],
         ax.axhline(1 - target, color="#c44e52", ls="--", lw=1.2,
                    label=f"target risk {100 * (1 - target):.0f}%")
     ax.set_xlim(0, 1)
-    ax.set_ylim(0, max(0.05, float(np.max(1 - acc)) * 1.1))
+    ax.set_ylim(0, min(1.0, top * 1.05))
     ax.set_xlabel("Coverage (share of samples answered)")
     ax.set_ylabel("Selective risk (error rate of answered)")
     ax.grid(alpha=0.3)
     ax.set_title(f"{title}\ndots: each fold's threshold, chosen on its validation part")
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="best", fontsize=8)
     return _save(fig, path)

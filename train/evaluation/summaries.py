@@ -90,16 +90,17 @@ def patient_summary(rs: Sequence[Any], classes: Sequence[str]) -> dict[str, Any]
 
 
 def capped_folds(rs: Sequence[Any]) -> list[dict[str, Any]]:
-    """Folds a cap cut short: stopped by the time budget, or by the epoch cap while the
-    validation score was still improving (best epoch = last epoch)."""
+    """Folds a cap cut short: stopped by the time budget (``--max-minutes``) or paused
+    (``--stop-after``) before the epochs its learning-rate schedule was sized for. A fold
+    that ran all its epochs finished its schedule; its best epoch is shown beside it."""
     out = []
     for r in rs:
         x = r.extra
         run, cap, best = x.get("epochs_run"), x.get("epochs"), x.get("best_epoch")
         if x.get("stopped") == "time":
             why = f"--max-minutes {x.get('max_minutes')} stopped it after {run} of {cap} epochs"
-        elif x.get("stopped") == "epochs" and run is not None and best == run:
-            why = f"the epoch cap ({cap}) stopped it while validation was still improving"
+        elif x.get("stopped") == "paused":
+            why = f"paused after {run} of {cap} epochs"
         else:
             continue
         out.append({"fold": r.fold, "stopped": x.get("stopped"), "epochs_run": run,
