@@ -44,7 +44,7 @@ def video_folder(root: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any], str]:
-    """One eval run: 3 frames per clip, 3 folds, a time budget that stops every fold."""
+    """One eval run: 3 frames per clip, 2 folds, a time budget that stops every fold."""
     root = tmp_path_factory.mktemp("eval")
     data = video_folder(root / "videos")
     out = root / "out"
@@ -54,7 +54,7 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         code = main(["eval", "--data", str(data), "--frames-per-clip", str(PER_CLIP),
-                     "--folds", "3", "--epochs", "2", "--max-minutes", "0.00001",
+                     "--folds", "2", "--epochs", "2", "--max-minutes", "0.00001",
                      "--out", str(out), *TINY])
     assert code == 0
     return out, json.loads((out / "report.json").read_text()), err.getvalue()
@@ -174,17 +174,17 @@ def test_report_shows_baseline_calibration_abstention_and_patients(
         assert text in md, text
     assert (out / "resnet18" / "risk_coverage.png").stat().st_size > 10_000
     cal = rep["results"]["resnet18"]["calibration"]
-    assert cal["temperature"]["n"] == 3 and cal["ece_before"]["mean"] is not None
+    assert cal["temperature"]["n"] == 2 and cal["ece_before"]["mean"] is not None
 
 
 def test_time_cap_is_a_warning_at_the_end_and_beside_the_figures(
         evaluated: tuple[Path, dict[str, Any], str]) -> None:
     out, rep, err = evaluated
     last = [line for line in err.splitlines() if line.strip()][-1]
-    assert last.startswith("warning: resnet18: 3 of 3 folds cut short by a cap"), last
+    assert last.startswith("warning: resnet18: 2 of 2 folds cut short by a cap"), last
     assert "--max-minutes 1e-05 stopped it after 1 of 2 epochs" in last
     md = (out / "report.md").read_text()
-    assert "**⚠ resnet18: 3 of 3 folds cut short" in md and "| 1/2, best 1 (time) ⚠ |" in md
+    assert "**⚠ resnet18: 2 of 2 folds cut short" in md and "| 1/2, best 1 (time) ⚠ |" in md
     assert "| resnet18 ⚠ |" in md  # the comparison row
     assert rep["results"]["texture_rf"]["capped"] == []
 
