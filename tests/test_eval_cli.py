@@ -50,12 +50,15 @@ def test_no_patient_is_in_train_and_test_of_any_fold(tmp_path: Path) -> None:
     cfg = TrainConfig(epochs=1, batch_size=8, num_threads=2, device="cpu",
                       model_args=(("width", 8),))
     results = cross_validate({"image": data}, ["resnet18"], cfg, folds=3)
-    tested: list[str] = []
+    tested: dict[str, list[str]] = {"resnet18": [], "texture_rf": []}  # the baseline too
     for r in results:
         assert not set(r.groups.tolist()) & set(r.train_groups.tolist())
         assert set(r.groups.tolist()) | set(r.train_groups.tolist()) == set(data.groups.tolist())
-        tested += sorted(set(r.groups.tolist()))
-    assert sorted(tested) == sorted(set(data.groups.tolist()))  # each patient tested once
+        tested[r.model] += sorted(set(r.groups.tolist()))
+    for seen in tested.values():  # each patient tested once by each model
+        assert sorted(seen) == sorted(set(data.groups.tolist()))
+    by_fold = {(r.model, r.fold): set(r.groups.tolist()) for r in results}
+    assert all(by_fold[("resnet18", f)] == by_fold[("texture_rf", f)] for f in range(3))
 
 
 def _real_ultrasound_folder(root: Path) -> Path:

@@ -307,8 +307,9 @@ def report_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str
 
 def test_report_writes_every_file_and_figures_decode(report_dir: tuple[Path, Any]) -> None:
     out, report = report_dir
-    expected = ["report.json", "report.md", "comparison.png"] + [
-        f"{m}/{f}.png" for m in ("resnet18", "vgg16") for f in ("confusion", "roc", "reliability")]
+    expected = ["report.json", "report.md", "predictions.csv", "comparison.png"] + [
+        f"{m}/{f}.png" for m in ("resnet18", "vgg16")
+        for f in ("confusion", "roc", "reliability", "risk_coverage")]
     assert sorted(report["files"]) == sorted(expected)
     for name in expected:
         assert (out / name).is_file(), name
@@ -349,7 +350,8 @@ def test_report_md_has_the_tables(report_dir: tuple[Path, Any]) -> None:
     sens = agg["per_class"]["cyst"]["sensitivity"]
     assert f"| cyst | {100 * agg['per_class']['cyst']['accuracy']['mean']:.1f} ± " in md
     assert f"{100 * sens['mean']:.1f} ± {100 * sens['sd']:.1f}" in md
-    assert md.count("| **Macro** |") == 2 and md.count("| **Average** |") == 2
+    # per model: the per-sample and the per-patient table
+    assert md.count("| **Macro** |") == 4 and md.count("| **Average** |") == 2
     assert "| Class | Accuracy | Sensitivity | Specificity | PPV | NPV | F1 | AUC |" in md
     assert "| resnet18 | 11.69 M | 1.82 G |" in md and "| vgg16 | n/a | n/a |" in md
     assert "no patient is in both train and test" in md

@@ -31,6 +31,12 @@ from hepascope.stream.errors import ModelError
 from hepascope.stream.models import HEAD_FILE, META_VERSION
 
 OPSET = 17
+# Optional metadata, beside the required hepascope.* keys (stream/models.py REQUIRED), on the
+# graph that outputs "probs" (model.onnx, or head.onnx of the streaming split): JSON of
+# evaluation.calibration.calibration_record, the temperature and abstention threshold fitted
+# on the validation patients. Absent: the model was not calibrated (temperature 1, no
+# abstention). The one place that names it: the live path should read it from here.
+META_CALIBRATION = "hepascope.calibration"
 PARITY_TOL = 1e-4  # max |torch - onnxruntime| on probabilities
 ROLE_IMAGE, ROLE_CLIP = "image", "clip"  # single-graph models: the role is the input's name
 SINGLE_FILE = "model.onnx"
@@ -171,6 +177,7 @@ def export_bimodal(model: nn.Module, meta: dict[str, Any], out_dir: str | Path) 
         _export_graph(_Part(m, role), args, path, ins, outs)
         part_meta = {**common, "hepascope.role": role}
         if role == ROLE_HEAD:
+            part_meta.update(calibration_metadata(meta))
             part_meta["hepascope.window"] = json.dumps(
                 {"frames": t_win, "interval_s": float(meta["interval_s"])})
             part_meta["hepascope.parts"] = json.dumps(
@@ -209,9 +216,20 @@ def _single_input(kind: str, preprocess: dict[str, Any], window: dict[str, Any] 
     return (1, c, int(window["frames"]), h, w)
 
 
+def calibration_metadata(meta: dict[str, Any]) -> dict[str, str]:
+    """``{META_CALIBRATION: JSON}`` from a checkpoint's ``calibration`` record, or {}."""
+    cal = meta.get("calibration")
+    if cal is None:
+        return {}
+    if not isinstance(cal, dict) or not float(cal.get("temperature", 0)) > 0:
+        raise ModelError(f"{meta.get('model')}: invalid calibration record {cal!r}")
+    return {META_CALIBRATION: json.dumps(cal, sort_keys=True)}
+
+
 def export_single(model: nn.Module, *, kind: str, labels: list[str], preprocess: dict[str, Any],
                   window: dict[str, Any] | None, model_name: str,
-                  out_dir: str | Path) -> dict[str, Any]:
+                  out_dir: str | Path, extra_meta: dict[str, str] | None = None
+                  ) -> dict[str, Any]:
     """Write ``out_dir/model.onnx`` for an image or clip ``model`` (``kind``; a single-branch
     bimodal ablation goes as the kind of its branch). ``preprocess`` is the spec dict of the
     view it reads (B-mode for image, CEUS for clip), ``window`` ({"frames": T,
@@ -235,7 +253,8 @@ def export_single(model: nn.Module, *, kind: str, labels: list[str], preprocess:
     meta = {"hepascope.version": META_VERSION, "hepascope.model": model_name,
             "hepascope.role": kind, "hepascope.labels": json.dumps(list(labels)),
             "hepascope.preprocess": json.dumps(preprocess),
-            "hepascope.inputs": json.dumps({kind: VIEW_OF[kind]}), "hepascope.output": "probs"}
+            "hepascope.inputs": json.dumps({kind: VIEW_OF[kind]}), "hepascope.output": "probs",
+            **(extra_meta or {})}
     if kind == ROLE_CLIP and window is not None:  # a clip without window: refused above
         meta["hepascope.window"] = json.dumps(
             {"frames": int(window["frames"]), "interval_s": float(window["interval_s"])})
@@ -276,7 +295,8 @@ def export_checkpoint(model: nn.Module, meta: dict[str, Any],
                                                   "interval_s": float(meta["interval_s"])}
         report = export_single(model, kind=kind, labels=list(meta["labels"]),
                                preprocess=meta["preprocess"][VIEW_OF[kind]], window=window,
-                               model_name=str(meta["model"]), out_dir=out_dir)
+                               model_name=str(meta["model"]), out_dir=out_dir,
+                               extra_meta=calibration_metadata(meta))
     if "kwargs" in meta:
         _write_weights(model, meta, Path(out_dir))
     return report

@@ -68,6 +68,10 @@ def _data(name: str | None, data: dict[str, Any], classes: Sequence[str]) -> lis
     rows.append(["**Total**", data["samples"], data["patients"]])
     lines = [f"Model {name}:", ""] if name else []
     lines += _table(("Class", "Samples", "Patients"), rows)
+    if data["patients"] == data["samples"] and not data["unknown_patient_samples"]:
+        lines += ["", "Every patient has exactly one sample. If these ids name images rather "
+                  "than people (a data set without patient ids), one person's images may be "
+                  "on both sides of a split and the figures may be optimistic."]
     if data["unknown_patient_samples"]:
         lines += ["", f"{data['unknown_patient_samples']} samples have no patient id "
                   "(not counted in Patients)."]
@@ -99,7 +103,8 @@ def _per_class(rep: dict[str, Any]) -> list[str]:
     lines += _table(("Class", *HEAD), rows)
     lines += ["", "Macro row: unweighted mean over classes, except Accuracy = top-1 accuracy. "
               f"{NA}: undefined in every fold (a class absent or never predicted).", ""]
-    extra = [f"ECE (15 bins): {pm(agg['ece'])} % over folds, {pct(agg['ece_pooled'])} % "
+    extra = [f"ECE (15 bins, calibrated): {pm(agg['ece'])} % over folds, "
+             f"{pct(agg['ece_pooled'])} % "
              "pooled."]
     if "auc_positive" in agg:
         extra.insert(0, f"Positive class ({agg['positive_class']}) AUC: "
@@ -108,17 +113,20 @@ def _per_class(rep: dict[str, Any]) -> list[str]:
 
 
 def _per_fold(rep: dict[str, Any]) -> list[str]:
+    from hepascope.train.evaluation.markdown_extra import epochs_cell
+
     agg = rep["aggregate"]
-    head = ("Fold", *HEAD, "ECE", "Test samples", "Test patients", "Seconds")
+    head = ("Fold", *HEAD, "ECE", "Test samples", "Test patients", "Epochs", "Seconds")
     rows = []
     for f in rep["folds"]:
         m = f["metrics"]
         rows.append([f["fold"], *(pct(m["macro"][k]) for k in KEYS), pct(m["ece"]),
-                     f["test_samples"], f["test_patients"], f"{f['seconds']:.1f}"])
+                     f["test_samples"], f["test_patients"],
+                     epochs_cell(f, rep.get("capped") or []), f"{f['seconds']:.1f}"])
     stats = [*(agg["macro"][k] for k in KEYS), agg["ece"]]
-    rows.append(["**Average**", *(pct(s["mean"]) for s in stats), "", "",
+    rows.append(["**Average**", *(pct(s["mean"]) for s in stats), "", "", "",
                  f"{rep['seconds']['mean']:.1f}"])
-    rows.append(["**SD**", *(pct(s["sd"]) for s in stats), "", "",
+    rows.append(["**SD**", *(pct(s["sd"]) for s in stats), "", "", "",
                  f"{rep['seconds']['sd']:.1f}"])
     return ["Per fold, macro (%):", "", *_table(head, rows), ""]
 
@@ -136,13 +144,17 @@ def _confusion(rep: dict[str, Any]) -> list[str]:
 
 def _comparison(rows: Sequence[dict[str, Any]], basis: str) -> list[str]:
     head = ("Model", "Params", "FLOPs", "Accuracy", "Sensitivity", "Specificity", "PPV", "F1",
-            "AUC", "ECE", "Seconds / fold")
-    body = [[r["model"], human(r["params"]), human(r["flops"]), pm(r["accuracy"]),
-             *(pm(r[k]) for k in ("sensitivity", "specificity", "ppv", "f1", "auc", "ece")),
+            "AUC", "ECE before", "ECE", "Coverage", "Sel. accuracy", "Seconds / fold")
+    body = [[r["model"] + (" ⚠" if r.get("capped") else ""), human(r["params"]),
+             human(r["flops"]), pm(r["accuracy"]),
+             *(pm(r.get(k)) for k in ("sensitivity", "specificity", "ppv", "f1", "auc",
+                                      "ece_before", "ece", "coverage", "selective_accuracy")),
              pm(r["seconds"], scale=1.0)] for r in rows]
     of = "macro averages over classes" if basis.startswith("macro") else f"those of the {basis}"
     return [f"Mean ± SD over folds (%; time in seconds). Accuracy is top-1; sensitivity, "
-            f"specificity, PPV, F1 and AUC are {of}.", "",
+            f"specificity, PPV, F1 and AUC are {of}; ECE after calibration unless marked "
+            "before; coverage and selective accuracy at each fold's abstention threshold. "
+            "⚠: a cap cut folds short.", "",
             *_table(head, body), ""]
 
 
@@ -158,13 +170,22 @@ def render_markdown(report: dict[str, Any]) -> str:
     else:
         for name, rep in results.items():
             lines += _data(name, rep["data"], classes)
-    lines += ["## Patient leakage check", "", *_leakage(results)]
+    from hepascope.train.evaluation import markdown_extra as extra
+
+    lines += ["## Patient leakage check", "", *_leakage(results), *extra.warnings_section(report)]
+    lines += extra.versus_baseline(report)
     for name, rep in results.items():
         figs = rep["figures"]
-        lines += [f"## {name}", "", *_per_class(rep), *_per_fold(rep), *_confusion(rep),
+        lines += [f"## {name}", "", *extra.caps_note(rep), *_per_class(rep), *_per_fold(rep),
+                  *_confusion(rep),
                   f"![confusion matrix]({figs['confusion']}) ![ROC curves]({figs['roc']}) "
-                  f"![reliability diagram]({figs['reliability']})", ""]
+                  f"![reliability diagram]({figs['reliability']})", "",
+                  *extra.model_sections(rep)]
     lines += ["## Comparison", "", *_comparison(report["comparison"], report["comparison_basis"])]
     if report.get("comparison_figure"):
         lines += [f"![model comparison]({report['comparison_figure']})", ""]
+    if report.get("predictions"):
+        lines += [f"Every test sample's calibrated probabilities, predicted label and status "
+                  f"(ok / uncertain), per model and fold: [{report['predictions']}]"
+                  f"({report['predictions']}).", ""]
     return "\n".join(lines)

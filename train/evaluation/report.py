@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 
 from hepascope.stream.errors import DataError
+from hepascope.train.evaluation import summaries
+from hepascope.train.evaluation.baseline_compare import versus_baseline
 from hepascope.train.evaluation.folds import leak_check
 from hepascope.train.evaluation.markdown import render_markdown
 from hepascope.train.evaluation.metrics import (
@@ -29,7 +31,7 @@ from hepascope.train.evaluation.metrics import (
     mean_sd,
 )
 
-FIGURES = ("confusion", "roc", "reliability")
+FIGURES = ("confusion", "roc", "reliability", "risk_coverage")
 
 
 @dataclass
@@ -44,6 +46,9 @@ class FoldResult:
     train_groups: np.ndarray  # patient ids the model was trained (and early-stopped) on
     seconds: float = 0.0  # wall time of the fold (training + evaluation)
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. epochs, params, flops
+    raw_probs: np.ndarray | None = None  # (N, C) before calibration; None: probs are raw
+    calibration: dict[str, Any] | None = None  # calibration_fit() on the fold's validation
+    paths: np.ndarray | None = None  # (N,) each sample's source (predictions.csv)
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
@@ -61,6 +66,21 @@ class FoldResult:
             raise DataError(f"{self.model} fold {self.fold}: train_groups must be 1-D")
         if not math.isfinite(self.seconds) or self.seconds < 0:
             raise DataError(f"{self.model} fold {self.fold}: seconds must be >= 0")
+        if self.raw_probs is not None:
+            self.raw_probs = np.asarray(self.raw_probs, dtype=np.float64)
+            if self.raw_probs.shape != self.probs.shape:
+                raise DataError(f"{self.model} fold {self.fold}: raw_probs "
+                                f"{self.raw_probs.shape}, probs {self.probs.shape}")
+        if self.paths is not None:
+            self.paths = np.asarray(self.paths).astype(str)
+            if self.paths.shape != (n,):
+                raise DataError(f"{self.model} fold {self.fold}: {self.paths.size} paths "
+                                f"for {n} samples")
+
+    @property
+    def threshold(self) -> float:
+        """The abstention threshold fitted on validation (0: no abstention fitted)."""
+        return float(((self.calibration or {}).get("abstain") or {}).get("threshold", 0.0))
 
 
 def _dir_name(model: str) -> str:
@@ -118,10 +138,16 @@ def _model_report(name: str, rs: Sequence[FoldResult], classes: Sequence[str],
                       "test_patients": len(np.unique(r.groups[r.groups != ""])),
                       "train_patients": len(np.unique(r.train_groups[r.train_groups != ""]))})
     d = _dir_name(name)
+    capped = summaries.capped_folds(rs)
     return {"dir": d, "folds": folds, "aggregate": aggregate([f["metrics"] for f in folds]),
             "seconds": mean_sd([f["seconds"] for f in folds]),
             "leakage": leak_check((r.train_groups, r.groups) for r in rs),
             "data": _data_counts(rs, classes), **_size(rs, meta, name),
+            "kind": rs[0].extra.get("kind"),
+            "calibration": summaries.calibration_summary(rs),
+            "abstention": summaries.abstention_summary(rs),
+            "patients": summaries.patient_summary(rs, classes),
+            "capped": capped, "caps_warning": summaries.caps_warning(name, capped, len(rs)),
             "figures": {k: f"{d}/{k}.png" for k in FIGURES}}
 
 
@@ -138,7 +164,11 @@ def _comparison(models: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         agg = rep["aggregate"]
         stats = agg["per_class"][agg["positive_class"]] if "positive_class" in agg else agg["macro"]
         row = {"model": name, "params": rep["params"], "flops": rep["flops"],
-               "ece": agg["ece"], "seconds": rep["seconds"], "folds": agg["folds"]}
+               "ece": agg["ece"], "seconds": rep["seconds"], "folds": agg["folds"],
+               "ece_before": rep["calibration"]["ece_before"],
+               "coverage": rep["abstention"]["coverage"],
+               "selective_accuracy": rep["abstention"]["selective_accuracy"],
+               "capped": len(rep["capped"])}
         row.update({m: stats[m] for m in METRICS})
         row["accuracy"] = agg["macro"]["accuracy"]
         rows.append(row)
@@ -168,6 +198,7 @@ def _plain(x: Any) -> Any:
 def _figures(name: str, rs: Sequence[FoldResult], rep: dict[str, Any],
              classes: Sequence[str], out: Path) -> None:
     from hepascope.train.evaluation import plots
+    from hepascope.train.evaluation.plot_risk import plot_risk_coverage
 
     y = np.concatenate([r.y_true for r in rs])
     p = np.concatenate([r.probs for r in rs])
@@ -177,7 +208,10 @@ def _figures(name: str, rs: Sequence[FoldResult], rep: dict[str, Any],
                          out / rep["figures"]["confusion"], title=f"Confusion matrix: {pooled}")
     plots.plot_roc(y, p, classes, out / rep["figures"]["roc"], title=f"ROC: {pooled}")
     plots.plot_reliability(y, p, out / rep["figures"]["reliability"],
-                           title=f"Reliability: {pooled}")
+                           title=f"Reliability (calibrated): {pooled}")
+    plot_risk_coverage([(r.y_true, r.probs, r.threshold) for r in rs],
+                       out / rep["figures"]["risk_coverage"], title=f"Risk-coverage: {name}",
+                       target=rep["abstention"]["target"])
 
 
 def write_report(results: Sequence[FoldResult], classes: tuple[str, ...], out_dir: str | Path,
@@ -194,10 +228,14 @@ def write_report(results: Sequence[FoldResult], classes: tuple[str, ...], out_di
     report: dict[str, Any] = {
         "title": title, "meta": meta, "classes": list(classes), "models": list(models),
         "results": models, "comparison": _comparison(models),
-        "comparison_basis": comparison_basis(classes)}
+        "comparison_basis": comparison_basis(classes),
+        "versus_baseline": versus_baseline(models, classes),
+        "caps_warnings": [m["caps_warning"] for m in models.values() if m["caps_warning"]],
+        "predictions": summaries.PREDICTIONS}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    files = ["report.json", "report.md"]
+    summaries.write_predictions(grouped, classes, out / summaries.PREDICTIONS)
+    files = ["report.json", "report.md", summaries.PREDICTIONS]
     for name, rs in grouped.items():
         _figures(name, rs, models[name], classes, out)
         files += list(models[name]["figures"].values())

@@ -1,0 +1,154 @@
+"""Calibration, abstention, per-patient answers and the texture baseline, each on its own,
+on synthetic data made here (train/evaluation: calibration, patients, baseline)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hepascope.stream.errors import DataError
+from hepascope.train.evaluation.calibration import (
+    calibrate,
+    calibration_fit,
+    choose_threshold,
+    fit_temperature,
+    nll,
+    risk_coverage,
+    selective,
+    statuses,
+)
+from hepascope.train.evaluation.metrics import expected_calibration_error
+from hepascope.train.evaluation.patients import patient_table
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def overconfident(n: int, t_true: float, seed: int, classes: int = 4
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Labels drawn from softmax(z) and the probabilities of a model that reports
+    softmax(z * t_true): miscalibrated by exactly temperature ``t_true``."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0, 2.0, (n, classes))
+    true_p = _softmax(z)
+    y = (rng.random(n)[:, None] > np.cumsum(true_p, 1)).sum(1)
+    return _softmax(z * t_true), y
+
+
+@pytest.mark.parametrize("t_true", [0.5, 1.0, 2.5])
+def test_temperature_fit_recovers_a_known_temperature(t_true: float) -> None:
+    probs, y = overconfident(20_000, t_true, seed=1)
+    t = fit_temperature(probs, y)
+    print(f"true T {t_true}, fitted {t:.3f}")
+    assert t == pytest.approx(t_true, rel=0.05)
+    # the fit is the NLL minimum: a nearby temperature does worse
+    best = nll(calibrate(probs, t), y)
+    assert best <= nll(calibrate(probs, t * 1.2), y) and best <= nll(calibrate(probs, t / 1.2), y)
+
+
+def test_ece_is_small_after_calibration_and_large_before() -> None:
+    val_p, val_y = overconfident(8_000, 2.5, seed=2)
+    test_p, test_y = overconfident(8_000, 2.5, seed=3)
+    t = fit_temperature(val_p, val_y)  # fitted on validation, scored on other samples
+    before = expected_calibration_error(test_y, test_p)
+    after = expected_calibration_error(test_y, calibrate(test_p, t))
+    print(f"ECE before {100 * before:.1f}%, after {100 * after:.1f}%")
+    assert before > 0.10 and after < 0.02
+
+
+def test_calibrate_keeps_the_top_class_and_gives_probabilities() -> None:
+    probs, _ = overconfident(500, 3.0, seed=4)
+    probs[0] = [1.0, 0.0, 0.0, 0.0]  # a random forest's zeros: floored, still finite
+    for t in (0.3, 1.0, 4.0):
+        cal = calibrate(probs, t)
+        assert np.isfinite(cal).all() and np.allclose(cal.sum(1), 1.0)
+        assert (cal.argmax(1) == probs.argmax(1)).all()
+    with pytest.raises(DataError, match="temperature"):
+        calibrate(probs, 0.0)
+
+
+def test_threshold_meets_the_target_on_validation_with_the_most_coverage() -> None:
+    probs, y = overconfident(3_000, 1.0, seed=5)
+    for target in (0.8, 0.9, 0.95):
+        ch = choose_threshold(probs, y, target)
+        got = selective(probs, y, ch["threshold"])
+        assert ch["met"] and got["selective_accuracy"] >= target
+        assert got["coverage"] == ch["coverage"] and 0 < got["coverage"] < 1
+        # the next lower confidence (one more tie block answered) misses the target
+        conf = np.sort(np.unique(probs.max(1)))
+        below = conf[np.searchsorted(conf, ch["threshold"]) - 1]
+        assert selective(probs, y, below)["selective_accuracy"] < target
+        print(f"target {target}: threshold {ch['threshold']:.3f}, coverage "
+              f"{100 * ch['coverage']:.1f}%")
+    assert (statuses(probs, ch["threshold"]) == "ok").mean() == pytest.approx(ch["coverage"])
+
+
+def test_unreachable_target_abstains_on_everything() -> None:
+    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.6, 0.4]])
+    ch = choose_threshold(probs, np.array([1, 1, 0]), 0.95)  # the most confident is wrong
+    assert not ch["met"] and ch["coverage"] == 0.0 and ch["selective_accuracy"] is None
+    assert (statuses(probs, ch["threshold"]) == "uncertain").all()
+
+
+def test_risk_coverage_curve_ends_at_full_coverage_and_overall_accuracy() -> None:
+    probs, y = overconfident(1_000, 1.0, seed=6)
+    cov, acc, thr = risk_coverage(probs, y)
+    assert cov[-1] == 1.0 and acc[-1] == pytest.approx(np.mean(probs.argmax(1) == y))
+    assert np.all(np.diff(cov) > 0) and np.all(np.diff(thr) < 0)
+
+
+def test_calibration_fit_reports_what_it_chose() -> None:
+    probs, y = overconfident(2_000, 2.0, seed=7)
+    fit = calibration_fit(probs, y, 0.9)
+    assert fit["temperature"] == pytest.approx(2.0, rel=0.1) and fit["n_val"] == 2_000
+    assert fit["val_ece_after"] < fit["val_ece_before"]
+    assert fit["abstain"]["target"] == 0.9 and fit["abstain"]["selective_accuracy"] >= 0.9
+
+
+def test_patient_answers_mean_vote_and_abstention() -> None:
+    groups = np.array(["A", "A", "A", "B", "B", "", ""])
+    y = np.array([0, 0, 0, 1, 1, 1, 0])
+    probs = np.array([[0.9, 0.1], [0.4, 0.6], [0.45, 0.55],  # A: vote 1, mean 0.58 -> 0
+                      [0.3, 0.7], [0.2, 0.8],  # B: sure of 1
+                      [0.5, 0.5], [0.6, 0.4]])  # unknown ids: each its own patient
+    t = patient_table(y, probs, groups, threshold=0.7)
+    assert t["patients"].tolist() == ["#5", "#6", "A", "B"]
+    assert t["samples"].tolist() == [1, 1, 3, 2] and t["y_true"].tolist() == [1, 0, 0, 1]
+    a = 2
+    assert np.allclose(t["probs"][a], [0.5833333, 0.4166667])
+    assert t["pred"][a] == 0 and t["vote"][a] == 1
+    assert t["status"].tolist() == ["uncertain", "uncertain", "uncertain", "ok"]
+
+
+def textures(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` 48x48 uint8 images of two textures with the same mean and spread: fine speckle
+    (independent pixels) and coarse blobs (smoothed noise, rescaled)."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    imgs, labels = [], []
+    for i in range(n):
+        noise = rng.normal(0, 1, (48, 48)).astype(np.float32)
+        if i % 2:
+            noise = cv2.GaussianBlur(noise, (0, 0), 2.5)
+        noise = (noise - noise.mean()) / noise.std()
+        imgs.append(np.clip(128 + 35 * noise, 0, 255).astype(np.uint8))
+        labels.append(i % 2)
+    return np.stack(imgs), np.array(labels)
+
+
+def test_baseline_features_separate_two_textures() -> None:
+    pytest.importorskip("skimage")
+    from hepascope.train.evaluation.baseline import fit_predict, texture_features
+
+    x_img, y = textures(40, seed=8)
+    x = np.stack([texture_features(im) for im in x_img])
+    assert x.shape[0] == 40 and np.isfinite(x).all()
+    probs, _ = fit_predict(x[:20], y[:20], x[20:], 2, seed=0)
+    acc = float(np.mean(probs.argmax(1) == y[20:]))
+    print(f"texture baseline on held-out textures: accuracy {acc:.2f}")
+    assert acc >= 0.95
+    # intensity alone cannot tell them apart: the separation comes from texture
+    assert abs(x_img[y == 0].mean() - x_img[y == 1].mean()) < 2
