@@ -192,6 +192,7 @@ def test_time_cap_is_a_warning_at_the_end_and_beside_the_figures(
 def test_train_and_export_carry_the_calibration(tmp_path: Path) -> None:
     import onnx
 
+    from hepascope.stream.classifier import read_calibration
     from hepascope.train.export import META_CALIBRATION
 
     data = video_folder(tmp_path / "videos")
@@ -205,3 +206,7 @@ def test_train_and_export_carry_the_calibration(tmp_path: Path) -> None:
     assert main(["export", "--checkpoint", str(ck)]) == 0
     props = {p.key: p.value for p in onnx.load(str(ck / "onnx" / "model.onnx")).metadata_props}
     assert json.loads(props[META_CALIBRATION]) == cal
+    # what the live path reads, under the keys it reads them by
+    live = read_calibration(props, "model.onnx")
+    assert live.temperature == pytest.approx(cal["temperature"])
+    assert live.abstain_threshold == pytest.approx(cal["abstain_threshold"])

@@ -27,15 +27,16 @@ import torch
 from torch import nn
 
 from hepascope.stream.bimodal import ROLE_BMODE, ROLE_CEUS, ROLE_HEAD
+from hepascope.stream.classifier import META_ABSTAIN, META_TEMPERATURE
 from hepascope.stream.errors import ModelError
 from hepascope.stream.models import HEAD_FILE, META_VERSION
 
 OPSET = 17
 # Optional metadata, beside the required hepascope.* keys (stream/models.py REQUIRED), on the
-# graph that outputs "probs" (model.onnx, or head.onnx of the streaming split): JSON of
-# evaluation.calibration.calibration_record, the temperature and abstention threshold fitted
-# on the validation patients. Absent: the model was not calibrated (temperature 1, no
-# abstention). The one place that names it: the live path should read it from here.
+# graph that outputs "probs" (model.onnx, or head.onnx of the streaming split): what the live
+# path applies (stream/classifier.py names them: META_TEMPERATURE, META_ABSTAIN), and the
+# whole record of evaluation.calibration.calibration_record (how they were fitted, on which
+# validation patients) under META_CALIBRATION. Absent: not calibrated (T 1, no abstention).
 META_CALIBRATION = "hepascope.calibration"
 PARITY_TOL = 1e-4  # max |torch - onnxruntime| on probabilities
 ROLE_IMAGE, ROLE_CLIP = "image", "clip"  # single-graph models: the role is the input's name
@@ -217,13 +218,17 @@ def _single_input(kind: str, preprocess: dict[str, Any], window: dict[str, Any] 
 
 
 def calibration_metadata(meta: dict[str, Any]) -> dict[str, str]:
-    """``{META_CALIBRATION: JSON}`` from a checkpoint's ``calibration`` record, or {}."""
+    """The calibration metadata of an exported graph from a checkpoint's ``calibration``
+    record (temperature and abstention threshold as JSON numbers, the record beside), or {}."""
     cal = meta.get("calibration")
     if cal is None:
         return {}
     if not isinstance(cal, dict) or not float(cal.get("temperature", 0)) > 0:
         raise ModelError(f"{meta.get('model')}: invalid calibration record {cal!r}")
-    return {META_CALIBRATION: json.dumps(cal, sort_keys=True)}
+    return {META_TEMPERATURE: json.dumps(float(cal["temperature"])),
+            # a threshold fitted at the top confidence can exceed 1 by a rounding error
+            META_ABSTAIN: json.dumps(min(max(float(cal.get("abstain_threshold", 0.0)), 0.0), 1.0)),
+            META_CALIBRATION: json.dumps(cal, sort_keys=True)}
 
 
 def export_single(model: nn.Module, *, kind: str, labels: list[str], preprocess: dict[str, Any],
