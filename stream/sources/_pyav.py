@@ -125,6 +125,13 @@ def decode_bgr(container: Any, stream: Any, url: str) -> Iterator[tuple[np.ndarr
         raise _read_error(e, url) from e
 
 
+# A starved process (a loaded machine) gets this many budgets of wall time; a busy one (a
+# demuxer scanning garbage) gets its budget of CPU time.
+STARVED_FACTOR = 10.0
+# An open that timed out having had less than this share of a CPU was starved, not busy.
+STARVED_SHARE = 0.5
+
+
 class CheckedDecoder:
     """Decode a file's video stream, handing on only frames decoded without error.
 
@@ -154,9 +161,11 @@ class CheckedDecoder:
         self.restart()
         stream.codec_context.options = dict(STRICT_DECODER_OPTIONS)
 
-    def restart(self, t_start: float | None = None) -> None:
-        """Start a new budget span now (or at ``t_start``, e.g. when opening began)."""
+    def restart(self, t_start: float | None = None, cpu_start: float | None = None) -> None:
+        """Start a new budget span now (or at ``t_start`` / ``cpu_start``, monotonic and
+        process CPU time, e.g. when opening began)."""
         self._t_work = time.monotonic() if t_start is None else t_start
+        self._c_work = time.process_time() if cpu_start is None else cpu_start
 
     def frames(self) -> Iterator[tuple[np.ndarray, float | None]]:
         """(BGR uint8 image, pts seconds or None) of each good frame, to the end; a pass
@@ -211,8 +220,13 @@ class CheckedDecoder:
                                     f"could not be decoded cleanly (last: {why})")
 
     def _check_budget(self) -> None:
+        """The budget is CPU time (garbage keeps a demuxer busy), with a wall-clock cap of
+        ``STARVED_FACTOR`` budgets: a process starved of CPU on a loaded machine is slow,
+        not decoding garbage, and must not call a good file corrupt."""
         spent = time.monotonic() - self._t_work
-        if spent > self.budget_s:
+        cpu = time.process_time() - self._c_work
+        if cpu > self.budget_s or spent > STARVED_FACTOR * self.budget_s:
             detail = f"; {self._run} corrupt, last: {self._why}" if self._run else ""
             raise SourceFormatError(f"{self.url}: corrupt video: no decodable frame after "
-                                    f"{spent:.2f} s of decoding{detail}")
+                                    f"{spent:.2f} s of decoding ({cpu:.2f} s on a CPU)"
+                                    f"{detail}")

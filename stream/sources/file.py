@@ -9,6 +9,7 @@ short (a killed recording) replays up to the cut and ends normally."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,15 +17,23 @@ from typing import Any
 
 import numpy as np
 
-from hepascope.stream.errors import SourceFormatError, SourceNotFoundError
+from hepascope.stream.errors import (
+    SourceFormatError,
+    SourceNotFoundError,
+    SourceTimeoutError,
+)
 from hepascope.stream.sources._pyav import (
     MAX_PIXELS,
     READ_FAILURES,
+    STARVED_FACTOR,
+    STARVED_SHARE,
     CheckedDecoder,
     open_container,
     video_stream,
 )
 from hepascope.stream.sources.base import Pacer, SourceBase
+
+log = logging.getLogger(__name__)
 
 # PyAV applies the open timeout to probing and to stream analysis in turn, so opening
 # fails at up to twice this; each read of a packet fails after READ_TIMEOUT_S. A local
@@ -72,10 +81,8 @@ class FileSource(SourceBase):
     def _open(self) -> None:
         if not self.path.is_file():
             raise SourceNotFoundError(f"{self.path}: no such file")
-        t0 = time.monotonic()
-        # max_pixels here too: stream analysis while opening decodes a frame as well
-        self._container = open_container(str(self.path), timeout=(OPEN_TIMEOUT_S, READ_TIMEOUT_S),
-                                         options={"max_pixels": str(MAX_PIXELS)})
+        t0, c0 = time.monotonic(), time.process_time()
+        self._container = self._open_container(t0, c0)
         self._stream = video_stream(self._container, str(self.path))
         self._stream.thread_type = "AUTO"
         rate = self._stream.average_rate or self._stream.guessed_rate
@@ -83,7 +90,25 @@ class FileSource(SourceBase):
         self._decoder = CheckedDecoder(self._container, self._stream, str(self.path),
                                        max_corrupt_run=self.max_corrupt_run,
                                        budget_s=self.decode_budget_s)
-        self._decoder.restart(t0)  # the first frame's budget includes opening
+        self._decoder.restart(t0, c0)  # the first frame's budget includes opening
+
+    def _open_container(self, t0: float, c0: float) -> Any:
+        """The container, opened within the timeouts; once more with ``STARVED_FACTOR`` times
+        them when the first try timed out while this process got little CPU (a loaded
+        machine), since garbage keeps a demuxer busy and a starved open is merely slow."""
+        # max_pixels here too: stream analysis while opening decodes a frame as well
+        options = {"max_pixels": str(MAX_PIXELS)}
+        try:
+            return open_container(str(self.path), timeout=(OPEN_TIMEOUT_S, READ_TIMEOUT_S),
+                                  options=options)
+        except SourceTimeoutError:
+            wall, cpu = time.monotonic() - t0, time.process_time() - c0
+            if cpu >= STARVED_SHARE * wall:
+                raise  # busy all along: a demuxer scanning garbage
+            log.warning("%s: opening got %.2f s of CPU in %.2f s (a loaded machine); trying "
+                        "again with %g s", self.path, cpu, wall, STARVED_FACTOR * OPEN_TIMEOUT_S)
+        return open_container(str(self.path), options=options,
+                              timeout=(STARVED_FACTOR * OPEN_TIMEOUT_S, READ_TIMEOUT_S))
 
     def _frames(self) -> Iterator[tuple[np.ndarray, float | None]]:
         assert self._decoder is not None  # _open ran
