@@ -92,6 +92,17 @@ def test_unreachable_target_abstains_on_everything() -> None:
     assert (statuses(probs, ch["threshold"]) == "uncertain").all()
 
 
+def test_a_threshold_needs_enough_validation_samples_behind_it() -> None:
+    """The 5 most confident are right, then errors: 100% on 5 samples is not evidence of
+    95%; with 20 needed, no threshold qualifies."""
+    conf = np.linspace(0.99, 0.55, 60)
+    probs = np.stack([conf, 1 - conf], 1)
+    y = np.r_[np.zeros(5), np.tile([1, 0], 28)[:55]].astype(np.int64)
+    assert choose_threshold(probs, y, 0.95, min_support=1)["covered"] == 5
+    ch = choose_threshold(probs, y, 0.95)
+    assert not ch["met"] and ch["covered"] == 0
+
+
 def test_risk_coverage_curve_ends_at_full_coverage_and_overall_accuracy() -> None:
     probs, y = overconfident(1_000, 1.0, seed=6)
     cov, acc, thr = risk_coverage(probs, y)

@@ -21,6 +21,7 @@ LOG_FLOOR = 1e-6  # probabilities below this count as this before the log (rando
 T_RANGE = (0.05, 20.0)  # searched temperatures
 STATUS_OK, STATUS_UNCERTAIN = "ok", "uncertain"  # the results schema's status values
 DEFAULT_TARGET_ACCURACY = 0.95
+MIN_SUPPORT = 20  # validation samples a threshold must keep for its accuracy to count
 
 
 def _logits(probs: np.ndarray) -> np.ndarray:
@@ -106,19 +107,22 @@ def risk_coverage(probs: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndar
     return n_kept / len(c), acc, c[last]
 
 
-def choose_threshold(probs: np.ndarray, y: np.ndarray,
-                     target: float = DEFAULT_TARGET_ACCURACY) -> dict[str, Any]:
+def choose_threshold(probs: np.ndarray, y: np.ndarray, target: float = DEFAULT_TARGET_ACCURACY,
+                     min_support: int = MIN_SUPPORT) -> dict[str, Any]:
     """The lowest confidence threshold whose selective accuracy on (``probs``, ``y``) is at
-    least ``target`` (the most coverage meeting it). When no threshold meets it, the
-    threshold is above every confidence (abstain on all) and ``met`` is False."""
+    least ``target`` (the most coverage meeting it), counting only thresholds that keep at
+    least ``min_support`` samples (all of them when there are fewer): three right answers
+    say little about 95%. When none qualifies, the threshold is above every confidence
+    (abstain on all) and ``met`` is False."""
     if not 0 < target <= 1:
         raise DataError(f"target accuracy must be in (0, 1], got {target!r}")
     y = np.asarray(y, np.int64)
     if not len(y):
         return {"threshold": 0.0, "target": target, "met": False, "coverage": 0.0,
                 "selective_accuracy": None, "covered": 0, "n": 0}
-    _, acc, thr = risk_coverage(probs, y)
-    ok = np.flatnonzero(acc >= target - 1e-12)
+    cov, acc, thr = risk_coverage(probs, y)
+    kept = np.rint(cov * len(y))
+    ok = np.flatnonzero((acc >= target - 1e-12) & (kept >= min(min_support, len(y))))
     t = float(thr[ok[-1]]) if ok.size else float(np.nextafter(1.0, 2.0))
     return {**selective(probs, y, t), "target": float(target), "met": bool(ok.size)}
 
