@@ -132,7 +132,11 @@ def _train_and_export(ckpt: Path, recipe: Recipe, cache: Path, console: Any) -> 
                       partial_window=recipe.partial_window, val_fraction=recipe.val_fraction,
                       device="cpu")
     if not _finished(ckpt):  # a run that ended before its export is not trained again
-        train(data, cfg, ckpt, progress=True)
+        # a run cut short (killed) goes on from its last epoch: the same weights as in one go
+        resume = (ckpt / "resume" / "state.json").is_file()
+        if resume:
+            console.print(f"resuming the interrupted training run in {ckpt}")
+        train(data, cfg, ckpt, progress=True, resume=resume)
     model, meta = load_checkpoint(ckpt)
     temperature = _validation_temperature(model, data, recipe)
     onnx_dir = ckpt / "onnx"
