@@ -110,8 +110,9 @@ def fit_temperature(probs: np.ndarray, y: np.ndarray) -> float:
     return float(np.exp((lo + hi) / 2))
 
 
-def _train_and_export(ckpt: Path, recipe: Recipe, cache: Path, console: Any) -> Path:
-    """Build the phantom set, train, export, fit the temperature, write the manifest."""
+def _training_arrays(recipe: Recipe, cache: Path) -> Any:
+    """The recipe's phantom set (cached) as the trainer's windows (the frame set itself is
+    dropped on return: the windows are what training holds in memory)."""
     from hepascope.stream.config import load_config
     from hepascope.train.data import (
         WindowSpec,
@@ -119,14 +120,20 @@ def _train_and_export(ckpt: Path, recipe: Recipe, cache: Path, console: Any) -> 
         make_specs,
         phantom_set_arrays,
     )
-    from hepascope.train.export import export_checkpoint
-    from hepascope.train.trainer import TrainConfig, load_checkpoint, train
 
     pset = cached_phantom_set(cache, n_cases_per_class=recipe.cases_per_class,
                               seconds_per_case=recipe.seconds_per_case, window=WindowSpec(),
                               specs=make_specs(load_config()), seed=recipe.data_seed,
                               workers=os.cpu_count() or 1)
-    data = phantom_set_arrays(pset)
+    return phantom_set_arrays(pset)
+
+
+def _train_and_export(ckpt: Path, recipe: Recipe, cache: Path, console: Any) -> Path:
+    """Build the phantom set, train, export, fit the temperature, write the manifest."""
+    from hepascope.train.export import export_checkpoint
+    from hepascope.train.trainer import TrainConfig, load_checkpoint, train
+
+    data = _training_arrays(recipe, cache)
     cfg = TrainConfig(model=recipe.model, steps=recipe.steps, batch_size=recipe.batch_size,
                       lr=recipe.lr, seed=recipe.seed, num_threads=recipe.threads,
                       partial_window=recipe.partial_window, val_fraction=recipe.val_fraction,
