@@ -175,6 +175,9 @@ def test_hemangioma_bright_hcc_dark_metastasis_target(seed: int) -> None:
 
 
 def test_fatty_grade_brightens_near_field_and_attenuates_far_field() -> None:
+    """Fat brightens the near field and darkens the far field, but the depth gain takes
+    back half of its attenuation: a severely fatty liver is darker deep down, not black
+    (far/near 0.23 before the depth gain did, where small deep lesions vanished)."""
     near, ratio = [], []
     for g in range(4):
         case = clean_case(5, "normal", fatty_grade=g)
@@ -188,7 +191,7 @@ def test_fatty_grade_brightens_near_field_and_attenuates_far_field() -> None:
     print(f"\nfatty near-field grey {np.round(near, 1)}, far/near {np.round(ratio, 2)}")
     assert all(b > a for a, b in itertools.pairwise(near))
     assert all(b < a for a, b in itertools.pairwise(ratio))
-    assert ratio[3] < 0.6 * ratio[0]
+    assert 0.5 * ratio[0] < ratio[3] < 0.7 * ratio[0]
 
 
 # -- CEUS -----------------------------------------------------------------------------------

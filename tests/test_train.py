@@ -71,7 +71,8 @@ def test_phantom_set_shapes_and_preprocessing(pset: PhantomSet, specs: tuple) ->
     assert len(pset.sample_rows) == 6 * (6 - WIN.window + 1)
     # row 10 is case 1, frame position 4: re-render and preprocess it the streaming way
     plan = case_plan(7, 1, CLASSES)
-    case = make_case(plan["case_seed"], lesion=plan["label"], patient_id=plan["patient_id"])
+    case = make_case(plan["case_seed"], lesion=plan["label"], fatty_grade=plan["fatty_grade"],
+                     patient_id=plan["patient_id"])
     ph = Phantom(case, ceus_t0_s=plan["ceus_t0_s"], ceus_speed=plan["ceus_speed"])
     assert pset.case_index[10] == 1
     frame, truth = ph.render(int(pset.frame_index[10]))

@@ -1,9 +1,12 @@
 """The phantom training set of the bimodal model: B-mode frames and CEUS windows,
 preprocessed by the same ``preprocess_view`` the live pipeline runs.
 
-Each case is one patient: its own case seed (disjoint from demo sessions' seeds), fatty
-grade and lesion from ``make_case``, a CEUS clock drawn like ``plan_segment``'s (t0 in
-[5, 60] s, 3-4x real time). Only frames at multiples of ``interval_frames`` are rendered
+Each case is one patient: its own case seed (disjoint from demo sessions' seeds), its class's
+lesion, a fatty grade drawn from the live task's recipe (``tasks.live_task``: within fatty
+livers the grade is independent of the class, so fat is no shortcut to focal fatty
+sparing), a CEUS clock drawn like ``plan_segment``'s (t0 in [5, 60] s, 3-4x real time) and a
+stretch of a live segment (``segment_s``, the demo's 6 s by default) so contrast times match
+what the live pipeline sees. Only frames at multiples of ``interval_frames`` are rendered
 and stored (float16); a sample is (case, position p >= T - 1): B-mode at p, CEUS at
 p - (T - 1) .. p, oldest first, i.e. exactly what the pipeline's window holds at p."""
 
@@ -19,15 +22,35 @@ from typing import Any
 import numpy as np
 
 from hepascope.stream.config import Config
-from hepascope.stream.phantom import LESION_CLASSES, Phantom, make_case
+from hepascope.stream.phantom import LESION_CLASSES, Phantom, PhantomCase, make_case
 from hepascope.stream.preprocess import PreprocessSpec, preprocess_view
 from hepascope.train.datasets.arrays import ArraySet, load_pair, save_pair
 from hepascope.train.datasets.phantom import phantom_version
 from hepascope.train.datasets.pool import Progress, map_pool
+from hepascope.train.tasks import live_task
 
 TRAIN_SEED_BASE = 1_000_000  # demo sessions draw 32-bit case seeds; training uses this block
 SEEDS_PER_SET = 100_000
-DATA_VERSION = 1  # bump when the layout of a PhantomSet changes (invalidates caches)
+DATA_VERSION = 2  # bump when the layout of a PhantomSet changes (invalidates caches)
+LIVE_SEGMENT_S = 6.0  # the demo session's segment (one patient): training cases match it
+
+
+def source_digest(*modules: str) -> str:
+    """SHA-256 (16 hex) of the named ``hepascope`` modules' source files (a package: all its
+    ``.py`` files): cache keys that change when the code that made an artifact changes."""
+    import importlib
+
+    h = hashlib.sha256()
+    for name in modules:
+        mod = importlib.import_module(f"hepascope.{name}")
+        path = Path(str(mod.__file__))
+        files = sorted(path.parent.rglob("*.py")) if path.name == "__init__.py" else [path]
+        for f in files:
+            h.update(f"{name}:{f.name}".encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+DATA_CODE = ("train.data", "train.tasks", "stream.preprocess", "stream.phantom")
 
 
 @dataclass(frozen=True)
@@ -56,21 +79,32 @@ def make_specs(config: Config, bmode_size: tuple[int, int] = (112, 112),
 
 
 def case_plan(seed: int, i: int, classes: Sequence[str], max_start: int = 0) -> dict[str, Any]:
-    """Case seed, class, patient id, CEUS clock (as ``plan_segment``) and first frame (in
-    [0, max_start]: a short case is a random stretch of a live segment) of case ``i``."""
+    """Case seed, class, fatty grade (the live task's recipe for the class), patient id,
+    CEUS clock (as ``plan_segment``) and first frame (in [0, max_start]: a short case is a
+    random stretch of a live segment) of case ``i``."""
     case_seed = TRAIN_SEED_BASE + seed * SEEDS_PER_SET + i
     rng = np.random.default_rng(np.random.SeedSequence([case_seed, 0x5E6]))
-    return {"case_seed": case_seed, "label": classes[i % len(classes)],
+    label = classes[i % len(classes)]
+    grades = live_task().recipe(label).fatty_grades
+    fat = np.random.default_rng(np.random.SeedSequence([case_seed, 0xFA7]))  # own stream
+    return {"case_seed": case_seed, "label": label,
             "patient_id": f"train{seed}-{i:05d}", "ceus_t0_s": float(rng.uniform(5.0, 60.0)),
             "ceus_speed": float(rng.uniform(3.0, 4.0)),
-            "start": int(rng.integers(0, max_start + 1))}
+            "start": int(rng.integers(0, max_start + 1)),
+            "fatty_grade": int(grades[int(fat.integers(len(grades)))])}
+
+
+def training_case(plan: dict[str, Any]) -> PhantomCase:
+    """The phantom case of a ``case_plan``: its class's lesion and the plan's fatty grade."""
+    return make_case(plan["case_seed"], lesion=plan["label"], fatty_grade=plan["fatty_grade"],
+                     patient_id=plan["patient_id"])
 
 
 def _render_case(job: tuple[dict[str, Any], int, WindowSpec, tuple[PreprocessSpec, ...]]
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """Worker: (bmode f16, ceus f16, frame indices, fatty grade) of one case."""
     plan, n_frames, win, (sb, sc) = job
-    case = make_case(plan["case_seed"], lesion=plan["label"], patient_id=plan["patient_id"])
+    case = training_case(plan)
     ph = Phantom(case, fps=win.fps, ceus_t0_s=plan["ceus_t0_s"], ceus_speed=plan["ceus_speed"])
     idx = plan["start"] + np.arange(n_frames, dtype=np.int32) * win.interval_frames
     bm = np.empty((n_frames, 1, *sb.size), np.float16)
@@ -141,7 +175,8 @@ class PhantomSet:
 def build_phantom_set(*, n_cases_per_class: int, seconds_per_case: float = 3.0,
                       window: WindowSpec, specs: tuple[PreprocessSpec, PreprocessSpec],
                       seed: int, classes: Sequence[str] = LESION_CLASSES, workers: int = 2,
-                      segment_s: float = 10.0, progress: Progress | None = None) -> PhantomSet:
+                      segment_s: float = LIVE_SEGMENT_S, progress: Progress | None = None
+                      ) -> PhantomSet:
     """Render and preprocess ``n_cases_per_class * len(classes)`` cases on ``workers``
     processes; ``progress(done, total)`` is called per case. A case shorter than the live
     ``segment_s`` starts at a random frame of it, so CEUS times cover the live range."""
@@ -175,6 +210,8 @@ def build_phantom_set(*, n_cases_per_class: int, seconds_per_case: float = 3.0,
         params={"n_cases_per_class": n_cases_per_class, "seconds_per_case": seconds_per_case,
                 "segment_s": segment_s, "start_frame": [p["start"] for p in plans],
                 "n_cases": n_cases, "frames_per_case": n_frames, "phantom": phantom_version(),
+                "fatty_grades": {c: list(live_task().recipe(c).fatty_grades) for c in classes},
+                "code": source_digest(*DATA_CODE),
                 "ceus_t0_s": [p["ceus_t0_s"] for p in plans],
                 "ceus_speed": [p["ceus_speed"] for p in plans]})
 
@@ -188,6 +225,7 @@ def cached_phantom_set(cache_dir: str | Path, *, progress: Progress | None = Non
     key_src["window"] = asdict(params["window"])
     key_src["classes"] = list(params.get("classes", LESION_CLASSES))
     key_src["_phantom"], key_src["_version"] = phantom_version(), DATA_VERSION
+    key_src["_code"] = source_digest(*DATA_CODE)
     key = hashlib.sha256(json.dumps(key_src, sort_keys=True).encode()).hexdigest()[:20]
     path = Path(cache_dir).expanduser() / f"phantom-{key}.npz"
     if path.is_file() and path.with_suffix(".json").is_file():

@@ -1,29 +1,29 @@
 """``hepascope demo``: the whole product in one command, offline, on a CPU.
 
-Makes (or reuses from the cache) a phantom session and a trained, exported bimodal model,
-replays the session at its own 30 fps through the full pipeline with the overlay
-subscribed over loopback, and leaves ``overlay.mp4``, ``snapshot.png`` and ``report.json``
-in the output directory, with the live results' accuracy against the phantom's ground
-truth."""
+Makes (or reuses from the cache) three phantom sessions (six patients each, one per class)
+and takes the trained, exported bimodal model shipped in the package (``--retrain``: the
+same recipe trained again, see ``demo_model``). Replays the first session at its own
+30 fps through the full pipeline with the overlay subscribed over loopback, scores every
+frame of all three sessions in lockstep (18 patients; ``demo_score``), and leaves
+``overlay.mp4``, ``snapshot.png`` and ``report.json`` in the output directory."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from hepascope.stream.errors import HepascopeError
 
-SESSION_SEED = 7        # the demo's session; training cases come from a disjoint seed space
-SEGMENT_S = 6.0         # one patient every 6 s
-SEGMENTS = 6            # each lesion class once: 36 s at 30 fps
+SESSION_SEEDS = (7, 8, 9)  # scored sessions; training cases come from a disjoint seed space
+SEGMENT_S = 6.0         # one patient every 6 s (training cases match it: data.LIVE_SEGMENT_S)
+SEGMENTS = 6            # each lesion class once per session: 36 s at 30 fps
+SESSION_CODE = ("stream.phantom", "stream.video")  # what makes a session file
 
 
 def cache_dir() -> Path:
@@ -41,70 +41,34 @@ class ResultLog:
         self.results.append(msg)
 
 
-def ensure_session(cache: Path, console: Any) -> Path:
+def _write_session_job(job: tuple[str, int, float]) -> str:
+    """Worker: write one session (path, seed, segment seconds)."""
     from hepascope.stream.phantom.session import write_session
 
-    path = cache / f"session-s{SESSION_SEED}-{SEGMENTS}x{SEGMENT_S:g}s.mp4"
-    if not (path.is_file() and path.with_suffix(".truth.json").is_file()):
-        with console.status(f"writing the phantom session ({SEGMENTS * SEGMENT_S:g} s)..."):
-            write_session(path, seed=SESSION_SEED, seconds=SEGMENTS * SEGMENT_S,
-                          segment_s=SEGMENT_S)
+    path, seed, segment_s = job
+    tmp = Path(path).with_name(f".{Path(path).name}.{os.getpid()}.tmp.mp4")
+    write_session(tmp, seed=seed, seconds=SEGMENTS * segment_s, segment_s=segment_s)
+    os.replace(tmp.with_suffix(".truth.json"), Path(path).with_suffix(".truth.json"))
+    os.replace(tmp, path)
     return path
 
 
-def ensure_model(cache: Path, console: Any, *, cases_per_class: int, epochs: int,
-                 max_minutes: float) -> Path:
-    """The exported model directory, trained and exported on first use."""
-    from hepascope.train.checkpoint import CHECKPOINT_VERSION
-    from hepascope.train.data import (
-        WindowSpec,
-        cached_phantom_set,
-        make_specs,
-        phantom_set_arrays,
-        phantom_version,
-    )
-    from hepascope.train.export import export_checkpoint
-    from hepascope.train.trainer import TrainConfig, load_checkpoint, train
+def ensure_sessions(cache: Path, console: Any, seeds: Sequence[int] = SESSION_SEEDS,
+                    segment_s: float = SEGMENT_S) -> list[Path]:
+    """One phantom session per seed (SEGMENTS patients, one per class), cached under a key
+    of the phantom's and the video writer's source; missing ones written in parallel."""
+    from hepascope.train.data import source_digest
+    from hepascope.train.datasets.pool import map_pool
 
-    key = hashlib.sha256(json.dumps([phantom_version(), cases_per_class, epochs, max_minutes,
-                                     CHECKPOINT_VERSION],
-                                    sort_keys=True).encode()).hexdigest()[:12]
-    ckpt = cache / f"model-{key}"
-    onnx_dir = ckpt / "onnx"
-    if (onnx_dir / "head.onnx").is_file() and (onnx_dir / "model.json").is_file():
-        return onnx_dir
-    from hepascope.stream.config import load_config
-
-    specs = make_specs(load_config())
-    pset = cached_phantom_set(cache, n_cases_per_class=cases_per_class, window=WindowSpec(),
-                              specs=specs, seed=0, workers=os.cpu_count() or 1)
-    if not (ckpt / "model.json").is_file():
-        train(phantom_set_arrays(pset), TrainConfig(epochs=epochs, max_minutes=max_minutes),
-              ckpt, progress=True)
-    model, meta = load_checkpoint(ckpt)
-    with console.status("exporting ONNX graphs and checking parity..."):
-        report = export_checkpoint(model, meta, onnx_dir)  # weights too: --engine torch
-    console.print(f"exported to {onnx_dir} (max |torch - onnxruntime| "
-                  f"{report['max_abs_diff']:.1e})")
-    return onnx_dir
-
-
-def live_accuracy(results: list[dict[str, Any]], truth: dict[str, Any]) -> dict[str, Any]:
-    """Share of live results whose top label is the phantom's ground truth for that frame,
-    overall and per class."""
-    frames = truth["frames"]
-    fps = float(truth["fps"])
-    per: dict[str, list[bool]] = {}
-    for r in results:
-        if r.get("pts_s") is None:
-            continue
-        idx = min(round(r["pts_s"] * fps), len(frames) - 1)
-        label = frames[idx]["label"]
-        per.setdefault(label, []).append(r["top"] == label)
-    hits = [h for v in per.values() for h in v]
-    return {"accuracy": round(float(np.mean(hits)), 4) if hits else None,
-            "n": len(hits),
-            "per_class": {k: round(float(np.mean(v)), 4) for k, v in sorted(per.items())}}
+    key = source_digest(*SESSION_CODE)[:10]
+    paths = [cache / f"session-s{s}-{SEGMENTS}x{segment_s:g}s-{key}.mp4" for s in seeds]
+    todo = [(str(p), s, segment_s) for p, s in zip(paths, seeds, strict=True)
+            if not (p.is_file() and p.with_suffix(".truth.json").is_file())]
+    if todo:
+        with console.status(f"writing {len(todo)} phantom session(s) of "
+                            f"{SEGMENTS * segment_s:g} s..."):
+            map_pool(_write_session_job, todo, min(len(todo), os.cpu_count() or 1))
+    return paths
 
 
 def snapshot(overlay_mp4: Path, states_jsonl: Path, png: Path) -> int:
@@ -125,23 +89,14 @@ def snapshot(overlay_mp4: Path, states_jsonl: Path, png: Path) -> int:
     raise HepascopeError(f"{overlay_mp4} has no frame {want}")
 
 
-def run_demo(out: Path, *, cases_per_class: int = 64, epochs: int = 14,
-             max_minutes: float = 5.0) -> dict[str, Any]:
-    from rich.console import Console
-
+def _live_run(session: Path, model: Path, out: Path, console: Any) -> tuple[dict[str, Any],
+                                                                          list[dict[str, Any]]]:
+    """Replay ``session`` at its own 30 fps through the full pipeline with the overlay
+    subscribed over loopback; (pipeline summary + overlay figures, published results)."""
     from hepascope.stream.app import RunRequest, run_pipeline
     from hepascope.stream.config import load_config
     from hepascope.stream.overlay import run_overlay
 
-    console = Console(stderr=True)
-    t0 = time.monotonic()
-    out.mkdir(parents=True, exist_ok=True)
-    cache = cache_dir()
-    cache.mkdir(parents=True, exist_ok=True)
-    session = ensure_session(cache, console)
-    model = ensure_model(cache, console, cases_per_class=cases_per_class, epochs=epochs,
-                         max_minutes=max_minutes)
-    t_ready = time.monotonic()
     log = ResultLog()
     stop_overlay = threading.Event()
     overlay_out: dict[str, Any] = {}
@@ -161,31 +116,85 @@ def run_demo(out: Path, *, cases_per_class: int = 64, epochs: int = 14,
         overlay_out["_thread"] = thread
         time.sleep(0.5)  # PUB/SUB: let the overlay join before the first result
 
-    config = load_config()
     with console.status(f"replaying {session.name} at 30 fps through the pipeline..."):
         summary = run_pipeline(RunRequest(
-            source=str(session), model=model, config=config, publish="tcp://127.0.0.1:*",
+            source=str(session), model=model, config=load_config(), publish="tcp://127.0.0.1:*",
             listeners=(log,), on_bound=start_overlay))
         time.sleep(0.4)  # a few frames of STALE at the end, as the surgeon would see
         stop_overlay.set()
-        overlay_out.pop("_thread").join(timeout=30)
+        thread = overlay_out.pop("_thread", None)
+        if thread is not None:
+            thread.join(timeout=30)
     if overlay_err:
         raise overlay_err[0]
-    truth = json.loads(session.with_suffix(".truth.json").read_text())
-    acc = live_accuracy(log.results, truth)
+    summary["overlay"] = {k: v for k, v in overlay_out.items() if k != "out"}
+    return summary, log.results
+
+
+def _lockstep_scores(sessions: Sequence[Path], model: Path, labels: Sequence[str],
+                     console: Any) -> tuple[list[Any], dict[str, Any]]:
+    """Every frame of every session through the model in lockstep; (all frame scores,
+    figures per session)."""
+    from hepascope.stream.config import load_config
+    from hepascope.train.demo_score import frame_scores, load_truth, lockstep_session, score
+
+    rows: list[Any] = []
+    per: dict[str, Any] = {}
+    for path in sessions:
+        with console.status(f"scoring {path.name} in lockstep (every frame)..."):
+            res = lockstep_session(path, model, load_config())
+        r = frame_scores(res, load_truth(path), path.stem)
+        s = score(r, labels)
+        per[path.stem] = {k: v for k, v in s.items()
+                          if k not in ("per_patient", "confusion", "after_patient_change")}
+        rows += r
+    return rows, per
+
+
+def run_demo(out: Path, *, retrain: bool = False, recipe: Any = None,
+             session_seeds: Sequence[int] = SESSION_SEEDS,
+             segment_s: float = SEGMENT_S) -> dict[str, Any]:
+    """The demo: sessions and model (cached or packaged), the first session live through
+    the pipeline and overlay, every session scored in lockstep; writes report.json."""
+    from rich.console import Console
+
+    from hepascope.train.demo_model import ensure_model, verify_model
+    from hepascope.train.demo_score import frame_scores, load_truth, score
+
+    console = Console(stderr=True)
+    t0 = time.monotonic()
+    out.mkdir(parents=True, exist_ok=True)
+    cache = cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    sessions = ensure_sessions(cache, console, session_seeds, segment_s)
+    model = ensure_model(cache, console, retrain=retrain, recipe=recipe)
+    manifest = verify_model(model)
+    t_ready = time.monotonic()
+    summary, live_results = _live_run(sessions[0], model, out, console)
+    labels = tuple(live_results[0]["labels"]) if live_results else ()
+    live = score(frame_scores(live_results, load_truth(sessions[0]), sessions[0].stem), labels)
+    t_live = time.monotonic()
+    rows, per_session = _lockstep_scores(sessions, model, labels, console)
     snap = snapshot(out / "overlay.mp4", out / "overlay.mp4.jsonl", out / "snapshot.png")
     report = {
         "frames_in": summary["frames_in"], "frames_out": summary["frames_out"],
-        "dropped": summary["dropped"], "source_fps": truth["fps"],
+        "dropped": summary["dropped"], "source_fps": 30.0,
         "results_per_s": summary["results_per_s"],
         "latency_capture_to_publish_ms": {"p50": summary["latency_p50_ms"],
                                           "p99": summary["latency_p99_ms"],
                                           "max": summary["latency_max_ms"]},
         "stage_mean_ms": summary["stage_mean_ms"],
         "model": summary["model"], "model_dir": str(model), "engine": summary["engine"],
-        "live_accuracy": acc, "overlay": {k: v for k, v in overlay_out.items() if k != "out"},
-        "snapshot_frame": snap, "session": str(session),
-        "seconds": {"setup": round(t_ready - t0, 1), "total": round(time.monotonic() - t0, 1)},
+        "model_files_sha256": manifest["files"], "model_recipe": manifest.get("recipe"),
+        "scored": {"how": "lockstep replay of every frame (stream.replay), one ORT thread",
+                   **score(rows, labels)},
+        "per_session": per_session,
+        "live_accuracy": {"how": f"the live pipeline's results for {sessions[0].name}",
+                          **live},
+        "overlay": summary["overlay"], "snapshot_frame": snap,
+        "sessions": [str(p) for p in sessions],
+        "seconds": {"setup": round(t_ready - t0, 1), "live": round(t_live - t_ready, 1),
+                    "total": round(time.monotonic() - t0, 1)},
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                     "processor": platform.processor() or platform.machine()},
         "date": time.strftime("%Y-%m-%d"),
@@ -195,18 +204,32 @@ def run_demo(out: Path, *, cases_per_class: int = 64, epochs: int = 14,
     return report
 
 
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f} %"
+
+
 def _print_table(console: Any, r: dict[str, Any], out: Path) -> None:
     from rich.table import Table
 
     t = Table(title=f"hepascope demo -> {out}", show_header=False)
     lat = r["latency_capture_to_publish_ms"]
-    acc = r["live_accuracy"]
+    sc, live = r["scored"], r["live_accuracy"]
+    classes = ", ".join(f"{c} {_pct(v['accuracy_labelled'])}"
+                        for c, v in sc["per_class"].items())
     for k, v in (("model / engine", f"{r['model']} / {r['engine']}"),
                  ("frames in / out / dropped", f"{r['frames_in']} / {r['frames_out']} / "
                                                f"{r['dropped']}"),
                  ("results/s (source 30 fps)", f"{r['results_per_s']:.1f}"),
                  ("capture->publish p50 / p99", f"{lat['p50']:.1f} / {lat['p99']:.1f} ms"),
-                 ("live accuracy vs ground truth", f"{acc['accuracy']:.1%} of {acc['n']}"),
+                 ("scored (lockstep)", f"{sc['patients']} patients, {sc['sessions']} sessions, "
+                                       f"{sc['frames']} frames"),
+                 ("accuracy labelled / all frames", f"{_pct(sc['accuracy_labelled'])} / "
+                                                    f"{_pct(sc['accuracy_all'])}"),
+                 ("coverage (status ok)", _pct(sc["coverage"])),
+                 ("ECE (15 bins)", _pct(sc["ece"])),
+                 ("per class (labelled)", classes),
+                 ("live path, first session", f"{_pct(live['accuracy_labelled'])} of "
+                                              f"{live['frames']} results"),
                  ("seconds (setup / total)", f"{r['seconds']['setup']} / {r['seconds']['total']}")):
         t.add_row(k, v)
     console.print(t)

@@ -18,16 +18,25 @@ Sample = tuple[tuple[torch.Tensor, ...], int]
 class ArrayDataset(Dataset[Sample]):
     """``((inputs...), label)`` for samples ``indices`` of ``data``, as ``kind`` reads them:
     image ``(bmode (C,H,W),)``; clip ``(ceus as (C,T,h,w),)``; bimodal ``(bmode, ceus
-    (T,C,h,w))``. ``augment``: an ``Augment`` (own seeded generator; DataLoader workers 0)."""
+    (T,C,h,w))``. ``augment``: an ``Augment`` (own seeded generator; DataLoader workers 0).
+
+    ``partial_window``: the share of bimodal samples whose CEUS window is cut to its newest
+    m frames (m uniform in 1..T-1), the older slots repeating the oldest kept frame: what
+    the live window holds right after a scene cut resets it (the streamer repeats its
+    oldest feature until the window is full), so results can be trusted sooner."""
 
     def __init__(self, data: ArraySet, indices: np.ndarray | Sequence[int], kind: str, *,
-                 augment: Augment | None = None, seed: int = 0) -> None:
+                 augment: Augment | None = None, seed: int = 0,
+                 partial_window: float = 0.0) -> None:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        if not 0 <= partial_window <= 1:
+            raise ValueError(f"partial_window must be in [0, 1], got {partial_window}")
         if not data.supports(kind):
             raise ValueError(f"this data set has no {'CEUS' if data.ceus is None else 'B-mode'} "
                              f"view, which {kind} models need")
         self.data, self.kind, self.augment = data, kind, augment
+        self.partial_window = partial_window
         self.indices = np.asarray(indices, np.int64)
         self.rng = np.random.default_rng(seed)
         # normalised values of black (outside the image) and white, per view
@@ -46,6 +55,17 @@ class ArrayDataset(Dataset[Sample]):
             return np.asarray(arr, np.float32)
         return self.augment.apply(arr, geom, self.rng, *self.range[name])
 
+    def _cut_window(self, ceus: np.ndarray) -> np.ndarray:
+        """(T, C, h, w) -> the same with its oldest T - m frames replaced by frame T - m
+        (with probability ``partial_window``)."""
+        t = len(ceus)
+        if self.partial_window <= 0 or t < 2 or self.rng.random() >= self.partial_window:
+            return ceus
+        first = t - int(self.rng.integers(1, t))  # keep frames first..T-1 (m = T - first)
+        out = np.array(ceus, np.float32)
+        out[:first] = out[first]
+        return out
+
     def __getitem__(self, i: int) -> Sample:
         k = int(self.indices[i])
         geom = self.augment.draw(self.rng) if self.augment is not None else None
@@ -55,7 +75,7 @@ class ArrayDataset(Dataset[Sample]):
         if self.kind == "clip":
             xs.append(self._view("ceus", k, geom).transpose(1, 0, 2, 3))  # (C, T, h, w)
         elif self.kind == "bimodal":
-            xs.append(self._view("ceus", k, geom))
+            xs.append(self._cut_window(self._view("ceus", k, geom)))
         return tuple(torch.from_numpy(np.ascontiguousarray(x)) for x in xs), \
             int(self.data.labels[k])
 

@@ -1,7 +1,12 @@
 """Training of any registered model on an ``ArraySet``: patient-level validation split,
 class-balanced batches, SGD (momentum, S2) or AdamW with warmup + cosine, mixed precision on
-GPU, early stopping on validation loss, a time budget, deterministic seeds, resume, DDP
-under torchrun. Writes ``model.safetensors`` + ``model.json`` (see ``checkpoint``)."""
+GPU, early stopping on validation loss, resume, DDP under torchrun. Writes
+``model.safetensors`` + ``model.json`` (see ``checkpoint``).
+
+Reproducible runs: a step budget (``steps``: the learning-rate schedule spans exactly the
+steps taken, no early stop, no clock), fixed seeds, a fixed thread count and torch's
+deterministic algorithms give the same weights on the same machine every time. A time
+budget (``max_minutes``) cuts a run wherever the clock says: not reproducible."""
 
 from __future__ import annotations
 
@@ -37,6 +42,15 @@ from hepascope.train.evaluation.metrics import confusion as confusion_matrix
 from hepascope.train.models import create_model
 from hepascope.train.models.registry import model_kind
 from hepascope.train.samples import ArrayDataset, BalancedSampler, ShuffleSampler
+from hepascope.train.steps import (
+    Deterministic,
+    gather_states,
+    lr_lambda,
+    make_optimizer,
+    memory_format,
+    progress_bar,
+    to_device,
+)
 
 __all__ = ["TrainConfig", "TrainResult", "confusion_matrix", "evaluate", "load_checkpoint",
            "model_kwargs",
@@ -64,6 +78,11 @@ class TrainConfig:
     # loss swing with one over-confident mistake while the model is still improving.
     monitor: str = "balanced_accuracy"
     max_minutes: float | None = None
+    # step budget: optimizer steps in all (epochs = as many as that takes, the last one
+    # partial); the schedule spans exactly these steps and there is no early stopping
+    steps: int | None = None
+    deterministic: bool = True  # torch.use_deterministic_algorithms while training
+    partial_window: float = 0.0  # share of training windows cut short (samples.ArrayDataset)
     val_fraction: float = 0.25
     balanced: bool = True
     augment: bool = True
@@ -84,10 +103,16 @@ class TrainConfig:
             raise ValueError(f"num_threads must be >= 1, got {self.num_threads}")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ValueError(f"max_minutes must be > 0, got {self.max_minutes}")
+        if self.steps is not None and (self.steps < 1 or self.max_minutes is not None):
+            raise ValueError(f"steps must be >= 1 and exclude max_minutes (a step budget is "
+                             f"reproducible, a clock is not); got steps={self.steps}, "
+                             f"max_minutes={self.max_minutes}")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.monitor not in ("balanced_accuracy", "loss"):
             raise ValueError(f"monitor must be balanced_accuracy or loss, got {self.monitor!r}")
+        if not 0 <= self.partial_window <= 1:
+            raise ValueError(f"partial_window must be in [0, 1], got {self.partial_window}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
 
@@ -164,31 +189,6 @@ def evaluate(model: nn.Module, dataset: Dataset[Any], *, labels: Sequence[str] |
     return out
 
 
-def _lr_lambda(total: int, warmup: int) -> Any:
-    def f(step: int) -> float:
-        if step < warmup:
-            return 0.01 + 0.99 * step / warmup
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-    return f
-
-
-def _progress_bar(enabled: bool, console: Console) -> rp.Progress:
-    return rp.Progress(rp.TextColumn("{task.description}"), rp.BarColumn(),
-                       rp.MofNCompleteColumn(), rp.TextColumn("loss {task.fields[loss]:.3f}"),
-                       rp.TimeElapsedColumn(), rp.TextColumn("ETA"), rp.TimeRemainingColumn(),
-                       console=console, disable=not enabled)
-
-
-def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr)
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
-
-
 def _split(data: ArraySet, cfg: TrainConfig, train_idx: np.ndarray | None,
            val_idx: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     if train_idx is not None and val_idx is not None:
@@ -200,31 +200,29 @@ def _split(data: ArraySet, cfg: TrainConfig, train_idx: np.ndarray | None,
     return base[tr], base[va]
 
 
-def _memory_format(kind: str) -> torch.memory_format:
-    # channels_last: ~20% faster 2-D convolutions on CPU (oneDNN) and tensor cores on GPU
-    return torch.channels_last_3d if kind == "clip" else torch.channels_last
+@dataclass
+class _Run:
+    """What one training invocation works with (built by ``_setup``)."""
+
+    ctx: ddp.DistContext
+    kind: str
+    net: nn.Module
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    loader: DataLoader[Any]
+    sampler: BalancedSampler
+    train_ds: ArrayDataset
+    val_ds: ArrayDataset
+    total: int  # optimizer steps of the whole run
+    n_epochs: int
+    meta: dict[str, Any]
+    use_amp: bool
 
 
-def _to_device(x: torch.Tensor, kind: str, device: torch.device) -> torch.Tensor:
-    """Convolution inputs in the model's memory format (a bimodal CEUS window (B,T,C,h,w)
-    is flattened to frames inside the model: it stays contiguous)."""
-    if (x.ndim == 4 and kind != "clip") or (x.ndim == 5 and kind == "clip"):
-        return x.to(device, memory_format=_memory_format(kind))
-    return x.to(device)
-
-
-def train(data: ArraySet, cfg: TrainConfig, out_dir: str | Path, *,
-          train_idx: np.ndarray | None = None, val_idx: np.ndarray | None = None,
-          progress: bool = True, resume: bool = False,
-          stop_after: int | None = None) -> TrainResult:
-    """Train ``cfg.model`` on ``data[train_idx]`` (default: all but a patient-level
-    validation split), keep the best-by-validation-loss weights in ``out_dir``.
-
-    ``resume`` continues from ``out_dir/resume``; ``stop_after`` ends this invocation after
-    that many epochs (a job under a wall-time limit), resumable to the same weights. Under
-    torchrun each rank trains on its shard of every epoch; rank 0 writes."""
-    t_start = time.monotonic()
-    out, console = Path(out_dir), Console()
+def _setup(data: ArraySet, cfg: TrainConfig, train_idx: np.ndarray | None,
+           val_idx: np.ndarray | None) -> _Run:
     ctx = ddp.init_distributed(cfg.device)
     kind = model_kind(cfg.model)
     torch.manual_seed(cfg.seed)
@@ -232,7 +230,7 @@ def train(data: ArraySet, cfg: TrainConfig, out_dir: str | Path, *,
     torch.set_num_threads(cfg.num_threads or max(1, (os.cpu_count() or 1) // ctx.world))
     tr_idx, va_idx = _split(data, cfg, train_idx, val_idx)
     train_ds = ArrayDataset(data, tr_idx, kind, augment=Augment() if cfg.augment else None,
-                            seed=cfg.seed + 7919 * ctx.rank)
+                            seed=cfg.seed + 7919 * ctx.rank, partial_window=cfg.partial_window)
     val_ds = ArrayDataset(data, va_idx, kind)
     sampler_cls = BalancedSampler if cfg.balanced else ShuffleSampler
     sampler = sampler_cls(train_ds.labels(), cfg.seed, rank=ctx.rank, world=ctx.world)
@@ -243,77 +241,120 @@ def train(data: ArraySet, cfg: TrainConfig, out_dir: str | Path, *,
         raise DataError(f"{len(train_ds)} training samples: nothing to train on")
     kwargs = {**model_kwargs(data, kind), **dict(cfg.model_args)}
     net = create_model(cfg.model, **kwargs).to(ctx.device)
-    net.to(memory_format=_memory_format(kind))  # type: ignore[call-overload]
-    model = ddp.wrap(net, ctx)
-    opt = _optimizer(net, cfg)
-    total = cfg.epochs * len(loader)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, int(cfg.warmup_frac * total)))
+    net.to(memory_format=memory_format(kind))
+    opt = make_optimizer(net, cfg)
+    total = cfg.steps if cfg.steps is not None else cfg.epochs * len(loader)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total, int(cfg.warmup_frac * total)))
     use_amp = cfg.amp and ctx.device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    return _Run(ctx, kind, net, ddp.wrap(net, ctx), opt, sched,
+                torch.amp.GradScaler("cuda", enabled=use_amp), loader, sampler, train_ds,
+                val_ds, total, math.ceil(total / len(loader)),
+                _meta(cfg, kind, kwargs, data, tr_idx, va_idx, ctx), use_amp)
+
+
+def _train_epoch(run: _Run, cfg: TrainConfig, bar: rp.Progress, epoch: int,
+                 deadline: float | None) -> tuple[float, bool]:
+    """One pass over the loader (cut at the step budget); (mean loss, out of time)."""
+    run.model.train()
+    steps = min(len(run.loader), run.total - run.sched.last_epoch)
+    task = bar.add_task(f"epoch {epoch}/{run.n_epochs}", total=steps, loss=0.0)
+    run_loss, n_steps = 0.0, 0
+    for xs, y in run.loader:
+        xs = tuple(to_device(x, run.kind, run.ctx.device) for x in xs)
+        with torch.autocast(run.ctx.device.type, torch.float16, enabled=run.use_amp):
+            loss = F.cross_entropy(run.model(*xs), y.to(run.ctx.device),
+                                   label_smoothing=cfg.label_smoothing)
+        run.opt.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        run.scaler.step(run.opt)
+        run.scaler.update()
+        run.sched.step()
+        run_loss, n_steps = run_loss + loss.item(), n_steps + 1
+        bar.update(task, advance=1, loss=run_loss / n_steps)
+        if deadline is not None and ddp.any_rank(time.monotonic() > deadline, run.ctx):
+            return run_loss / n_steps, True
+        if run.sched.last_epoch >= run.total:
+            break
+    return run_loss / n_steps, False
+
+
+def train(data: ArraySet, cfg: TrainConfig, out_dir: str | Path, *,
+          train_idx: np.ndarray | None = None, val_idx: np.ndarray | None = None,
+          progress: bool = True, resume: bool = False,
+          stop_after: int | None = None) -> TrainResult:
+    """Train ``cfg.model`` on ``data[train_idx]`` (default: all but a patient-level
+    validation split), keep the best-by-validation weights in ``out_dir``.
+
+    ``resume`` continues from ``out_dir/resume``; ``stop_after`` ends this invocation after
+    that many epochs (a job under a wall-time limit), resumable to the same weights. Under
+    torchrun each rank trains on its shard of every epoch; rank 0 writes."""
+    with Deterministic(cfg.deterministic):
+        return _train(data, cfg, Path(out_dir), train_idx, val_idx, progress, resume,
+                      stop_after)
+
+
+def _train(data: ArraySet, cfg: TrainConfig, out: Path, train_idx: np.ndarray | None,
+           val_idx: np.ndarray | None, progress: bool, resume: bool,
+           stop_after: int | None) -> TrainResult:
+    t_start, console = time.monotonic(), Console()
+    run = _setup(data, cfg, train_idx, val_idx)
+    ctx = run.ctx
     res = TrainResult(out, {})
     best_score, first = (-math.inf, -math.inf), 1
     if resume:
-        st = load_resume(out, model=net, optimizer=opt, scheduler=sched)
+        st = load_resume(out, model=run.net, optimizer=run.opt, scheduler=run.sched)
         first, best_score = st["epoch"] + 1, tuple(st["best_score"])
         res.history, res.best_epoch = st["history"], st["best_epoch"]
-        sampler.rng.bit_generator.state = st["sampler_rng"]
-        train_ds.rng.bit_generator.state = st["augment_rng"][ctx.rank]
+        run.sampler.rng.bit_generator.state = st["sampler_rng"]
+        run.train_ds.rng.bit_generator.state = st["augment_rng"][ctx.rank]
     deadline = None if cfg.max_minutes is None else t_start + 60 * cfg.max_minutes
-    last = cfg.epochs if stop_after is None else min(cfg.epochs, first + stop_after - 1)
-    meta = _meta(cfg, kind, kwargs, data, tr_idx, va_idx, ctx)
-    with _progress_bar(progress and ctx.is_main, console) as bar:
+    last = run.n_epochs if stop_after is None else min(run.n_epochs, first + stop_after - 1)
+    with progress_bar(progress and ctx.is_main, console) as bar:
         for epoch in range(first, last + 1):
-            model.train()
-            task = bar.add_task(f"epoch {epoch}/{cfg.epochs}", total=len(loader), loss=0.0)
-            run_loss, n_steps, t_ep = 0.0, 0, time.monotonic()
-            for xs, y in loader:
-                xs = tuple(_to_device(x, kind, ctx.device) for x in xs)
-                with torch.autocast(ctx.device.type, torch.float16, enabled=use_amp):
-                    loss = F.cross_entropy(model(*xs), y.to(ctx.device),
-                                           label_smoothing=cfg.label_smoothing)
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-                sched.step()
-                run_loss, n_steps = run_loss + loss.item(), n_steps + 1
-                bar.update(task, advance=1, loss=run_loss / n_steps)
-                if deadline is not None and ddp.any_rank(time.monotonic() > deadline, ctx):
-                    res.stopped = "time"
-                    break
-            ddp.sync_buffers(net, ctx)
-            m = evaluate(net, val_ds, device=ctx.device)
-            res.history.append({"epoch": epoch, "train_loss": run_loss / n_steps,
-                                "val_loss": m["loss"], "val_accuracy": m["accuracy"],
+            t_ep = time.monotonic()
+            train_loss, late = _train_epoch(run, cfg, bar, epoch, deadline)
+            if late:
+                res.stopped = "time"
+            ddp.sync_buffers(run.net, ctx)
+            m = evaluate(run.net, run.val_ds, device=ctx.device)
+            res.history.append({"epoch": epoch, "step": run.sched.last_epoch,
+                                "train_loss": train_loss, "val_loss": m["loss"],
+                                "val_accuracy": m["accuracy"],
                                 "seconds": time.monotonic() - t_ep})
             res.epochs_run = epoch
             if progress and ctx.is_main:
-                console.print(f"epoch {epoch}: train loss {run_loss / n_steps:.3f}  val loss "
-                              f"{m['loss']:.3f}  val acc {m['accuracy']:.3f}  "
-                              f"({time.monotonic() - t_ep:.0f} s)")
+                console.print(f"epoch {epoch} (step {run.sched.last_epoch}/{run.total}): train "
+                              f"loss {train_loss:.3f}  val loss {m['loss']:.3f}  val acc "
+                              f"{m['accuracy']:.3f}  ({time.monotonic() - t_ep:.0f} s)")
             score = _score(m, cfg.monitor)
             if score > best_score:
                 best_score, res.best_epoch, res.metrics = score, epoch, m
                 if ctx.is_main:
-                    save_model(out, net, {**meta, "metrics": _val_metrics(m, data, va_idx)})
-            elif epoch - res.best_epoch >= cfg.patience and epoch < cfg.epochs:
+                    save_model(out, run.net, {**run.meta, "metrics": _val_metrics(
+                        m, data, run.val_ds.indices)})
+            elif (cfg.steps is None and epoch - res.best_epoch >= cfg.patience
+                  and epoch < run.n_epochs):
                 res.stopped = "early"
-            if ctx.is_main:
-                save_resume(out, model=net, optimizer=opt, scheduler=sched, extra={
-                    "epoch": epoch, "best_score": list(best_score),
-                    "best_epoch": res.best_epoch,
-                    "history": res.history, "sampler_rng": sampler.rng.bit_generator.state,
-                    "augment_rng": _gather_states(train_ds.rng, ctx)})
-            else:
-                _gather_states(train_ds.rng, ctx)
+            _save_state(out, run, epoch, best_score, res)
             if res.stopped != "epochs":
                 break
-    if res.stopped == "epochs" and last < cfg.epochs:
+    if res.stopped == "epochs" and last < run.n_epochs:
         res.stopped = "paused"
     res.seconds = time.monotonic() - t_start
-    res.weights_sha256 = ddp.weights_digest(net)
+    res.weights_sha256 = ddp.weights_digest(run.net)
     _finish(out, res, ctx)
     return res
+
+
+def _save_state(out: Path, run: _Run, epoch: int, best_score: tuple[float, float],
+                res: TrainResult) -> None:
+    """The resume point after ``epoch`` (rank 0 writes; every rank joins the gather)."""
+    states = gather_states(run.train_ds.rng, run.ctx)
+    if run.ctx.is_main:
+        save_resume(out, model=run.net, optimizer=run.opt, scheduler=run.sched, extra={
+            "epoch": epoch, "best_score": list(best_score), "best_epoch": res.best_epoch,
+            "history": res.history, "sampler_rng": run.sampler.rng.bit_generator.state,
+            "augment_rng": states})
 
 
 def _score(m: dict[str, Any], monitor: str) -> tuple[float, float]:
@@ -323,16 +364,6 @@ def _score(m: dict[str, Any], monitor: str) -> tuple[float, float]:
         return (-m["loss"], 0.0)
     sens = [v for v in m["sensitivity"].values() if v is not None]
     return (float(np.mean(sens)) if sens else 0.0, -m["loss"])
-
-
-def _gather_states(rng: np.random.Generator, ctx: ddp.DistContext) -> list[Any]:
-    """Every rank's augmentation generator state (for resume), collected on all ranks."""
-    state = rng.bit_generator.state
-    if not ctx.enabled:
-        return [state]
-    states: list[Any] = [None] * ctx.world
-    torch.distributed.all_gather_object(states, state)
-    return states
 
 
 def _meta(cfg: TrainConfig, kind: str, kwargs: dict[str, Any], data: ArraySet,

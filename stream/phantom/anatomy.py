@@ -22,6 +22,10 @@ from hepascope.stream.phantom.polar import TISSUE_MARGIN, PolarGrid
 ALPHA_LIVER_DB_PX = 0.15  # two-way attenuation of normal liver, dB per view px (TGC undoes it)
 FAT_BRIGHT_DB = (0.0, 4.0, 7.0, 10.0)  # echogenicity increase per fatty grade
 FAT_ALPHA_GAIN = (0.0, 0.22, 0.45, 0.7)  # relative extra attenuation per fatty grade
+# Share of a fatty liver's extra attenuation that the sonographer's depth gain (TGC) takes
+# back: a fatty liver still darkens with depth (the steatosis sign) but deep lesions stay
+# visible, as on a scan set up for that liver.
+FAT_TGC_SHARE = 0.5
 ALPHA_FLUID_DB_PX = 0.01
 
 

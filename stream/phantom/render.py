@@ -18,7 +18,12 @@ from typing import Any
 import cv2
 import numpy as np
 
-from hepascope.stream.phantom.anatomy import ALPHA_LIVER_DB_PX, build_tissue
+from hepascope.stream.phantom.anatomy import (
+    ALPHA_LIVER_DB_PX,
+    FAT_ALPHA_GAIN,
+    FAT_TGC_SHARE,
+    build_tissue,
+)
 from hepascope.stream.phantom.ceus import ceus_phase, enhancement
 from hepascope.stream.phantom.overlay import draw_timer, static_overlay
 from hepascope.stream.phantom.patient import PhantomCase
@@ -50,9 +55,11 @@ class Phantom:
                                       margin=(0, 0), lateral_px=(0.9, 1.8))
         self._next = 0
         self._beam_px_mid = float(grid.beam_px()[grid.n_depth // 2])
-        # TGC undoes normal-liver attenuation; slight near-field roll-off as on scanners
+        # TGC undoes normal-liver attenuation and part of a fatty liver's extra attenuation
+        # (FAT_TGC_SHARE); slight near-field roll-off as on scanners
         depth_px = (grid.r - grid.r[0]).astype(np.float32)
-        tgc = ALPHA_LIVER_DB_PX * depth_px - 3.0 * np.exp(-depth_px / 25.0)
+        alpha_tgc = ALPHA_LIVER_DB_PX * (1 + FAT_TGC_SHARE * FAT_ALPHA_GAIN[case.fatty_grade])
+        tgc = alpha_tgc * depth_px - 3.0 * np.exp(-depth_px / 25.0)
         self._tgc = (tgc + case.gain_db).astype(np.float32)[:, None]
         self._overlay = static_overlay()
         self.last_envelope: np.ndarray | None = None  # B-mode polar envelope (before log)

@@ -1,0 +1,230 @@
+"""The demo's model: the trained, exported lite bimodal model shipped in the package
+(``train/demo_model/``, with a manifest of its files' SHA-256 and the recipe that made it),
+or, with ``--retrain``, the same recipe trained again into the cache.
+
+Training is reproducible: a step budget (no clock), fixed seeds, a fixed thread count and
+deterministic algorithms give the same weights on the same machine (same torch build and
+CPU kind; another ISA may round differently). The cache key covers the recipe and the
+source of every module that made the artifact (data, phantom, preprocessing, trainer,
+models, export), so a code change retrains instead of reusing a stale model."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hepascope.stream.errors import ModelError
+
+PACKAGED = Path(__file__).resolve().parent / "demo_model"
+MANIFEST = "manifest.json"
+MANIFEST_VERSION = 1
+GRAPHS = ("bmode_encoder.onnx", "ceus_encoder.onnx", "head.onnx")
+TRAIN_CODE = ("train.trainer", "train.steps", "train.samples", "train.augment", "train.models",
+              "train.export", "train.checkpoint", "train.demo_model", "train.datasets")
+RETRAIN_COMMAND = "hepascope demo --retrain"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that decides the demo model's weights (with the code and torch build)."""
+
+    cases_per_class: int = 480
+    seconds_per_case: float = 3.0
+    data_seed: int = 0
+    model: str = "bimodal_resnet18_lite"
+    steps: int = 4800
+    batch_size: int = 32
+    lr: float = 2e-3
+    seed: int = 0
+    threads: int = 1
+    partial_window: float = 0.3
+    val_fraction: float = 0.25
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_model(directory: Path) -> dict[str, Any]:
+    """The manifest of an exported demo model, after checking that every graph it lists is
+    there with the SHA-256 it records (``ModelError`` otherwise)."""
+    try:
+        manifest: dict[str, Any] = json.loads((directory / MANIFEST).read_text())
+        files: dict[str, str] = manifest["files"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ModelError(f"{directory}: no readable {MANIFEST} ({e!r})") from e
+    for name in GRAPHS:
+        path = directory / name
+        if name not in files or not path.is_file():
+            raise ModelError(f"{directory}: {name} missing (manifest lists {sorted(files)})")
+        got = file_sha256(path)
+        if got != files[name]:
+            raise ModelError(f"{path}: SHA-256 {got[:12]}... differs from the manifest's "
+                             f"{files[name][:12]}...: the file was changed or damaged")
+    return manifest
+
+
+def model_key(recipe: Recipe) -> str:
+    """Cache key of a trained demo model: recipe, code of everything that made it, torch."""
+    import torch
+
+    from hepascope.train.data import DATA_CODE, DATA_VERSION, source_digest
+
+    src = {"recipe": asdict(recipe), "code": source_digest(*DATA_CODE, *TRAIN_CODE),
+           "data_version": DATA_VERSION, "torch": torch.__version__}
+    return hashlib.sha256(json.dumps(src, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def fit_temperature(probs: np.ndarray, y: np.ndarray) -> float:
+    """The temperature T minimising the negative log-likelihood of softmax(log p / T) on
+    held-out (probs, labels): a golden-section search over log T in [log 0.05, log 20].
+    Private stand-in until train/evaluation/calibration.py lands (the integrator swaps it)."""
+    logp = np.log(np.clip(probs, 1e-12, 1.0))
+
+    def nll(log_t: float) -> float:
+        z = logp / np.exp(log_t)
+        z -= z.max(axis=1, keepdims=True)
+        lse = np.log(np.exp(z).sum(axis=1))
+        return float(np.mean(lse - z[np.arange(len(y)), y]))
+
+    lo, hi = np.log(0.05), np.log(20.0)
+    g = (np.sqrt(5) - 1) / 2
+    a, b = hi - g * (hi - lo), lo + g * (hi - lo)
+    for _ in range(60):
+        if nll(a) < nll(b):
+            hi, b = b, a
+            a = hi - g * (hi - lo)
+        else:
+            lo, a = a, b
+            b = lo + g * (hi - lo)
+    return float(np.exp((lo + hi) / 2))
+
+
+def _training_arrays(recipe: Recipe, cache: Path) -> Any:
+    """The recipe's phantom set (cached) as the trainer's windows (the frame set itself is
+    dropped on return: the windows are what training holds in memory)."""
+    from hepascope.stream.config import load_config
+    from hepascope.train.data import (
+        WindowSpec,
+        cached_phantom_set,
+        make_specs,
+        phantom_set_arrays,
+    )
+
+    pset = cached_phantom_set(cache, n_cases_per_class=recipe.cases_per_class,
+                              seconds_per_case=recipe.seconds_per_case, window=WindowSpec(),
+                              specs=make_specs(load_config()), seed=recipe.data_seed,
+                              workers=os.cpu_count() or 1)
+    return phantom_set_arrays(pset)
+
+
+def _train_and_export(ckpt: Path, recipe: Recipe, cache: Path, console: Any) -> Path:
+    """Build the phantom set, train, export, fit the temperature, write the manifest."""
+    from hepascope.train.export import export_checkpoint
+    from hepascope.train.trainer import TrainConfig, load_checkpoint, train
+
+    data = _training_arrays(recipe, cache)
+    cfg = TrainConfig(model=recipe.model, steps=recipe.steps, batch_size=recipe.batch_size,
+                      lr=recipe.lr, seed=recipe.seed, num_threads=recipe.threads,
+                      partial_window=recipe.partial_window, val_fraction=recipe.val_fraction,
+                      device="cpu")
+    if not _finished(ckpt):  # a run that ended before its export is not trained again
+        # a run cut short (killed) goes on from its last epoch: the same weights as in one go
+        resume = (ckpt / "resume" / "state.json").is_file()
+        if resume:
+            console.print(f"resuming the interrupted training run in {ckpt}")
+        train(data, cfg, ckpt, progress=True, resume=resume)
+    model, meta = load_checkpoint(ckpt)
+    temperature = _validation_temperature(model, data, recipe)
+    onnx_dir = ckpt / "onnx"
+    with console.status("exporting ONNX graphs and checking parity..."):
+        report = export_checkpoint(model, meta, onnx_dir)
+    (onnx_dir / "model.safetensors").unlink(missing_ok=True)  # the graphs are what ships
+    (onnx_dir / "model.json").unlink(missing_ok=True)
+    set_temperature(onnx_dir / "head.onnx", temperature)
+    write_manifest(onnx_dir, recipe, meta, temperature, report["max_abs_diff"])
+    return onnx_dir
+
+
+def _finished(ckpt: Path) -> bool:
+    """Whether ``ckpt`` holds a training run that used its whole step budget."""
+    try:
+        return bool(json.loads((ckpt / "model.json").read_text())["train"]["stopped"]
+                    == "epochs")
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _validation_temperature(model: Any, data: Any, recipe: Recipe) -> float:
+    """The temperature fitted on the trainer's validation patients (its split, re-derived)."""
+    from hepascope.train.evaluation.folds import holdout_split
+    from hepascope.train.samples import ArrayDataset
+    from hepascope.train.trainer import predict
+
+    _, va = holdout_split(data.labels, data.groups, recipe.val_fraction, recipe.seed)
+    y, p = predict(model, ArrayDataset(data, va, "bimodal"))
+    return fit_temperature(p, y)
+
+
+def set_temperature(head: Path, temperature: float) -> None:
+    """Record ``hepascope.temperature`` in the head graph's metadata (the live path divides
+    the log-probabilities by it)."""
+    import onnx
+
+    m = onnx.load(str(head))
+    props = {p.key: p.value for p in m.metadata_props}
+    props["hepascope.temperature"] = json.dumps(round(temperature, 6))
+    del m.metadata_props[:]
+    for k, v in props.items():
+        m.metadata_props.add(key=k, value=v)
+    onnx.save(m, str(head))
+
+
+def write_manifest(directory: Path, recipe: Recipe, meta: dict[str, Any], temperature: float,
+                   parity: float) -> dict[str, Any]:
+    """``manifest.json``: files' SHA-256, recipe, seeds, the command that rebuilds it."""
+    import torch
+
+    from hepascope.train.data import DATA_CODE, source_digest
+
+    tr = meta.get("train", {})
+    manifest = {
+        "version": MANIFEST_VERSION, "command": RETRAIN_COMMAND, "recipe": asdict(recipe),
+        "files": {n: file_sha256(directory / n) for n in GRAPHS},
+        "torch": torch.__version__, "code": source_digest(*DATA_CODE, *TRAIN_CODE),
+        "temperature": round(temperature, 6), "export_max_abs_diff": parity,
+        "train": {"seconds": tr.get("seconds"), "best_epoch": tr.get("best_epoch"),
+                  "epochs_run": tr.get("epochs_run"), "n_train_patients":
+                  tr.get("n_train_patients"), "n_val_patients": tr.get("n_val_patients")},
+        "validation": meta.get("metrics", {}),
+    }
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def ensure_model(cache: Path, console: Any, *, retrain: bool = False,
+                 recipe: Recipe | None = None) -> Path:
+    """The demo model's directory: the packaged one (checked against its manifest), or with
+    ``retrain`` (or no packaged model) the recipe trained into ``cache/model-<key>``."""
+    if not retrain and (PACKAGED / MANIFEST).is_file():
+        verify_model(PACKAGED)
+        return PACKAGED
+    recipe = recipe or Recipe()
+    ckpt = cache / f"model-{model_key(recipe)}"
+    onnx_dir = ckpt / "onnx"
+    if (onnx_dir / MANIFEST).is_file():
+        verify_model(onnx_dir)
+        return onnx_dir
+    console.print(f"training the demo model ({recipe.steps} steps, {recipe.threads} threads, "
+                  f"seed {recipe.seed}) into {ckpt}")
+    return _train_and_export(ckpt, recipe, cache, console)

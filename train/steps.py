@@ -1,0 +1,86 @@
+"""The mechanics of a training step, apart from what is trained: learning-rate schedule,
+optimizer, memory format, the progress bar, deterministic algorithms, per-rank generator
+states for resume."""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import numpy as np
+import torch
+from rich import progress as rp
+from rich.console import Console
+from torch import nn
+
+from hepascope.train import distributed as ddp
+
+
+def lr_lambda(total: int, warmup: int) -> Any:
+    def f(step: int) -> float:
+        if step < warmup:
+            return 0.01 + 0.99 * step / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+    return f
+
+
+def progress_bar(enabled: bool, console: Console) -> rp.Progress:
+    return rp.Progress(rp.TextColumn("{task.description}"), rp.BarColumn(),
+                       rp.MofNCompleteColumn(), rp.TextColumn("loss {task.fields[loss]:.3f}"),
+                       rp.TimeElapsedColumn(), rp.TextColumn("ETA"), rp.TimeRemainingColumn(),
+                       console=console, disable=not enabled)
+
+
+def make_optimizer(model: nn.Module, cfg: Any) -> torch.optim.Optimizer:
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
+
+
+def memory_format(kind: str) -> torch.memory_format:
+    # channels_last: ~20% faster 2-D convolutions on CPU (oneDNN) and tensor cores on GPU
+    return torch.channels_last_3d if kind == "clip" else torch.channels_last
+
+
+def to_device(x: torch.Tensor, kind: str, device: torch.device) -> torch.Tensor:
+    """Convolution inputs in the model's memory format (a bimodal CEUS window (B,T,C,h,w)
+    is flattened to frames inside the model: it stays contiguous)."""
+    if (x.ndim == 4 and kind != "clip") or (x.ndim == 5 and kind == "clip"):
+        return x.to(device, memory_format=memory_format(kind))
+    return x.to(device)
+
+
+class Deterministic:
+    """``torch.use_deterministic_algorithms`` (warn-only where an op has no deterministic
+    kernel) for the block, restored after it."""
+
+    def __init__(self, on: bool) -> None:
+        self.on = on
+        self.before = (torch.are_deterministic_algorithms_enabled(),
+                       torch.is_deterministic_algorithms_warn_only_enabled(),
+                       torch.backends.cudnn.benchmark)
+
+    def __enter__(self) -> None:
+        if self.on:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+
+    def __exit__(self, *exc: object) -> None:
+        torch.use_deterministic_algorithms(self.before[0], warn_only=self.before[1])
+        torch.backends.cudnn.benchmark = self.before[2]
+
+
+def gather_states(rng: np.random.Generator, ctx: ddp.DistContext) -> list[Any]:
+    """Every rank's augmentation generator state (for resume), collected on all ranks."""
+    state = rng.bit_generator.state
+    if not ctx.enabled:
+        return [state]
+    states: list[Any] = [None] * ctx.world
+    torch.distributed.all_gather_object(states, state)
+    return states
