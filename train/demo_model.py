@@ -17,8 +17,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from hepascope.stream.errors import ModelError
 
 PACKAGED = Path(__file__).resolve().parent / "demo_model"
@@ -45,6 +43,8 @@ class Recipe:
     threads: int = 1
     partial_window: float = 0.3
     val_fraction: float = 0.25
+    # selective accuracy the abstention threshold is chosen for (validation windows)
+    target_accuracy: float = 0.97
 
 
 def file_sha256(path: Path) -> str:
@@ -85,31 +85,6 @@ def model_key(recipe: Recipe) -> str:
     return hashlib.sha256(json.dumps(src, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def fit_temperature(probs: np.ndarray, y: np.ndarray) -> float:
-    """The temperature T minimising the negative log-likelihood of softmax(log p / T) on
-    held-out (probs, labels): a golden-section search over log T in [log 0.05, log 20].
-    Private stand-in until train/evaluation/calibration.py lands (the integrator swaps it)."""
-    logp = np.log(np.clip(probs, 1e-12, 1.0))
-
-    def nll(log_t: float) -> float:
-        z = logp / np.exp(log_t)
-        z -= z.max(axis=1, keepdims=True)
-        lse = np.log(np.exp(z).sum(axis=1))
-        return float(np.mean(lse - z[np.arange(len(y)), y]))
-
-    lo, hi = np.log(0.05), np.log(20.0)
-    g = (np.sqrt(5) - 1) / 2
-    a, b = hi - g * (hi - lo), lo + g * (hi - lo)
-    for _ in range(60):
-        if nll(a) < nll(b):
-            hi, b = b, a
-            a = hi - g * (hi - lo)
-        else:
-            lo, a = a, b
-            b = lo + g * (hi - lo)
-    return float(np.exp((lo + hi) / 2))
-
-
 def _training_arrays(recipe: Recipe, cache: Path) -> Any:
     """The recipe's phantom set (cached) as the trainer's windows (the frame set itself is
     dropped on return: the windows are what training holds in memory)."""
@@ -129,7 +104,9 @@ def _training_arrays(recipe: Recipe, cache: Path) -> Any:
 
 
 def _train_and_export(ckpt: Path, recipe: Recipe, cache: Path, console: Any) -> Path:
-    """Build the phantom set, train, export, fit the temperature, write the manifest."""
+    """Build the phantom set, train, calibrate on the validation patients, export (the
+    temperature and abstention threshold ride in the graphs' metadata), write the manifest."""
+    from hepascope.train.calibrate import calibrate_checkpoint
     from hepascope.train.export import export_checkpoint
     from hepascope.train.trainer import TrainConfig, load_checkpoint, train
 
@@ -144,15 +121,15 @@ def _train_and_export(ckpt: Path, recipe: Recipe, cache: Path, console: Any) -> 
         if resume:
             console.print(f"resuming the interrupted training run in {ckpt}")
         train(data, cfg, ckpt, progress=True, resume=resume)
+    with console.status("calibrating on the validation patients..."):
+        calibration = calibrate_checkpoint(ckpt, data, cfg, recipe.target_accuracy)
     model, meta = load_checkpoint(ckpt)
-    temperature = _validation_temperature(model, data, recipe)
     onnx_dir = ckpt / "onnx"
     with console.status("exporting ONNX graphs and checking parity..."):
         report = export_checkpoint(model, meta, onnx_dir)
     (onnx_dir / "model.safetensors").unlink(missing_ok=True)  # the graphs are what ships
     (onnx_dir / "model.json").unlink(missing_ok=True)
-    set_temperature(onnx_dir / "head.onnx", temperature)
-    write_manifest(onnx_dir, recipe, meta, temperature, report["max_abs_diff"])
+    write_manifest(onnx_dir, recipe, meta, calibration, report["max_abs_diff"])
     return onnx_dir
 
 
@@ -165,34 +142,10 @@ def _finished(ckpt: Path) -> bool:
         return False
 
 
-def _validation_temperature(model: Any, data: Any, recipe: Recipe) -> float:
-    """The temperature fitted on the trainer's validation patients (its split, re-derived)."""
-    from hepascope.train.evaluation.folds import holdout_split
-    from hepascope.train.samples import ArrayDataset
-    from hepascope.train.trainer import predict
-
-    _, va = holdout_split(data.labels, data.groups, recipe.val_fraction, recipe.seed)
-    y, p = predict(model, ArrayDataset(data, va, "bimodal"))
-    return fit_temperature(p, y)
-
-
-def set_temperature(head: Path, temperature: float) -> None:
-    """Record ``hepascope.temperature`` in the head graph's metadata (the live path divides
-    the log-probabilities by it)."""
-    import onnx
-
-    m = onnx.load(str(head))
-    props = {p.key: p.value for p in m.metadata_props}
-    props["hepascope.temperature"] = json.dumps(round(temperature, 6))
-    del m.metadata_props[:]
-    for k, v in props.items():
-        m.metadata_props.add(key=k, value=v)
-    onnx.save(m, str(head))
-
-
-def write_manifest(directory: Path, recipe: Recipe, meta: dict[str, Any], temperature: float,
-                   parity: float) -> dict[str, Any]:
-    """``manifest.json``: files' SHA-256, recipe, seeds, the command that rebuilds it."""
+def write_manifest(directory: Path, recipe: Recipe, meta: dict[str, Any],
+                   calibration: dict[str, Any], parity: float) -> dict[str, Any]:
+    """``manifest.json``: files' SHA-256, recipe, seeds, calibration, the command that
+    rebuilds it."""
     import torch
 
     from hepascope.train.data import DATA_CODE, source_digest
@@ -202,7 +155,9 @@ def write_manifest(directory: Path, recipe: Recipe, meta: dict[str, Any], temper
         "version": MANIFEST_VERSION, "command": RETRAIN_COMMAND, "recipe": asdict(recipe),
         "files": {n: file_sha256(directory / n) for n in GRAPHS},
         "torch": torch.__version__, "code": source_digest(*DATA_CODE, *TRAIN_CODE),
-        "temperature": round(temperature, 6), "export_max_abs_diff": parity,
+        "temperature": round(float(calibration["temperature"]), 6),
+        "abstain_threshold": round(float(calibration["abstain_threshold"]), 6),
+        "calibration": calibration, "export_max_abs_diff": parity,
         "train": {"seconds": tr.get("seconds"), "best_epoch": tr.get("best_epoch"),
                   "epochs_run": tr.get("epochs_run"), "n_train_patients":
                   tr.get("n_train_patients"), "n_val_patients": tr.get("n_val_patients")},
