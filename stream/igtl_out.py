@@ -138,13 +138,14 @@ class IgtlServer:
 
     def on_result(self, msg: dict[str, Any]) -> None:
         """Queue ``msg`` for every client; never waits for one."""
+        with self._lock:
+            if not self._clients:  # nobody to tell: not even packed
+                self.no_client += 1
+                return
         packed = self._pyigtl.StringMessage(
             result_text(msg), timestamp=msg["t_capture_utc_ns"] / 1e9,
             device_name=self.device).pack()
         with self._lock:
-            if not self._clients:
-                self.no_client += 1
-                return
             for c in self._clients.values():
                 if len(c.queue) >= QUEUE_MESSAGES:
                     c.queue.popleft()
