@@ -15,6 +15,7 @@ from typing import Any
 
 from hepascope.engines import resolve_backend
 from hepascope.stream.config import Config
+from hepascope.stream.igtl_out import serve_igtl
 from hepascope.stream.models import open_clip_model
 from hepascope.stream.pipeline import ResultListener, SideModel, compose
 from hepascope.stream.publish import Publisher
@@ -43,6 +44,7 @@ class RunRequest:
     clip_model: Path | None = None  # a clip export run beside the main model, own thread
     clip_every: int = 30            # the clip model runs on every k-th source frame
     inference: str | None = None    # process | thread; None: the config's pipeline.inference
+    igtl_serve: str | None = None   # [HOST:]PORT of an OpenIGTLink results server; None: config
 
 
 @contextmanager
@@ -98,6 +100,9 @@ def run_pipeline(req: RunRequest) -> dict[str, Any]:
         if req.on_bound is not None:
             req.on_bound(publisher.bound)
         listeners: tuple[ResultListener, ...] = req.listeners
+        if igtl := serve_igtl(req.igtl_serve or pub_cfg.igtl_serve, pub_cfg.insecure):
+            stack.callback(igtl.close)
+            listeners = (*listeners, igtl)
         recorder = None
         if req.record is not None:
             meta = {"source": req.source, "source_id": source.source_id,
@@ -123,5 +128,6 @@ def run_pipeline(req: RunRequest) -> dict[str, Any]:
             summary["clip_engine"] = clip_engine
         summary.update({"source": source.source_id, "model": classifier.model_name,
                         "engine": engine_name, "endpoint": publisher.bound,
-                        "published": publisher.sent, "publish_dropped": publisher.dropped})
+                        "published": publisher.sent, "publish_dropped": publisher.dropped,
+                        **(igtl.stats() if igtl else {})})
         return summary

@@ -51,7 +51,8 @@ def _source_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--height", type=positive(int), help="capture card: requested height")
     g.add_argument("--fps", type=positive(float), help="capture card / phantom: frame rate")
     g.add_argument("--no-reconnect", action="store_true",
-                   help="rtsp: fail when the stream fails instead of reconnecting with backoff")
+                   help="rtsp, igtl: fail when the stream fails instead of reconnecting with "
+                   "backoff")
     g.add_argument("--watchdog", type=positive(float), default=2.0, metavar="S",
                    help="capture card: replace a grabber whose read hangs S seconds (default 2)")
 
@@ -91,6 +92,10 @@ def _request(args: argparse.Namespace, source: str, model: Path) -> Any:
                          width=args.width, height=args.height, fps=args.fps,
                          reconnect=not args.no_reconnect, watchdog_s=args.watchdog)
     labels = tuple(x.strip() for x in args.labels.split(",")) if args.labels else None
+    if getattr(args, "igtl_serve", None) is not None:
+        from hepascope.stream.igtl_out import parse_bind
+
+        parse_bind(args.igtl_serve)  # a bad value fails before anything starts
     config = load_config(args.config)
     if args.keys is not None or args.insecure:
         config = replace(config, publish=replace(
@@ -100,7 +105,8 @@ def _request(args: argparse.Namespace, source: str, model: Path) -> Any:
                       publish=args.publish, record=getattr(args, "record", None),
                       duration_s=args.duration, engine=args.engine, threads=args.threads,
                       labels=labels, clip_model=getattr(args, "clip_model", None),
-                      clip_every=getattr(args, "clip_every", 30), inference=args.inference)
+                      clip_every=getattr(args, "clip_every", 30), inference=args.inference,
+                      igtl_serve=getattr(args, "igtl_serve", None))
 
 
 def _report(summary: dict[str, Any], path: Path | None) -> None:
@@ -223,7 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Capture frames from SPEC, classify the newest one "
                        "continuously, publish results and telemetry over ZeroMQ.")
     p.add_argument("--source", required=True, metavar="SPEC",
-                   help="a video file, rtsp://..., v4l2:/dev/videoN, cam:N, phantom:SEED")
+                   help="a video file, rtsp://..., igtl://HOST:PORT[?device=NAME], "
+                   "v4l2:/dev/videoN, cam:N, phantom:SEED")
     p.add_argument("--model", required=True, type=Path, metavar="PATH.onnx", help="ONNX classifier")
     p.add_argument("--record", type=Path, metavar="DIR", help="record frames and results to DIR")
     p.add_argument("--clip-model", type=Path, metavar="PATH",
@@ -231,6 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "--model, in its own thread; its results carry its own model name")
     p.add_argument("--clip-every", type=positive(int), default=30, metavar="K",
                    help="run the clip model on every K-th source frame (default 30)")
+    p.add_argument("--igtl-serve", metavar="[HOST:]PORT",
+                   help="also send each result over OpenIGTLink (3D Slicer's OpenIGTLinkIF): "
+                   "a STRING of device 'hepascope' with status, label and confidence, stamped "
+                   "with the capture time (needs the igtl extra; beyond loopback: --insecure)")
     _pipeline_args(p)
     _source_args(p)
     p.set_defaults(func=cmd_run)

@@ -118,10 +118,15 @@ class PublishConfig:
     send_hwm: int = 64
     keys: str | None = None  # CURVE keys dir: server.key_secret + clients/*.key (allow-list)
     insecure: bool = False   # allow a non-loopback bind without keys (warned)
+    igtl_serve: int | str | None = None  # OpenIGTLink results server: PORT or HOST:PORT
 
     def __post_init__(self) -> None:
         if self.send_hwm < 1:
             raise ConfigError("publish.send_hwm must be >= 1")
+        if self.igtl_serve is not None:
+            from hepascope.stream.igtl_out import parse_bind
+
+            parse_bind(self.igtl_serve, "publish.igtl_serve")
 
 
 @dataclass(frozen=True, slots=True)

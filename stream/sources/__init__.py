@@ -1,8 +1,9 @@
 """Frame sources, one file each, all meeting ``Source`` (open, iterate, close).
 
 ``open_source(spec)`` turns a CLI source spec into a source: a file path, ``rtsp://...``,
-``v4l2:/dev/video0`` or ``cam:0``, ``phantom:SEED``, ``shm:NAME`` (a running pipeline's
-frame ring), a DICOM cine (``*.dcm``, ``*.dicom`` or ``dicom:PATH``)."""
+``igtl://host:port[?device=NAME]`` (OpenIGTLink IMAGE messages), ``v4l2:/dev/video0`` or
+``cam:0``, ``phantom:SEED``, ``shm:NAME`` (a running pipeline's frame ring), a DICOM cine
+(``*.dcm``, ``*.dicom`` or ``dicom:PATH``)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ class SourceOptions:
     fps: float | None = None
     open_timeout_s: float = 5.0
     read_timeout_s: float = 2.0
-    reconnect: bool = True  # rtsp: reopen with backoff when the stream fails
+    reconnect: bool = True  # rtsp, igtl: reopen with backoff when the stream fails
     backoff_initial_s: float = 0.1
     backoff_max_s: float = 1.0
     watchdog_s: float | None = 2.0  # v4l2/cam: replace a grabber with no frame for this long
@@ -36,18 +37,23 @@ def open_source(spec: str, options: SourceOptions | None = None) -> Source:
     if not spec:
         raise ConfigError("empty source spec")
     scheme, sep, rest = spec.partition(":")
-    if spec.startswith(("rtsp://", "rtsps://")):
-        from hepascope.stream.sources.rtsp import RtspSource
+    if spec.startswith(("rtsp://", "rtsps://", "igtl://")):
+        def stream() -> Source:
+            if scheme == "igtl":
+                from hepascope.stream.sources.igtl import IgtlSource
 
-        def rtsp() -> Source:
+                return IgtlSource(spec, open_timeout_s=o.open_timeout_s,
+                                  read_timeout_s=o.read_timeout_s)
+            from hepascope.stream.sources.rtsp import RtspSource
+
             return RtspSource(spec, open_timeout_s=o.open_timeout_s,
                               read_timeout_s=o.read_timeout_s)
 
         if not o.reconnect:
-            return rtsp()
+            return stream()
         from hepascope.stream.sources.reconnect import Reconnecting
 
-        return Reconnecting(rtsp, backoff_initial_s=o.backoff_initial_s,
+        return Reconnecting(stream, backoff_initial_s=o.backoff_initial_s,
                             backoff_max_s=o.backoff_max_s)
     if sep and scheme in ("v4l2", "cam"):
         from hepascope.stream.sources.capture import CaptureSource
