@@ -1,0 +1,126 @@
+"""``hepascope eval --check DIR`` (train/evaluation/check.py) on a report made here from a
+small synthetic image set: every figure of report.json (per fold and class, per patient
+with the majority vote, coverage at the threshold) comes back from predictions.csv; a
+figure changed in either file from outside is named."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("skimage")
+
+from hepascope.stream.cli import main  # noqa: E402
+from hepascope.train.evaluation.check import recompute_report  # noqa: E402
+
+CLASSES = {"dark": 60, "mid": 128, "bright": 200}  # mean grey level per class
+TINY = ["--model-arg", "width=8", "--workers", "1", "--threads", "2", "--batch-size", "8",
+        "--image-size", "32", "--folds", "2", "--epochs", "2"]
+
+
+def image_folder(root: Path, patients: int = 4, per_patient: int = 3) -> Path:
+    """Class folders of 32x32 PNGs (speckle around the class's grey level) and
+    patients.csv: several images per patient."""
+    rng = np.random.default_rng(20)
+    rows = []
+    for c, level in CLASSES.items():
+        (root / c).mkdir(parents=True)
+        for p in range(patients):
+            for k in range(per_patient):
+                rel = f"{c}/p{p}_{k}.png"
+                img = np.clip(rng.normal(level, 25, (32, 32)), 0, 255).astype(np.uint8)
+                cv2.imwrite(str(root / rel), img)
+                rows.append((rel, f"{c}-{p}"))
+    with (root / "patients.csv").open("w", newline="") as f:
+        csv.writer(f).writerows([("path", "patient_id"), *rows])
+    return root
+
+
+def _cli(argv: list[str]) -> tuple[int, list[str]]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue().splitlines()
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("check")
+    out = root / "report"
+    code, _ = _cli(["eval", "--data", str(image_folder(root / "images")), "--out", str(out),
+                    *TINY])
+    assert code == 0
+    return out
+
+
+def test_every_figure_comes_back_from_predictions_csv(report: Path) -> None:
+    rep = json.loads((report / "report.json").read_text())
+    assert rep["models"] == ["resnet18", "texture_rf"]
+    assert recompute_report(report) == []
+    code, lines = _cli(["eval", "--check", str(report)])
+    assert code == 0 and lines == [f"{report}: every figure checked agrees with "
+                                   "predictions.csv"]
+    pt = rep["results"]["resnet18"]["patients"]["folds"]
+    print(f"\nresnet18 per fold: accuracy "
+          f"{[f['metrics']['macro']['accuracy'] for f in rep['results']['resnet18']['folds']]}"
+          f", patient vote accuracy {[f['vote_accuracy'] for f in pt]}")
+
+
+def _copy(report: Path, to: Path) -> Path:
+    shutil.copytree(report, to)
+    return to
+
+
+def test_a_changed_prediction_is_named(report: Path, tmp_path: Path) -> None:
+    """One row of predictions.csv moved to another class: its fold's accuracy, confusion,
+    class figures and patient figures no longer come back."""
+    d = _copy(report, tmp_path / "r")
+    path = d / "predictions.csv"
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    row = next(r for r in rows if r["model"] == "resnet18" and r["predicted"] == r["true_label"])
+    other = next(c for c in CLASSES if c != row["true_label"])
+    for c in CLASSES:
+        row[f"p_{c}"] = "0.98" if c == other else "0.01"
+    row["predicted"], row["confidence"] = other, "0.98"
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    bad = [str(m) for m in recompute_report(d)]
+    fold = row["fold"]
+    assert any(m.startswith(f"resnet18 fold {fold} metrics.macro.accuracy: ") for m in bad), bad
+    assert any(m.startswith(f"resnet18 fold {fold} metrics.confusion: ") for m in bad)
+    assert any(m.startswith("resnet18 aggregate.macro.accuracy.mean: ") for m in bad)
+    assert not any(m.startswith("texture_rf") for m in bad)
+    code, lines = _cli(["eval", "--check", str(d)])
+    assert code == 1 and lines[-1] == f"{d}: {len(bad)} figures of report.json differ from " \
+        "predictions.csv"
+    print(f"\n{len(bad)} mismatches, e.g. {bad[0]}")
+
+
+def test_a_changed_report_figure_is_named(report: Path, tmp_path: Path) -> None:
+    d = _copy(report, tmp_path / "r")
+    rep = json.loads((d / "report.json").read_text())
+    fold = rep["results"]["texture_rf"]["patients"]["folds"][1]
+    fold["vote_accuracy"] = round(fold["vote_accuracy"] - 0.25, 6)
+    (d / "report.json").write_text(json.dumps(rep))
+    bad = [str(m) for m in recompute_report(d)]
+    assert len(bad) == 1, bad  # that figure alone
+    assert bad[0].startswith(f"texture_rf fold {fold['fold']} patients.vote_accuracy: ")
+
+
+def test_a_missing_report_is_one_error_line(tmp_path: Path) -> None:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert main(["eval", "--check", str(tmp_path)]) == 2
+    assert err.getvalue().count("\n") == 1 and "no readable report.json" in err.getvalue()
