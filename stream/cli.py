@@ -1,4 +1,5 @@
-"""The ``hepascope`` command. Each subcommand has ``--help``. Exit status: 0 done; 2 any
+"""The ``hepascope`` command. Each subcommand has ``--help``. Exit status: 0 done; 1 ``eval
+--check`` found a figure of report.json that its predictions.csv does not give; 2 any
 ``HepascopeError`` (one line on stderr, never a traceback) or a bad argument (argparse's
 usage line); 3 ``run``/``replay`` whose source ended while the model was down, so that its
 last frames got no result (one line on stderr; the summary is still printed and written);

@@ -274,7 +274,8 @@ def add_train_eval(sub: Any, model_names: list[str]) -> None:
                    help="report directory (default out/eval)")
     p.add_argument("--title", help="report title")
     p.add_argument("--keep-checkpoints", action="store_true",
-                   help="keep each fold's checkpoint under DIR/checkpoints")
+                   help="keep each fold's checkpoint under DIR/checkpoints/MODEL/foldK, "
+                   "with the calibration its figures were scored with (export it to run it)")
     p.add_argument("--check", type=Path, metavar="REPORT_DIR",
                    help="evaluate nothing: recompute the figures of REPORT_DIR/report.json "
                    "from its predictions.csv alone (per fold and class, per patient, "
