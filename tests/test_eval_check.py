@@ -124,3 +124,36 @@ def test_a_missing_report_is_one_error_line(tmp_path: Path) -> None:
     with contextlib.redirect_stderr(err):
         assert main(["eval", "--check", str(tmp_path)]) == 2
     assert err.getvalue().count("\n") == 1 and "no readable report.json" in err.getvalue()
+
+
+def test_confidences_next_to_the_threshold_keep_their_side(tmp_path: Path) -> None:
+    """Saturated confidences (a random forest's 1.0, calibrated) a hair either side of the
+    threshold: predictions.csv must keep them apart, so that its status column and the
+    per-patient coverage come back from its numbers alone."""
+    from hepascope.train.evaluation.report import FoldResult, write_report
+
+    thr = 1 - 1e-12
+    above, below = 1 - 5e-13, 1 - 5e-12  # both "1" at 9 significant digits
+    results = []
+    for fold in range(2):
+        conf = np.array([above, below, above, below, above, below])
+        y = np.array([0, 0, 1, 1, 0, 1])
+        top = np.array([0, 0, 1, 0, 1, 1])  # two wrong answers
+        probs = np.zeros((6, 2))
+        probs[np.arange(6), top] = conf
+        probs[np.arange(6), 1 - top] = 1 - conf
+        results.append(FoldResult(
+            "rf", fold, y, probs, np.array([f"f{fold}p{i}" for i in range(6)]),
+            np.array(["x"]), calibration={"temperature": 1.0, "abstain": {"threshold": thr}}))
+    out = tmp_path / "edge"
+    rep = write_report(results, ("a", "b"), out, title="edge", meta={})
+    with (out / "predictions.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["status"] for r in rows] == ["ok", "uncertain"] * 6
+    assert [r["status"] == "ok" for r in rows] == [
+        float(r["confidence"]) >= float(r["threshold"]) for r in rows]
+    assert recompute_report(out) == []
+    pt = rep["results"]["rf"]["patients"]["folds"][0]
+    assert pt["coverage"] == pytest.approx(0.5)
+    conf = np.array([float(r["confidence"]) for r in rows[:6]])
+    assert float(np.mean(conf >= float(rows[0]["threshold"]))) == pytest.approx(0.5)
