@@ -157,3 +157,13 @@ def test_confidences_next_to_the_threshold_keep_their_side(tmp_path: Path) -> No
     assert pt["coverage"] == pytest.approx(0.5)
     conf = np.array([float(r["confidence"]) for r in rows[:6]])
     assert float(np.mean(conf >= float(rows[0]["threshold"]))) == pytest.approx(0.5)
+    # a file written before (9 significant digits): those rows may fall either side
+    nums = [k for k in rows[0] if k.startswith("p_")] + ["confidence", "threshold"]
+    for r in rows:
+        r.update({k: f"{float(r[k]):.9g}" for k in nums})
+    with (out / "predictions.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    assert rows[1]["confidence"] == rows[1]["threshold"] == "1"
+    assert recompute_report(out) == []
