@@ -69,7 +69,8 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
 
 
 def run_pipeline(req: RunRequest) -> dict[str, Any]:
-    """Run the live path once; return its summary (frames in/out/dropped, latencies).
+    """Run the live path once; return its summary (frames in/out/dropped, latencies, and
+    last the recording's answer of each model, stream/answer.py).
 
     Everything opened is closed in reverse order whatever fails (ExitStack); the source is
     opened first so a bad input fails before anything is bound or recorded."""
@@ -130,4 +131,11 @@ def run_pipeline(req: RunRequest) -> dict[str, Any]:
                         "engine": engine_name, "endpoint": publisher.bound,
                         "published": publisher.sent, "publish_dropped": publisher.dropped,
                         **(igtl.stats() if igtl else {})})
-        return summary
+        return answers_last(summary)
+
+
+def answers_last(summary: dict[str, Any]) -> dict[str, Any]:
+    """``summary`` with the recording's answers as its last keys (what a reader of the
+    JSON, as of the terminal, looks for at the end)."""
+    return {**{k: v for k, v in summary.items() if k not in ("answer", "answers")},
+            **{k: summary[k] for k in ("answer", "answers") if k in summary}}

@@ -1,4 +1,5 @@
-"""The ``hepascope`` command. Each subcommand has ``--help``. Exit status: 0 done; 2 any
+"""The ``hepascope`` command. Each subcommand has ``--help``. Exit status: 0 done; 1 ``eval
+--check`` found a figure of report.json that its predictions.csv does not give; 2 any
 ``HepascopeError`` (one line on stderr, never a traceback) or a bad argument (argparse's
 usage line); 3 ``run``/``replay`` whose source ended while the model was down, so that its
 last frames got no result (one line on stderr; the summary is still printed and written);
@@ -117,9 +118,18 @@ def _report(summary: dict[str, Any], path: Path | None) -> None:
         print(f"  {m['model']}: " + "  ".join(
             f"{k}={m[k]}" for k in ("frames_seen", "frames_out", "dropped", "results_per_s",
                                     "latency_p50_ms", "latency_p99_ms")))
+    _answers(summary.get("answers", []))
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(summary, indent=2))
+
+
+def _answers(answers: Sequence[dict[str, Any]]) -> None:
+    """The recording's answer, one line per stream and model: the summary's last lines."""
+    from hepascope.stream.answer import answer_line
+
+    for a in answers:
+        print(answer_line(a))
 
 
 def _results_lost(summary: dict[str, Any]) -> int:
@@ -152,10 +162,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if model is None:
         raise HepascopeError(f"{args.dir}: recording names no model; pass --model")
     summary = run_pipeline(_request(args, str(args.dir / VIDEO_NAME), model))
-    _report(summary, args.summary)
     if not meta.get("complete", True):  # killed while recording: say how much replayed
         print(f"recording interrupted: {len(read_index(args.dir)[0])} frames indexed, "
               f"{summary['frames_in']} decodable and replayed")
+    _report(summary, args.summary)
     return _results_lost(summary)
 
 
@@ -182,10 +192,13 @@ def _replay_lockstep(args: argparse.Namespace) -> int:
           f"frames_decoded={rep.frames_decoded} complete={str(rep.complete).lower()} "
           f"wall_s={rep.wall_s:.2f}")
     print(f"sha256={rep.sha256}  {rep.results}")
+    _answers(rep.answers)
     if args.summary is not None:
         args.summary.parent.mkdir(parents=True, exist_ok=True)
-        args.summary.write_text(json.dumps({**asdict(rep), "results": str(rep.results)},
-                                           indent=2))
+        summary = {**asdict(rep), "results": str(rep.results)}
+        summary["answer"] = rep.answers[0]  # one model: the first answer is its own
+        summary["answers"] = summary.pop("answers")  # last, as in the live summary
+        args.summary.write_text(json.dumps(summary, indent=2))
     return 0
 
 

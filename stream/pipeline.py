@@ -291,6 +291,7 @@ def _publish_loop(sink: Sink, results: queue.Queue[tuple[dict[str, Any], ModelTa
             lat["total"] = (now - msg["t_capture_ns"]) * _MS
             sink.send(TOPIC_RESULT, msg)
             tally.add(lat, now)
+            stats.answers.add(msg)
             for listener in listeners:
                 listener.on_result(msg)
         if now >= next_telemetry:

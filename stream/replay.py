@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hepascope.stream.answer import AnswerTally
 from hepascope.stream.classifier import Classifier
 from hepascope.stream.config import Config, load_config
 from hepascope.stream.errors import DataError, ModelError
@@ -84,6 +85,7 @@ class ReplayReport:
     frames_decoded: int  # frames decoded from frames.mkv (all inferred)
     complete: bool       # the recorder closed cleanly (False: killed, replayed what decodes)
     wall_s: float        # real time the replay took (not part of the stream)
+    answers: tuple[dict[str, Any], ...] = ()  # the recording's answer (stream/answer.py)
 
 
 def recorded_frames(directory: str | Path, source_id: str, *,
@@ -164,7 +166,8 @@ def replay_deterministic(directory: str | Path, out: str | Path, *, model: Path 
                          config: Config | None = None,
                          labels: tuple[str, ...] | None = None) -> ReplayReport:
     """Replay the recording in ``directory`` in lockstep; write the result stream to
-    ``out`` (atomically) and return its SHA-256 and how much was replayed."""
+    ``out`` (atomically) and return its SHA-256, how much was replayed and the
+    recording's answer, tallied from the very maps written."""
     t_start = time.monotonic()
     d, out = Path(directory), Path(out)
     meta = read_session(d)
@@ -179,12 +182,15 @@ def replay_deterministic(directory: str | Path, out: str | Path, *, model: Path 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     classifier = open_deterministic(model, cfg, labels)
+    tally = AnswerTally()
     try:
         clock, stamp = VirtualClock(), recorded_stamp(d)
         with tmp.open("wb") as f:
             for frame in recorded_frames(d, source_id, check_pts=version >= 2):
                 decoded += 1
-                line = encode_line(lockstep_message(classifier, frame, clock, stamp))
+                msg = lockstep_message(classifier, frame, clock, stamp)
+                line = encode_line(msg)
+                tally.add(msg)
                 f.write(line)
                 digest.update(line)
                 count += 1
@@ -194,4 +200,5 @@ def replay_deterministic(directory: str | Path, out: str | Path, *, model: Path 
         tmp.unlink(missing_ok=True)
     return ReplayReport(out, digest.hexdigest(), count, indexed, decoded,
                         bool(meta.get("complete", "frames" in meta)),
-                        time.monotonic() - t_start)
+                        time.monotonic() - t_start,
+                        tuple(tally.answers([classifier.model_name])))

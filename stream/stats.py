@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from hepascope.stream.answer import AnswerTally
+
 
 class LatencyWindow:
     """The last ``size`` latencies (ms); percentiles over them. Thread-safe."""
@@ -160,6 +162,7 @@ class RunStats:
     last_seq_in: int = -1  # the newest frame the source delivered
     rate_in: RateMeter = field(default_factory=RateMeter)
     t_start_ns: int = field(default_factory=time.monotonic_ns)
+    answers: AnswerTally = field(default_factory=AnswerTally)  # fed every published result
 
     @property
     def models(self) -> list[ModelTally]:
@@ -181,7 +184,8 @@ class RunStats:
 
     def summary(self) -> dict[str, Any]:
         """The main model's figures at the top level (as before side models existed), and
-        every model's under ``models``."""
+        every model's under ``models``; last, the recording's answer of the main model
+        (``answer``) and of every model (``answers``, stream/answer.py)."""
         seconds = max((time.monotonic_ns() - self.t_start_ns) / 1e9, 1e-9)
         main = self.main.summary(seconds)
         return {
@@ -194,4 +198,6 @@ class RunStats:
             **{k: main[k] for k in ("results_per_s", "latency_p50_ms", "latency_p99_ms",
                                     "latency_max_ms", "stage_mean_ms")},
             "models": [main, *(m.summary(seconds) for m in self.side)],
+            "answer": self.answers.answer(self.main.model),
+            "answers": self.answers.answers([m.model for m in self.models]),
         }

@@ -20,11 +20,13 @@ from typing import Any
 import numpy as np
 
 from hepascope.stream.errors import DataError
+from hepascope.train.checkpoint import atomic_json
 from hepascope.train.datasets.arrays import ArraySet
 from hepascope.train.evaluation.calibration import (
     DEFAULT_TARGET_ACCURACY,
     calibrate,
     calibration_fit,
+    calibration_record,
 )
 from hepascope.train.evaluation.folds import holdout_split, patient_folds
 from hepascope.train.evaluation.report import FoldResult
@@ -104,13 +106,18 @@ def _network_fold(name: str, f: int, data: ArraySet, idx: Split, cfg: TrainConfi
     t0 = time.monotonic()
     res = train(data, replace(cfg, model=name, seed=cfg.seed + f), out, train_idx=tr,
                 val_idx=va, progress=progress)
-    model, _ = load_checkpoint(out)
+    model, meta = load_checkpoint(out)
     _, val_p = predict(model, ArrayDataset(data, va, kind))
     _, test_p = predict(model, ArrayDataset(data, te, kind))
-    return _result(name, f, data, idx, val_p, test_p, target, time.monotonic() - t0,
-                   {"epochs_run": res.epochs_run, "best_epoch": res.best_epoch,
-                    "stopped": res.stopped, "epochs": cfg.epochs,
-                    "max_minutes": cfg.max_minutes, "kind": kind})
+    r = _result(name, f, data, idx, val_p, test_p, target, time.monotonic() - t0,
+                {"epochs_run": res.epochs_run, "best_epoch": res.best_epoch,
+                 "stopped": res.stopped, "epochs": cfg.epochs,
+                 "max_minutes": cfg.max_minutes, "kind": kind})
+    # a kept fold's checkpoint exports with the calibration its test figures were scored
+    # with (as ``hepascope train`` stores its own): the live path then answers as the report
+    meta["calibration"] = calibration_record(r.calibration or {})
+    atomic_json(out / "model.json", meta)
+    return r
 
 
 def _baseline_fold(f: int, data: ArraySet, feats: np.ndarray, idx: Split, seed: int,

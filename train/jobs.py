@@ -22,6 +22,7 @@ from hepascope.train.cliargs import (
 )
 from hepascope.train.commands import needs_torch
 
+EXIT_MISMATCH = 1  # eval --check: report.json and predictions.csv disagree
 DEFAULT_EVAL_MODEL = "resnet18"
 # half width (2.8 M parameters): from scratch on hundreds of images, as good as full width
 # and ~3x cheaper on a CPU (BUSI 32x32 crops, 5 folds: 55.3 vs 53.2% accuracy)
@@ -118,6 +119,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for line in report["caps_warnings"]:  # last, where a reader of the run looks
         console.print(f"[bold yellow]warning:[/] {line}", highlight=False, soft_wrap=True)
     return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """``eval --check DIR``: recompute a report's figures from its predictions.csv; one
+    line per disagreement and exit 1, else one line and 0. Torch-free."""
+    from hepascope.stream.errors import ConfigError
+    from hepascope.train.evaluation.check import recompute_report
+
+    if args.data is not None or args.task is not None:
+        raise ConfigError("--check reads a written report; it takes no --data or --task")
+    bad = recompute_report(args.check)
+    for m in bad:
+        print(f"mismatch: {m}")
+    print(f"{args.check}: {len(bad)} figures of report.json differ from predictions.csv"
+          if bad else f"{args.check}: every figure checked agrees with predictions.csv")
+    return EXIT_MISMATCH if bad else 0
+
+
+def _eval_or_check(args: argparse.Namespace) -> int:
+    return cmd_check(args) if args.check is not None else cmd_eval(args)
 
 
 def _eval_meta(args: argparse.Namespace, sets: dict[str, Any], models: list[str], cfg: Any,
@@ -253,7 +274,12 @@ def add_train_eval(sub: Any, model_names: list[str]) -> None:
                    help="report directory (default out/eval)")
     p.add_argument("--title", help="report title")
     p.add_argument("--keep-checkpoints", action="store_true",
-                   help="keep each fold's checkpoint under DIR/checkpoints")
+                   help="keep each fold's checkpoint under DIR/checkpoints/MODEL/foldK, "
+                   "with the calibration its figures were scored with (export it to run it)")
+    p.add_argument("--check", type=Path, metavar="REPORT_DIR",
+                   help="evaluate nothing: recompute the figures of REPORT_DIR/report.json "
+                   "from its predictions.csv alone (per fold and class, per patient, "
+                   "coverage at the threshold) and list any that differ (exit 1 if any)")
     add_data_args(p, default_task=None)
     add_train_args(p)
-    p.set_defaults(func=cmd_eval, phantom_epochs=8)
+    p.set_defaults(func=_eval_or_check, phantom_epochs=8)

@@ -120,7 +120,7 @@ def write_predictions(grouped: dict[str, Sequence[Any]], classes: Sequence[str],
                       path: Path) -> None:
     """``predictions.csv``: model, fold, path, patient, true label, the calibrated
     probability of each class, predicted label, confidence, status, and the fold's
-    temperature and threshold (per row, so the file stands alone)."""
+    temperature and threshold (per row, so the file stands alone); numbers exact."""
     head = ["model", "fold", "path", "patient", "true_label",
             *(f"p_{c}" for c in classes), "predicted", "confidence", "status",
             "temperature", "threshold"]
@@ -135,6 +135,13 @@ def write_predictions(grouped: dict[str, Sequence[Any]], classes: Sequence[str],
                 for i in range(len(r.y_true)):
                     p = r.probs[i]
                     w.writerow([name, r.fold, paths[i], r.groups[i], classes[r.y_true[i]],
-                                *(f"{v:.9g}" for v in p), classes[int(p.argmax())],
-                                f"{p.max():.9g}", status[i], f"{t:.9g}",
-                                f"{r.threshold:.9g}"])
+                                *(_exact(v) for v in p), classes[int(p.argmax())],
+                                _exact(p.max()), status[i], _exact(t),
+                                _exact(r.threshold)])
+
+
+def _exact(v: float) -> str:
+    """``v`` to the last bit (the shortest text that reads back the same float): a
+    confidence 1e-12 from the threshold stays on its side, so every figure recomputed from
+    the file is the report's."""
+    return repr(float(v))
