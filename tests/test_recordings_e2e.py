@@ -78,7 +78,7 @@ def test_videos_to_per_patient_results_and_a_recordings_answer(tmp_path: Path) -
                          "--models", "resnet18", "--model-arg", "width=8", "--image-size",
                          "32", "--epochs", "6", "--folds", "2", "--target-accuracy", "0.6",
                          "--keep-checkpoints", "--no-baseline", "--workers", "1",
-                         "--threads", "2", "--batch-size", "8", "--out", str(out)])
+                         "--threads", "1", "--batch-size", "8", "--out", str(out)])
     assert code == 0, err
     rep = json.loads((out / "report.json").read_text())
     pts = rep["results"]["resnet18"]["patients"]
