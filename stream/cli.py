@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from hepascope.stream.errors import ConfigError, HepascopeError
+from hepascope.stream.logs import LEVELS, error_line
+from hepascope.stream.logs import configure as configure_logging
 
 log = logging.getLogger("hepascope")
 
@@ -216,7 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hepascope",
         description="Real-time AI pipeline for live liver ultrasound.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    parser.add_argument("--version", action="version", version=f"hepascope {_version()}")
+    add_log_args(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("run", help="run the live pipeline: source -> model -> results channel",
@@ -285,19 +288,58 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_demo(sub)
     add_build(sub)  # TensorRT is imported by the handler, not here
     add_bench(sub)
+    _log_args_everywhere(parser)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("hepascope")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "unknown"
+
+
+def add_log_args(p: argparse.ArgumentParser, *, root: bool = True) -> None:
+    """``-v``, ``--log-level``, ``--log-json``. On a subcommand their defaults are
+    SUPPRESS, so that ``hepascope -v run`` and ``hepascope run -v`` mean the same."""
+    d: dict[str, Any] = {} if root else {"default": argparse.SUPPRESS}
+    g = p.add_argument_group("logging")
+    g.add_argument("-v", "--verbose", action="store_true", help="log more (= --log-level info)",
+                   **d)
+    g.add_argument("--log-level", choices=LEVELS, type=str.lower, metavar="LEVEL",
+                   help=f"one of {', '.join(LEVELS)} (default warning; -v: info)", **d)
+    g.add_argument("--log-json", action="store_true",
+                   help="log lines as JSON objects (time, level, logger, message), one per "
+                   "line on stderr, for a log collector", **d)
+
+
+def _log_args_everywhere(parser: argparse.ArgumentParser) -> None:
+    """Add the logging options to every subcommand, nested ones (``phantom session``)
+    included."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                add_log_args(child, root=False)
+                _log_args_everywhere(child)
+
+
+def _log_level(args: argparse.Namespace) -> str:
+    if args.log_level:
+        return str(args.log_level)
+    return "info" if args.verbose else "warning"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="hepascope: %(levelname)s: %(message)s")
+    configure_logging(_log_level(args), json_lines=args.log_json)
     # which engine runs, and why (--engine auto), is worth a line even without -v
     logging.getLogger("hepascope.engines.base").setLevel(logging.INFO)
     try:
         return int(args.func(args))
     except HepascopeError as e:
-        print(f"hepascope: error: {e}", file=sys.stderr)
+        print(error_line(str(e)), file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
