@@ -23,6 +23,8 @@ import numpy as np
 from hepascope.engines import CHOICES
 from hepascope.stream.app import RunRequest, run_pipeline
 from hepascope.stream.config import load_config
+from hepascope.stream.errors import guard_main
+from hepascope.stream.logs import configure as configure_logging
 from hepascope.stream.sources import SourceOptions
 
 
@@ -57,8 +59,10 @@ def measure(source: str, model: Path, seconds: float, window_s: float = 15.0, *,
     return {**summary, "latency_windows": windows}
 
 
+@guard_main
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m hepascope.bench.live",
+                                description=__doc__.split("\n\n")[0])
     p.add_argument("--source", required=True, help="a video file (looped at its own rate)")
     p.add_argument("--model", required=True, type=Path)
     p.add_argument("--seconds", type=float, default=120.0)
@@ -69,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
                    "on CUDA, else onnxruntime, logged)")
     p.add_argument("--out", type=Path, help="write the JSON here too")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="hepascope: %(levelname)s: %(message)s")
+    configure_logging(logging.INFO)
     result = measure(args.source, args.model, args.seconds, clip_model=args.clip_model,
                      clip_every=args.clip_every, engine=args.engine)
     text = json.dumps(result, indent=1)

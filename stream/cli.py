@@ -2,6 +2,7 @@
 ``HepascopeError`` (one line on stderr, never a traceback) or a bad argument (argparse's
 usage line); 3 ``run``/``replay`` whose source ended while the model was down, so that its
 last frames got no result (one line on stderr; the summary is still printed and written);
+1 ``bench`` with a failed section (named in one line on stderr; the results still written);
 130 interrupted by Ctrl-C outside a run (a run stops cleanly on SIGINT/SIGTERM: 0)."""
 
 from __future__ import annotations

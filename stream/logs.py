@@ -7,13 +7,11 @@ inference process logs the same way as its parent."""
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 JSON_ENV = "HEPASCOPE_LOG_JSON"
@@ -82,20 +80,3 @@ def error_line(text: str, name: str = "hepascope") -> str:
                           ensure_ascii=False)
     return f"{name}: error: {text}"
 
-
-def guard_main(main: Callable[..., int], name: str = "hepascope") -> Callable[..., int]:
-    """Wrap a ``python -m`` tool's ``main``: a ``HepascopeError`` becomes one line on stderr
-    and exit status 2 (the ``hepascope`` command's rule), never a traceback; Ctrl-C is 130."""
-    from hepascope.stream.errors import HepascopeError
-
-    @functools.wraps(main)
-    def guarded(*args: Any, **kwargs: Any) -> int:
-        try:
-            return int(main(*args, **kwargs))
-        except HepascopeError as e:
-            print(error_line(str(e), name), file=sys.stderr)
-            return 2
-        except KeyboardInterrupt:
-            return 130
-
-    return guarded

@@ -10,6 +10,8 @@ import sys
 from importlib.metadata import version
 from pathlib import Path
 
+import pytest
+
 CLI = [sys.executable, "-m", "hepascope.stream"]
 STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z hepascope(\[inference \d+\])?: ")
 
@@ -59,3 +61,16 @@ def test_an_error_is_one_json_line_with_log_json(tmp_path: Path, small_model: Pa
     assert len(lines) == 1, res.stderr
     rec = json.loads(lines[0])
     assert rec["level"] == "ERROR" and "no such file" in rec["message"].lower(), rec
+
+
+@pytest.mark.parametrize("tool", ["hepascope.bench.live", "hepascope.bench.pipeline"])
+def test_python_m_tools_turn_project_errors_into_one_line(tmp_path: Path, video30: Path,
+                                                          tool: str) -> None:
+    """The fault from outside: the model file named on the command line is not there."""
+    res = subprocess.run([sys.executable, "-m", tool, "--source", str(video30), "--model",
+                          str(tmp_path / "gone.onnx"), "--seconds", "1"],
+                         capture_output=True, text=True, timeout=120)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert len(lines) == 1 and lines[0].startswith("hepascope: error: "), lines
+    assert "gone.onnx" in lines[0]

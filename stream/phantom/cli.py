@@ -7,6 +7,8 @@ import sys
 import time
 from collections.abc import Sequence
 
+from hepascope.stream.errors import guard_main
+
 
 def _session(args: argparse.Namespace) -> int:
     from hepascope.stream.phantom.session import sidecar_path, write_session
@@ -142,6 +144,7 @@ def _add_dataset(ps: argparse._SubParsersAction) -> None:
     d.set_defaults(func=_dataset)
 
 
+@guard_main
 def main(argv: Sequence[str] | None = None) -> int:
     """Stand-alone entry: ``python -m hepascope.stream.phantom.cli session --out x.mp4``."""
     parser = argparse.ArgumentParser(prog="hepascope")
