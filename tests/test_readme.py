@@ -46,3 +46,11 @@ def test_packaging_names_dicom_display_and_keeps_results_out_of_the_wheel() -> N
     assert any(r.startswith("opencv-python>") for r in extras["display"])
     assert "display" in (ROOT / "README.md").read_text()
     assert {"hepascope/bench/results/**", "hepascope/bench/test_*.py"} <= set(extras["exclude"])
+
+
+def test_the_readme_says_what_hepascope_must_not_be_used_for() -> None:
+    text = (ROOT / "README.md").read_text()
+    intended = text.split("## Intended use", 1)[1].split("\n## ", 1)[0]
+    assert "not a medical device" in intended and "research software" in intended
+    assert "must not be used" in intended and "diagnose" in intended
+    assert text.index("## Intended use") < text.index("## Quick start")
