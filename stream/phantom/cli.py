@@ -11,11 +11,11 @@ from hepascope.stream.errors import guard_main
 
 
 def _session(args: argparse.Namespace) -> int:
-    from hepascope.stream.phantom.session import sidecar_path, write_session
+    from hepascope.stream.phantom.session import print_progress, sidecar_path, write_session
 
     t0 = time.perf_counter()
     path = write_session(args.out, seed=args.seed, seconds=args.seconds, fps=args.fps,
-                         segment_s=args.segment_seconds)
+                         segment_s=args.segment_seconds, progress=print_progress("session"))
     n = round(args.seconds * args.fps)
     print(f"wrote {path} ({n} frames, {args.fps:g} fps) and {sidecar_path(path)} "
           f"in {time.perf_counter() - t0:.1f} s")
