@@ -195,7 +195,7 @@ def run_bench(args: argparse.Namespace, command: str, work: Path) -> dict[str, A
     res["peak"] = peaks(args.device, args.peak_sizes or tuple(base["peak_sizes"]))
     steps.end("peak", t0, {})
     per_engine = engine_peaks(res["peak"])
-    t0 = steps.start(f"export {', '.join(names)}")
+    t0 = steps.start(f"export {', '.join(names) or args.model}")
     graphs: list[Graphs] = [from_export(args.model)] if args.model else []
     graphs += [export_random(n, work / n) for n in names]
     steps.end("export", t0, {})
