@@ -49,11 +49,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 @needs_torch
 def cmd_bench(args: argparse.Namespace) -> int:
-    from hepascope.bench.run import run_from_args
+    from hepascope.bench.run import bench_exit, run_from_args
 
-    out = run_from_args(args)
-    print(f"wrote {out}/summary.md")
-    return 0
+    return bench_exit(run_from_args(args))
 
 
 def add_subcommand(sub: Any) -> None:

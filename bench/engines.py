@@ -36,7 +36,7 @@ import numpy as np
 from hepascope.bench.engines_md import machine_facts, write_markdown
 from hepascope.engines.calib import Samples, load_samples
 from hepascope.engines.onnxruntime import OnnxRuntimeEngine, OrtTuning, cpu_budget
-from hepascope.stream.errors import ConfigError, DataError
+from hepascope.stream.errors import ConfigError, DataError, guard_main
 
 FIELDS = ("variant", "description", "p50_ms", "p99_ms", "min_ms", "gflops_per_s",
           "x_floor", "accuracy", "balanced_accuracy", "agreement", "max_abs_dprob",
@@ -359,6 +359,7 @@ def write_results(res: dict[str, Any], out: Path, command: str, notes: str) -> N
     write_markdown(res, out / "results.md", notes)
 
 
+@guard_main
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m hepascope.bench.engines",
                                 description=__doc__.split("\n\n")[0])

@@ -29,6 +29,7 @@ import numpy as np
 
 from hepascope.engines.onnxruntime import OnnxRuntimeEngine
 from hepascope.stream.config import load_config
+from hepascope.stream.errors import guard_main
 
 LABELS = ["normal", "cyst", "hemangioma", "hcc", "metastasis", "fatty_sparing"]
 # name -> constructor kwargs (the live models at their paper sizes)
@@ -91,7 +92,7 @@ def export(name: str, kwargs: dict[str, Any], out: Path) -> tuple[list[Path], in
     for path in paths:
         eng = OnnxRuntimeEngine(path, threads=1)
         role = eng.metadata["hepascope.role"]
-        xs = tuple(torch.zeros(1, *(int(d) for d in s.shape[1:]))  # type: ignore[arg-type]
+        xs = tuple(torch.zeros(1, *(int(d) for d in s.shape[1:]))
                    for s in eng.inputs)
         eng.close()
         flops += count_flops(graph_module(model, role), xs)
@@ -214,8 +215,10 @@ def markdown(res: dict[str, Any], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+@guard_main
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m hepascope.bench.gpu",
+                                description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--runs", type=int, default=300)
     p.add_argument("--batch", type=int, default=32)

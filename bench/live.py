@@ -23,6 +23,8 @@ import numpy as np
 from hepascope.engines import CHOICES
 from hepascope.stream.app import RunRequest, run_pipeline
 from hepascope.stream.config import load_config
+from hepascope.stream.errors import guard_main
+from hepascope.stream.logs import configure as configure_logging
 from hepascope.stream.sources import SourceOptions
 
 
@@ -36,11 +38,11 @@ class _Latencies:
 
 def measure(source: str, model: Path, seconds: float, window_s: float = 15.0, *,
             clip_model: Path | None = None, clip_every: int = 30,
-            engine: str = "onnxruntime") -> dict[str, Any]:
+            engine: str = "onnxruntime", speed: float = 1.0) -> dict[str, Any]:
     lat = _Latencies()
     summary = run_pipeline(RunRequest(source=source, model=model, config=load_config(),
-                                      publish="tcp://127.0.0.1:*",
-                                      options=SourceOptions(loop=True), duration_s=seconds,
+                                      publish="tcp://127.0.0.1:*", duration_s=seconds,
+                                      options=SourceOptions(loop=True, speed=speed),
                                       listeners=(lat,), clip_model=clip_model,
                                       clip_every=clip_every, engine=engine))
     main = [r for r in lat.rows if r[0] == summary["model"]]
@@ -57,11 +59,15 @@ def measure(source: str, model: Path, seconds: float, window_s: float = 15.0, *,
     return {**summary, "latency_windows": windows}
 
 
+@guard_main
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m hepascope.bench.live",
+                                description=__doc__.split("\n\n")[0])
     p.add_argument("--source", required=True, help="a video file (looped at its own rate)")
     p.add_argument("--model", required=True, type=Path)
     p.add_argument("--seconds", type=float, default=120.0)
+    p.add_argument("--speed", type=float, default=1.0,
+                   help="play the file X times its own rate (default 1): 2 doubles the fps")
     p.add_argument("--clip-model", type=Path, help="a clip export to run beside --model")
     p.add_argument("--clip-every", type=int, default=30, help="clip model cadence (frames)")
     p.add_argument("--engine", default="onnxruntime", choices=CHOICES,
@@ -69,9 +75,9 @@ def main(argv: list[str] | None = None) -> int:
                    "on CUDA, else onnxruntime, logged)")
     p.add_argument("--out", type=Path, help="write the JSON here too")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="hepascope: %(levelname)s: %(message)s")
+    configure_logging(logging.INFO)
     result = measure(args.source, args.model, args.seconds, clip_model=args.clip_model,
-                     clip_every=args.clip_every, engine=args.engine)
+                     clip_every=args.clip_every, engine=args.engine, speed=args.speed)
     text = json.dumps(result, indent=1)
     if args.out:
         args.out.write_text(text)

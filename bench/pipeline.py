@@ -45,6 +45,7 @@ from hepascope.bench.pipeline_probes import (
 )
 from hepascope.stream.app import RunRequest, run_pipeline
 from hepascope.stream.config import load_config
+from hepascope.stream.errors import guard_main
 from hepascope.stream.sources import open_source
 
 _MS = 1e-6  # ns -> ms
@@ -337,8 +338,10 @@ def _worker_main(args: argparse.Namespace) -> int:
     return 0
 
 
+@guard_main
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m hepascope.bench.pipeline",
+                                description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, type=Path)
     p.add_argument("--source", default="phantom:7")
     p.add_argument("--fps", type=float, default=30.0)

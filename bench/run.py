@@ -24,6 +24,9 @@ from typing import Any
 from hepascope.bench.headline import headline
 from hepascope.bench.models import LIVE_MODELS, Budget, Graphs, export_random, from_export
 from hepascope.engines.onnxruntime import cpu_budget
+from hepascope.stream.errors import guard_main
+from hepascope.stream.logs import configure as configure_logging
+from hepascope.stream.logs import error_line
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +105,35 @@ def engine_peaks(pk: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+class Steps:
+    """The bench's progress on stderr (its results go to files and stdout): one line as
+    each section starts and one as it ends, with its time, or FAILED and why."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done = total, 0
+
+    def start(self, name: str) -> float:
+        print(f"bench [{self.done + 1}/{self.total}] {name} ...", file=sys.stderr, flush=True)
+        return time.perf_counter()
+
+    def end(self, name: str, t0: float, entry: dict[str, Any]) -> None:
+        self.done += 1
+        dt = time.perf_counter() - t0
+        entry["section_s"] = round(dt, 1)
+        what = f"FAILED: {entry['error']}" if "error" in entry else "done"
+        print(f"bench [{self.done}/{self.total}] {name}: {what} ({dt:.1f} s)", file=sys.stderr,
+              flush=True)
+
+
+def failed_sections(res: dict[str, Any]) -> list[str]:
+    """The sections whose entry says ``error`` (``models/NAME`` for a model): a bench with
+    any exits non-zero (``not_available``, an engine absent here, is no failure)."""
+    failed = [f"models/{n}" for n, m in res.get("models", {}).items() if "error" in m]
+    return failed + [k for k, v in res.items() if isinstance(v, dict) and "error" in v]
+
+
 def pipeline_sections(model: Path, *, device: str, seconds: float, streams: tuple[int, ...],
-                      work: Path) -> dict[str, Any]:
+                      work: Path, steps: Steps | None = None) -> dict[str, Any]:
     """The live-pipeline sections of ``bench/pipeline.py``, each {"not_available": why}
     where the module is missing, {"error": ...} where it failed (logged)."""
     names = ("pipeline", "naive", "baseline_ratio", "pipeline_60fps", "naive_60fps",
@@ -131,14 +161,15 @@ def pipeline_sections(model: Path, *, device: str, seconds: float, streams: tupl
         "slow_model": lambda: pl.slow_model_section(fps=PIPELINE_FPS, seconds=seconds,
                                                     work_dir=work / "slow"),
     }
+    steps = steps or Steps(len(names))
     for name in names:
-        t0 = time.perf_counter()
+        t0 = steps.start(name)
         try:
             out[name] = dict(calls[name]())
-        except Exception as e:  # reported in the summary: the other sections stand
-            log.warning("bench section %s failed: %s: %s", name, type(e).__name__, e)
+        except Exception as e:  # reported in the summary and the exit status; others stand
+            log.info("bench section %s failed", name, exc_info=e)
             out[name] = {"error": f"{type(e).__name__}: {e}"}
-        out[name]["section_s"] = round(time.perf_counter() - t0, 1)
+        steps.end(name, t0, out[name])
     return out
 
 
@@ -151,33 +182,33 @@ def _model_list(args: argparse.Namespace) -> list[str]:
 
 def run_bench(args: argparse.Namespace, command: str, work: Path) -> dict[str, Any]:
     """Every section; the results dict ``report.write_all`` writes."""
-    from hepascope.bench.models import model_section
-
     quick = args.quick
     base = QUICK if quick else FULL
     budget = Budget(runs=args.runs or int(base["runs"]), batch_s=float(base["batch_s"]),
                     batches=args.batches or (1, 2, 4, 8))
     seconds = args.seconds or float(base["seconds"])
     t_start = time.perf_counter()
+    names = _model_list(args)
+    steps = Steps(2 + bool(args.model) + len(names) + 8)  # peak, exports, models, pipeline
     res: dict[str, Any] = {"facts": facts(args.device, command, quick)}
+    t0 = steps.start("peak")
     res["peak"] = peaks(args.device, args.peak_sizes or tuple(base["peak_sizes"]))
+    steps.end("peak", t0, {})
     per_engine = engine_peaks(res["peak"])
-    graphs: list[Graphs] = []
-    if args.model:
-        graphs.append(from_export(args.model))
-    graphs += [export_random(n, work / n) for n in _model_list(args)]
+    t0 = steps.start(f"export {', '.join(names) or args.model}")
+    graphs: list[Graphs] = [from_export(args.model)] if args.model else []
+    graphs += [export_random(n, work / n) for n in names]
+    steps.end("export", t0, {})
     res["models"] = {}
     for g in graphs:
-        t0 = time.perf_counter()
-        res["models"][g.name] = model_section(g, device=args.device, work=work / f"{g.name}-q",
-                                              budget=budget, int8=not args.no_int8,
-                                              peak_gflops=per_engine)
-        res["models"][g.name]["section_s"] = round(time.perf_counter() - t0, 1)
+        t0 = steps.start(f"models/{g.name}")
+        res["models"][g.name] = _model_entry(g, args, work, budget, per_engine)
+        steps.end(f"models/{g.name}", t0, res["models"][g.name])
     live = _pipeline_model(args.model, graphs, work)
     res["pipeline_model"] = (str(args.model) if args.model
                              else f"{live.name}, random weights")
     res.update(pipeline_sections(live, device=args.device, seconds=seconds,
-                                 streams=args.streams, work=work))
+                                 streams=args.streams, work=work, steps=steps))
     res["seed_paper"] = seed_paper(res)
     res["headline"] = headline(res)
     res["budget"] = {"runs": budget.runs, "batches": list(budget.batches),
@@ -186,6 +217,22 @@ def run_bench(args: argparse.Namespace, command: str, work: Path) -> dict[str, A
                      "fast_fps": FAST_FPS}
     res["total_s"] = round(time.perf_counter() - t_start, 1)
     return res
+
+
+def _model_entry(g: Graphs, args: argparse.Namespace, work: Path, budget: Budget,
+                 per_engine: dict[str, float]) -> dict[str, Any]:
+    """One model's section, or its facts and ``error`` when timing it failed."""
+    from hepascope.bench.models import model_section
+
+    try:
+        return model_section(g, device=args.device, work=work / f"{g.name}-q", budget=budget,
+                             int8=not args.no_int8, peak_gflops=per_engine)
+    except Exception as e:  # reported in the summary and the exit status; others stand
+        log.info("bench section models/%s failed", g.name, exc_info=e)
+        return {"params": g.params, "flops": g.flops,
+                "gmacs": None if g.flops is None else g.flops / 2e9,
+                "graphs": [p.name for p in g.paths], "inputs": g.inputs, "engines": {},
+                "error": f"{type(e).__name__}: {e}"}
 
 
 def _pipeline_model(given: Path | None, graphs: list[Graphs], work: Path) -> Path:
@@ -229,6 +276,7 @@ def run_from_args(args: argparse.Namespace, command: str | None = None) -> Path:
     return Path(out)
 
 
+@guard_main
 def main(argv: list[str] | None = None) -> int:
     from hepascope.bench.cli import add_arguments
 
@@ -236,10 +284,22 @@ def main(argv: list[str] | None = None) -> int:
                                 description=__doc__.split("\n\n")[0])
     add_arguments(p)
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="hepascope: %(levelname)s: %(message)s")
+    configure_logging()
     arg_text = " ".join(sys.argv[1:] if argv is None else argv)
-    out = run_from_args(args, f"python -m hepascope.bench.run {arg_text}")
+    return bench_exit(run_from_args(args, f"python -m hepascope.bench.run {arg_text}"))
+
+
+def bench_exit(out: Path) -> int:
+    """Say where the results are (stdout); exit 1 with one line on stderr naming the
+    sections that failed (their errors are in the summary), else 0."""
+    import json
+
     print(f"wrote {out}/summary.md")
+    failed = failed_sections(json.loads((out / "results.json").read_text()))
+    if failed:
+        print(error_line(f"bench: {len(failed)} section(s) failed: {', '.join(failed)} (see "
+                         f"{out}/summary.md)"), file=sys.stderr)
+        return 1
     return 0
 
 

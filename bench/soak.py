@@ -36,6 +36,9 @@ from typing import Any
 
 import numpy as np
 
+from hepascope.stream.errors import guard_main
+from hepascope.stream.logs import configure as configure_logging
+
 log = logging.getLogger(__name__)
 
 
@@ -272,6 +275,7 @@ def _append_md(path: Path, r: dict[str, Any]) -> None:
         f.write(line)
 
 
+@guard_main
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m hepascope.bench.soak",
                                  description=__doc__.split("\n")[0])
@@ -286,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rss-mb-per-min", type=float, default=Limits().rss_mb_per_min,
                     help="RSS slope limit over the second half (default %(default)s)")
     a = ap.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="soak: %(levelname)s: %(message)s")
+    configure_logging(logging.WARNING, name="soak")
     r = run_soak(minutes=a.minutes, kill_every_s=a.kill_every, out=a.out, clip=a.clip,
                  model=a.model, outage_s=a.outage,
                  limits=Limits(rss_mb_per_min=a.rss_mb_per_min))

@@ -30,7 +30,7 @@ import numpy as np
 
 from hepascope.engines.cuda import CudaContext, check, driver
 from hepascope.engines.gpu_plan import ViewPlan, gaussian_taps, grey_coefficients, plan_views
-from hepascope.stream.errors import ModelError, ModelInputError
+from hepascope.stream.errors import ModelError, ModelInputError, guard_main
 from hepascope.stream.preprocess import PreprocessSpec
 
 KERNELS = Path(__file__).parent / "kernels"
@@ -318,6 +318,7 @@ def bench(n: int = 200) -> list[str]:
     return rows
 
 
+@guard_main
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m hepascope.engines.gpu_preprocess",
                                  description="GPU preprocessing kernels")

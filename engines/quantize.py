@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from hepascope.stream.errors import ConfigError, DataError, HepascopeError, ModelError
+from hepascope.stream.errors import ConfigError, DataError, HepascopeError, ModelError, guard_main
 
 METHODS = ("minmax", "entropy", "percentile")
 KEEP_FLOAT = ("Softmax",)  # op types left unquantised (see the module docstring)
@@ -156,6 +156,7 @@ def quantize_int8(model: Path, out: Path, feeds: list[dict[str, np.ndarray]], *,
     return out
 
 
+@guard_main
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m hepascope.engines.quantize",
                                 description=__doc__.split("\n\n")[0])

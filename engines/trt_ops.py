@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hepascope.stream.errors import HepascopeError, ModelError
+from hepascope.stream.errors import HepascopeError, ModelError, guard_main
 
 if TYPE_CHECKING:
     import onnx
@@ -272,6 +272,7 @@ def check_trt_ops(path: onnx.ModelProto | str | Path, *,
     return problems
 
 
+@guard_main
 def main(argv: Sequence[str] | None = None) -> int:
     """Check each file; print OK (with its op types) or its problems. 1 if any has one."""
     import argparse

@@ -3,6 +3,7 @@
 ``HepascopeError`` (one line on stderr, never a traceback) or a bad argument (argparse's
 usage line); 3 ``run``/``replay`` whose source ended while the model was down, so that its
 last frames got no result (one line on stderr; the summary is still printed and written);
+1 ``bench`` with a failed section (named in one line on stderr; the results still written);
 130 interrupted by Ctrl-C outside a run (a run stops cleanly on SIGINT/SIGTERM: 0)."""
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from hepascope.stream.errors import ConfigError, HepascopeError
+from hepascope.stream.logs import LEVELS, error_line
+from hepascope.stream.logs import configure as configure_logging
 
 log = logging.getLogger("hepascope")
 
@@ -235,15 +238,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hepascope",
         description="Real-time AI pipeline for live liver ultrasound.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    parser.add_argument("--version", action="version", version=f"hepascope {_version()}")
+    add_log_args(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("run", help="run the live pipeline: source -> model -> results channel",
                        description="Capture frames from SPEC, classify the newest one "
                        "continuously, publish results and telemetry over ZeroMQ.")
     p.add_argument("--source", required=True, metavar="SPEC",
-                   help="a video file, rtsp://..., igtl://HOST:PORT[?device=NAME], "
-                   "v4l2:/dev/videoN, cam:N, phantom:SEED")
+                   help="a video file, rtsp://..., udp://HOST:PORT, igtl://HOST:PORT[?device=NAME], "
+                   "v4l2:/dev/videoN, cam:N, phantom:SEED, shm:NAME, FILE.dcm")
     p.add_argument("--model", required=True, type=Path, metavar="PATH.onnx", help="ONNX classifier")
     p.add_argument("--record", type=Path, metavar="DIR", help="record frames and results to DIR")
     p.add_argument("--clip-model", type=Path, metavar="PATH",
@@ -309,19 +313,58 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_demo(sub)
     add_build(sub)  # TensorRT is imported by the handler, not here
     add_bench(sub)
+    _log_args_everywhere(parser)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("hepascope")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "unknown"
+
+
+def add_log_args(p: argparse.ArgumentParser, *, root: bool = True) -> None:
+    """``-v``, ``--log-level``, ``--log-json``. On a subcommand their defaults are
+    SUPPRESS, so that ``hepascope -v run`` and ``hepascope run -v`` mean the same."""
+    d: dict[str, Any] = {} if root else {"default": argparse.SUPPRESS}
+    g = p.add_argument_group("logging")
+    g.add_argument("-v", "--verbose", action="store_true", help="log more (= --log-level info)",
+                   **d)
+    g.add_argument("--log-level", choices=LEVELS, type=str.lower, metavar="LEVEL",
+                   help=f"one of {', '.join(LEVELS)} (default warning; -v: info)", **d)
+    g.add_argument("--log-json", action="store_true",
+                   help="log lines as JSON objects (time, level, logger, message), one per "
+                   "line on stderr, for a log collector", **d)
+
+
+def _log_args_everywhere(parser: argparse.ArgumentParser) -> None:
+    """Add the logging options to every subcommand, nested ones (``phantom session``)
+    included."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                add_log_args(child, root=False)
+                _log_args_everywhere(child)
+
+
+def _log_level(args: argparse.Namespace) -> str:
+    if args.log_level:
+        return str(args.log_level)
+    return "info" if args.verbose else "warning"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="hepascope: %(levelname)s: %(message)s")
+    configure_logging(_log_level(args), json_lines=args.log_json)
     # which engine runs, and why (--engine auto), is worth a line even without -v
     logging.getLogger("hepascope.engines.base").setLevel(logging.INFO)
     try:
         return int(args.func(args))
     except HepascopeError as e:
-        print(f"hepascope: error: {e}", file=sys.stderr)
+        print(error_line(str(e)), file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

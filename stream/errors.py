@@ -4,6 +4,11 @@
 
 from __future__ import annotations
 
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any
+
 
 class HepascopeError(Exception):
     """Base of every error hepascope raises on purpose."""
@@ -59,3 +64,22 @@ class PublishError(HepascopeError, ConnectionError):
 class DataError(HepascopeError, ValueError):
     """A training/evaluation dataset is missing, malformed or cannot be decoded (a bad
     manifest row, an unreadable image, a DICOM whose pixel data cannot be decoded)."""
+
+
+def guard_main(main: Callable[..., int]) -> Callable[..., int]:
+    """Wrap a ``python -m`` tool's ``main``: a ``HepascopeError`` becomes one line on stderr
+    and exit status 2 (the ``hepascope`` command's rule), never a traceback; Ctrl-C is 130."""
+
+    @functools.wraps(main)
+    def guarded(*args: Any, **kwargs: Any) -> int:
+        from hepascope.stream.logs import error_line  # stdlib-only, like this module
+
+        try:
+            return int(main(*args, **kwargs))
+        except HepascopeError as e:
+            print(error_line(str(e)), file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            return 130
+
+    return guarded

@@ -132,8 +132,9 @@ def child_main(spec: ModelSpec, out: Connection, ctl: Connection, log_level: int
     # Ctrl-C in a terminal signals the whole process group: the parent decides when the
     # child stops (STOP), so that results already made are still sent
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.basicConfig(level=log_level,
-                        format="hepascope[inference %(process)d]: %(levelname)s: %(message)s")
+    from hepascope.stream.logs import configure
+
+    configure(log_level, name=f"hepascope[inference {os.getpid()}]")  # text or JSON: as the parent
     from hepascope.stream.models import open_model
 
     try:

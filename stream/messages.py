@@ -28,6 +28,8 @@ import msgpack
 import msgspec
 from msgspec import Meta
 
+from hepascope.stream.errors import guard_main
+
 SCHEMA_VERSION = 2
 TOPIC_RESULT = b"result"
 TOPIC_TELEMETRY = b"telemetry"
@@ -246,6 +248,7 @@ def schema_text() -> str:
     return json.dumps(json_schema(), indent=2, ensure_ascii=False) + "\n"
 
 
+@guard_main
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m hepascope.stream.messages",
                                 description="Write the results channel's JSON Schema.")

@@ -40,6 +40,7 @@ import sys
 import threading
 import time
 
+from hepascope.stream.errors import guard_main
 from hepascope.stream.rtsp_media import (
     CLOCK,
     HOST,
@@ -316,6 +317,7 @@ def serve(file: str, port: int, path: str, loop: bool, live: bool, mute: bool,
     return 0
 
 
+@guard_main
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m hepascope.stream.rtsp_serve",
                                  description=__doc__.split("\n")[0])

@@ -105,3 +105,30 @@ def test_scaling_points_from_runs_or_keyed_entries() -> None:
 def test_machine_slug() -> None:
     assert machine_slug("cuda", "NVIDIA H100 80GB HBM3") == "h100"
     assert machine_slug("cpu").startswith("cpu-") and machine_slug("cpu").endswith("core")
+
+
+def test_failed_sections_are_named_on_stderr_and_exit_nonzero(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The fault from outside: the export the pipeline sections run is not there. Each
+    section fails on its own (the slow model, which brings its own, stands), progress shows
+    on stderr, and the command's status is 1 with one line naming them."""
+    from hepascope.bench.run import bench_exit, failed_sections, pipeline_sections
+
+    res = pipeline_sections(tmp_path / "no-such-export", device="cpu", seconds=0.5,
+                            streams=(1,), work=tmp_path)
+    err = capsys.readouterr().err
+    with capsys.disabled():
+        print(err)
+    assert "bench [1/8] pipeline ..." in err and "bench [8/8] slow_model: " in err
+    assert "pipeline: FAILED: " in err
+    failed = failed_sections(res)
+    assert {"pipeline", "naive", "scaling"} <= set(failed) and "slow_model" not in failed
+    out = tmp_path / "res"
+    out.mkdir()
+    (out / "results.json").write_text(json.dumps(res))
+    assert bench_exit(out) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hepascope: error: bench: "), lines
+    assert "pipeline" in lines[0]
+    (out / "results.json").write_text(json.dumps({"models": {"m": {"engines": {}}}}))
+    assert bench_exit(out) == 0

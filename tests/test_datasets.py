@@ -135,14 +135,14 @@ def test_dicom_from_arrays(tmp_path: Path) -> None:
     g8 = _noise(3, (20, 30))
     assert np.array_equal(read_image(_dicom(tmp_path / "g8.dcm", g8)), g8)
     assert np.array_equal(read_image(_dicom(tmp_path / "m1.dcm", g8, "MONOCHROME1")), 255 - g8)
-    g16 = (g8.astype(np.uint16) * 16 + 100)  # 12 bits stored, no window: min-max
+    g16 = (g8.astype(np.uint16) * 16 + 100)  # 12 bits stored, no window: 0..4095 -> 0..255
     out = read_image(_dicom(tmp_path / "g16", g16, bits=12))  # no extension: DICM magic
-    ref = np.round((g16 - g16.min()) * (255.0 / (g16.max() - g16.min()))).astype(np.uint8)
-    assert np.abs(out.astype(int) - ref).max() <= 1
+    ref = (g16 * (255.0 / 4095) + 0.5).astype(np.uint8)  # the live source's rule
+    assert np.array_equal(out, ref)
     win = read_image(_dicom(tmp_path / "w.dcm", g16, bits=12, WindowCenter=1000,
                             WindowWidth=1000))
     ref = np.clip((g16.astype(np.float32) - 500) * 255 / 1000 + 0.5, 0, 255).astype(np.uint8)
-    assert np.array_equal(win, ref)
+    assert np.abs(win.astype(int) - ref).max() <= 1  # DICOM's LINEAR window (c - 0.5, w - 1)
     rgb = _noise(4, (10, 12, 3))
     assert np.array_equal(read_image(_dicom(tmp_path / "rgb.dcm", rgb, "RGB")), rgb[..., ::-1])
     cine = np.stack([_noise(30 + k, (8, 10)) for k in range(4)])
@@ -311,11 +311,11 @@ def test_every_task_generates_phantom_arrays(name: str) -> None:
 def test_phantom_arrays_cache_and_workers(tmp_path: Path) -> None:
     kw = {"patients_per_class": 1, "samples_per_patient": 2, "kinds": {"image"},
           "bmode_size": (16, 16), "seed": 3}
-    a = phantom_arrays("hcc", workers=2, cache_dir=tmp_path, **kw)  # type: ignore[arg-type]
+    a = phantom_arrays("hcc", workers=2, cache_dir=tmp_path, **kw)
     assert a.ceus is None and a.window is None and len(a) == 4
     assert len(list(tmp_path.glob("task-hcc-*.npz"))) == 1
-    b = phantom_arrays("hcc", workers=1, **kw)  # type: ignore[arg-type]
-    c = phantom_arrays("hcc", workers=1, cache_dir=tmp_path, **kw)  # type: ignore[arg-type]
+    b = phantom_arrays("hcc", workers=1, **kw)
+    c = phantom_arrays("hcc", workers=1, cache_dir=tmp_path, **kw)
     assert a.bmode is not None and b.bmode is not None and c.bmode is not None
     assert np.array_equal(a.bmode, b.bmode) and np.array_equal(a.bmode, c.bmode)
     assert c.source == a.source and not np.array_equal(a.bmode[0], a.bmode[1])

@@ -241,6 +241,7 @@ def test_write_session_mp4_and_sidecar(session: Path) -> None:
         v = c.streams.video[0]
         assert v.codec_context.name == "h264"
         frames = list(c.decode(v))
+        assert v.average_rate is not None
         rate = float(v.average_rate)
     assert len(frames) == 60 == len(side["frames"])
     assert (frames[0].width, frames[0].height) == (side["width"], side["height"]) == (768, 384)
@@ -301,7 +302,8 @@ def test_image_dataset_manifest(tmp_path: Path) -> None:
     assert len(list((tmp_path / "img").rglob("*.png"))) == 6
     # the in-memory generator yields the same frames
     first, _ = next(iter_samples(9, n_patients=1, frames_per_patient=2))
-    assert np.array_equal(first, cv2.imread(str(manifest.parent / rows[0]["path"])))
+    written = cv2.imread(str(manifest.parent / rows[0]["path"]))
+    assert written is not None and np.array_equal(first, written)
 
 
 def test_clip_dataset(tmp_path: Path) -> None:
@@ -348,3 +350,17 @@ def test_render_time_per_frame() -> None:
     init_ms = (time.perf_counter() - t0) * 1e3
     print(f"\nphantom render {ms:.2f} ms/frame (768x384 dual view), per-patient setup "
           f"{init_ms:.0f} ms")
+
+
+def test_session_rendering_reports_progress_on_stderr(tmp_path: Path) -> None:
+    """``hepascope phantom session`` (minutes for a demo session) says how far it is on
+    stderr while its result line stays on stdout."""
+    t0 = time.monotonic()
+    res = subprocess.run([sys.executable, "-m", "hepascope.stream", "phantom", "session",
+                          "--seconds", "3", "--fps", "10", "--out", str(tmp_path / "s.mp4")],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    lines = res.stderr.strip().splitlines()
+    print(f"\n{time.monotonic() - t0:.1f} s; stderr: {lines}")
+    assert lines and lines[-1].startswith("phantom session: 30/30 frames (100%")
+    assert res.stdout.startswith("wrote ") and "frames (" not in res.stdout

@@ -43,11 +43,12 @@ class ResultLog:
 
 def _write_session_job(job: tuple[str, int, float]) -> str:
     """Worker: write one session (path, seed, segment seconds)."""
-    from hepascope.stream.phantom.session import write_session
+    from hepascope.stream.phantom.session import print_progress, write_session
 
     path, seed, segment_s = job
     tmp = Path(path).with_name(f".{Path(path).name}.{os.getpid()}.tmp.mp4")
-    write_session(tmp, seed=seed, seconds=SEGMENTS * segment_s, segment_s=segment_s)
+    write_session(tmp, seed=seed, seconds=SEGMENTS * segment_s, segment_s=segment_s,
+                  progress=print_progress(f"session seed {seed}"))
     os.replace(tmp.with_suffix(".truth.json"), Path(path).with_suffix(".truth.json"))
     os.replace(tmp, path)
     return path
@@ -64,10 +65,12 @@ def ensure_sessions(cache: Path, console: Any, seeds: Sequence[int] = SESSION_SE
     paths = [cache / f"session-s{s}-{SEGMENTS}x{segment_s:g}s-{key}.mp4" for s in seeds]
     todo = [(str(p), s, segment_s) for p, s in zip(paths, seeds, strict=True)
             if not (p.is_file() and p.with_suffix(".truth.json").is_file())]
-    if todo:
-        with console.status(f"writing {len(todo)} phantom session(s) of "
-                            f"{SEGMENTS * segment_s:g} s..."):
-            map_pool(_write_session_job, todo, min(len(todo), os.cpu_count() or 1))
+    if todo:  # plain lines (the workers print their progress), no spinner to garble
+        t0 = time.monotonic()
+        console.print(f"writing {len(todo)} phantom session(s) of {SEGMENTS * segment_s:g} s "
+                      "(cached for later runs)...")
+        map_pool(_write_session_job, todo, min(len(todo), os.cpu_count() or 1))
+        console.print(f"wrote {len(todo)} phantom session(s) in {time.monotonic() - t0:.0f} s")
     return paths
 
 

@@ -63,6 +63,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = train_config(args, name, data)
     res = train(data, cfg, args.out, progress=not args.quiet, resume=args.resume,
                 stop_after=args.stop_after)
+    if int(os.environ.get("RANK", "0")) == 0:  # the curves so far, a paused run's too
+        from hepascope.train.curves import write_curves
+
+        for path in write_curves(args.out, res.history, best_epoch=res.best_epoch,
+                                 title=f"{name}: {res.epochs_run} epochs ({res.stopped})"):
+            console.print(f"wrote {path}")
     if res.stopped != "paused" and int(os.environ.get("RANK", "0")) == 0:
         from hepascope.train.calibrate import calibrate_checkpoint
 

@@ -7,13 +7,15 @@ import sys
 import time
 from collections.abc import Sequence
 
+from hepascope.stream.errors import guard_main
+
 
 def _session(args: argparse.Namespace) -> int:
-    from hepascope.stream.phantom.session import sidecar_path, write_session
+    from hepascope.stream.phantom.session import print_progress, sidecar_path, write_session
 
     t0 = time.perf_counter()
     path = write_session(args.out, seed=args.seed, seconds=args.seconds, fps=args.fps,
-                         segment_s=args.segment_seconds)
+                         segment_s=args.segment_seconds, progress=print_progress("session"))
     n = round(args.seconds * args.fps)
     print(f"wrote {path} ({n} frames, {args.fps:g} fps) and {sidecar_path(path)} "
           f"in {time.perf_counter() - t0:.1f} s")
@@ -142,6 +144,7 @@ def _add_dataset(ps: argparse._SubParsersAction) -> None:
     d.set_defaults(func=_dataset)
 
 
+@guard_main
 def main(argv: Sequence[str] | None = None) -> int:
     """Stand-alone entry: ``python -m hepascope.stream.phantom.cli session --out x.mp4``."""
     parser = argparse.ArgumentParser(prog="hepascope")

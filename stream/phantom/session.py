@@ -11,7 +11,7 @@ segments shows each class once. Each segment has its own CEUS clock that starts 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -116,8 +116,10 @@ def sidecar_path(path: str | Path) -> Path:
 
 
 def write_session(path: str | Path, *, seed: int, seconds: float, fps: float = 30.0,
-                  segment_s: float = 10.0) -> Path:
-    """Write a dual-view session MP4 and its ``.truth.json`` sidecar; returns ``path``."""
+                  segment_s: float = 10.0, progress: Callable[[int, int], None] | None = None
+                  ) -> Path:
+    """Write a dual-view session MP4 and its ``.truth.json`` sidecar; returns ``path``.
+    ``progress(frames_done, frames_total)`` after each frame (rendering takes minutes)."""
     path = Path(path)
     n = round(seconds * fps)
     if n <= 0:
@@ -127,6 +129,8 @@ def write_session(path: str | Path, *, seed: int, seconds: float, fps: float = 3
         for img, truth in iter_session(seed, fps, segment_s, n):
             w.write(img)
             frames.append(truth)
+            if progress is not None:
+                progress(len(frames), n)
     n_seg = (n + segment_frames(fps, segment_s) - 1) // segment_frames(fps, segment_s)
     segments = []
     for k in range(n_seg):
@@ -138,3 +142,26 @@ def write_session(path: str | Path, *, seed: int, seconds: float, fps: float = 3
             "segment_s": segment_s, "segments": segments, "frames": frames}
     sidecar_path(path).write_text(json.dumps(side, separators=(",", ":")))
     return path
+
+
+def print_progress(name: str, every: float = 0.1, min_s: float = 2.0
+                   ) -> Callable[[int, int], None]:
+    """A ``write_session`` progress that prints one line on stderr per ``every`` of the
+    frames, at most one per ``min_s`` seconds, and the last (from a worker process too:
+    whole lines, so parallel workers interleave cleanly)."""
+    import sys
+    import time
+
+    t0 = time.monotonic()
+    state = {"next": every, "t": t0}
+
+    def report(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and (done / total < state["next"] or now - state["t"] < min_s):
+            return
+        state["next"], state["t"] = done / total + every, now
+        print(f"phantom {name}: {done}/{total} frames ({100 * done / total:.0f}%, "
+              f"{time.monotonic() - t0:.0f} s)", file=sys.stderr, flush=True)
+
+    return report
+

@@ -1,9 +1,10 @@
 """Frame sources, one file each, all meeting ``Source`` (open, iterate, close).
 
 ``open_source(spec)`` turns a CLI source spec into a source: a file path, ``rtsp://...``,
-``igtl://host:port[?device=NAME]`` (OpenIGTLink IMAGE messages), ``v4l2:/dev/video0`` or
-``cam:0``, ``phantom:SEED``, ``shm:NAME`` (a running pipeline's frame ring), a DICOM cine
-(``*.dcm``, ``*.dicom`` or ``dicom:PATH``)."""
+``igtl://host:port[?device=NAME]`` (OpenIGTLink IMAGE messages), ``udp://HOST:PORT`` or
+``srt://...`` (a pushed MPEG-TS stream), ``v4l2:/dev/video0`` or ``cam:0``, ``phantom:SEED``,
+``shm:NAME`` (a running pipeline's frame ring), a DICOM cine (``*.dcm``, ``*.dicom`` or
+``dicom:PATH``)."""
 
 from __future__ import annotations
 
@@ -54,6 +55,19 @@ def open_source(spec: str, options: SourceOptions | None = None) -> Source:
         from hepascope.stream.sources.reconnect import Reconnecting
 
         return Reconnecting(stream, backoff_initial_s=o.backoff_initial_s,
+                            backoff_max_s=o.backoff_max_s)
+    if spec.startswith(("udp://", "srt://")):
+        from hepascope.stream.sources.udp import DatagramSource
+
+        def datagrams() -> Source:
+            return DatagramSource(spec, open_timeout_s=o.open_timeout_s,
+                                  read_timeout_s=o.read_timeout_s)
+
+        if not o.reconnect:
+            return datagrams()
+        from hepascope.stream.sources.reconnect import Reconnecting
+
+        return Reconnecting(datagrams, backoff_initial_s=o.backoff_initial_s,
                             backoff_max_s=o.backoff_max_s)
     if sep and scheme in ("v4l2", "cam"):
         from hepascope.stream.sources.capture import CaptureSource

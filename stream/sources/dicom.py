@@ -8,14 +8,13 @@ Cine Rate (0018,0040, frames/s), Recommended Display Frame Rate (0008,2144), els
 is passed over for the next. ``timing`` says which one was used.
 
 Pixels: MONOCHROME1/2 give grey frames (MONOCHROME1 inverted, so that high is bright);
-RGB, YBR_FULL and YBR_FULL_422 give BGR frames (YBR converted to RGB by pydicom's
-``convert_color_space``). 8-bit frames are taken as they are. Wider ones go to 8 bits by
-one rule fixed for the whole file, so that its frames stay comparable and no frame needs
-to be seen in advance: the modality rescale (Rescale Slope/Intercept), then the first VOI
-window (Window Center/Width) if the file has one, else the full range of Bits Stored.
-Compressed transfer syntaxes decode when a pydicom decoder plugin is installed (Pillow
-covers JPEG baseline and JPEG 2000), else ``SourceFormatError`` says which transfer
-syntax and which plugins would do.
+RGB, YBR_FULL, YBR_FULL_422 and PALETTE COLOR give BGR frames (YBR converted to RGB by
+pydicom's ``convert_color_space``). To 8 bits by the one rule the training readers use too
+(``stream/dicom_pixels.py``: modality LUT, first VOI transform, else the range of Bits
+Stored), fixed for the whole file, so that its frames stay comparable and no frame needs
+to be seen in advance. Compressed transfer syntaxes decode when a pydicom decoder plugin
+is installed (Pillow covers JPEG baseline and JPEG 2000), else ``SourceFormatError`` says
+which transfer syntax and which plugins would do.
 """
 
 from __future__ import annotations
@@ -28,11 +27,13 @@ from typing import Any
 
 import numpy as np
 
+from hepascope.stream.dicom_pixels import to_uint8
 from hepascope.stream.errors import SourceError, SourceFormatError, SourceNotFoundError
 from hepascope.stream.sources.base import Pacer, SourceBase
 
 DEFAULT_FPS = 30.0  # when the file states no timing at all
-PHOTOMETRICS = ("MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422")
+PHOTOMETRICS = ("MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422",
+                "PALETTE COLOR")
 FRAME_TIME, FRAME_TIME_VECTOR = 0x00181063, 0x00181065
 # What pydicom raises on a damaged file besides its own InvalidDicomError: short reads, bad
 # lengths, values that do not parse, pixel data that does not match its description.
@@ -191,7 +192,7 @@ class DicomCineSource(SourceBase):
             raise SourceFormatError(f"{self.path}: cannot decode frame {index} "
                                     f"({self.transfer_syntax}): {' '.join(str(e).split())}"
                                     ) from e
-        return to_display(self._ds, arr, self.photometric)
+        return to_display(self._ds, arr)
 
     def _frames(self) -> Iterator[tuple[np.ndarray, float | None]]:
         while True:
@@ -207,39 +208,8 @@ class DicomCineSource(SourceBase):
         self._ds = None
 
 
-def _window(ds: Any) -> tuple[float, float]:
-    """(low, high) values mapped to 0 and 255: the first VOI window, else the range the
-    stored bits (after the modality rescale) can hold."""
-    center, width = ds.get("WindowCenter"), ds.get("WindowWidth")
-    if center is not None and width is not None:
-        c = float(center[0] if isinstance(center, Sequence) else center)
-        w = float(width[0] if isinstance(width, Sequence) else width)
-        if math.isfinite(c) and math.isfinite(w) and w >= 1:
-            return c - w / 2.0, c + w / 2.0
-    stored = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)))
-    signed = int(ds.get("PixelRepresentation", 0)) == 1
-    lo, hi = (-(2 ** (stored - 1)), 2 ** (stored - 1) - 1) if signed else (0, 2**stored - 1)
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
-    ends = sorted((lo * slope + intercept, hi * slope + intercept))
-    return ends[0], ends[1]
-
-
-def to_display(ds: Any, arr: np.ndarray, photometric: str) -> np.ndarray:
-    """One decoded frame as the pipeline takes it: uint8 grey, or BGR from RGB."""
-    if arr.ndim == 3:  # RGB (pydicom converted YBR)
-        if arr.dtype != np.uint8:
-            shift = max(int(ds.get("BitsStored", 16)) - 8, 0)
-            arr = np.clip(arr.astype(np.int64) >> shift, 0, 255).astype(np.uint8)
-        return np.ascontiguousarray(arr[..., ::-1])
-    if arr.dtype != np.uint8:
-        values = arr.astype(np.float32)
-        slope = float(ds.get("RescaleSlope", 1) or 1)
-        intercept = float(ds.get("RescaleIntercept", 0) or 0)
-        values = values * slope + intercept
-        lo, hi = _window(ds)
-        arr = np.clip((values - lo) * (255.0 / max(hi - lo, 1e-6)) + 0.5, 0, 255
-                      ).astype(np.uint8)
-    if photometric == "MONOCHROME1":  # high values are dark: invert to the usual sense
-        arr = 255 - arr
-    return np.ascontiguousarray(arr)
+def to_display(ds: Any, arr: np.ndarray) -> np.ndarray:
+    """One decoded frame as the pipeline takes it: uint8 grey, or BGR from RGB, by the one
+    DICOM pixel rule (``stream/dicom_pixels.py``) the training readers use too."""
+    out = to_uint8(ds, arr)
+    return np.ascontiguousarray(out[..., ::-1] if out.ndim == 3 else out)

@@ -3,9 +3,9 @@
 live pipeline captures: uint8 HxW grey or HxWx3 BGR. Anything unreadable is a
 ``DataError`` naming the file, so a bad item in a 10 000-file dataset is found at once.
 
-DICOM: palette colour is applied, YBR is converted to RGB (pydicom 3 does it by default),
-MONOCHROME1 is inverted, more than 8 bits go to 8 by the file's VOI window, else by the
-min-max of the image (or of the whole clip, so its frames stay comparable)."""
+DICOM: YBR is converted to RGB (pydicom 3 does it by default), then the one rule the live
+DICOM source uses too (``stream/dicom_pixels.py``): palette applied, modality LUT, the
+first VOI transform, else the range of Bits Stored, to 8 bits; MONOCHROME1 inverted."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from hepascope.stream.dicom_pixels import to_uint8
 from hepascope.stream.errors import DataError
 
 IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
@@ -182,42 +183,6 @@ def _dicom_pixels(p: Path, ds: Any) -> np.ndarray:
     return arr
 
 
-def _first(value: Any) -> float:
-    """A DS value that may be multi-valued (several windows: the first is the default)."""
-    from pydicom.multival import MultiValue
-
-    return float(value[0] if isinstance(value, (MultiValue, list, tuple)) else value)
-
-
-def _dicom_to_uint8(ds: Any, arr: np.ndarray) -> np.ndarray:
-    """Palette -> RGB, modality LUT, VOI window or min-max to 8 bits, MONOCHROME1 inverted;
-    returns uint8 (F, H, W) or (F, H, W, 3) RGB."""
-    from pydicom.pixels import apply_color_lut, apply_modality_lut
-
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    if photometric == "PALETTE COLOR":
-        arr = apply_color_lut(arr, ds)
-        bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
-        return (arr >> (bits - 8)).astype(np.uint8) if bits > 8 else arr.astype(np.uint8)
-    if arr.ndim == 4:  # RGB (pydicom converted YBR)
-        return _to_uint8(arr)
-    if "RescaleSlope" in ds or "RescaleIntercept" in ds or "ModalityLUTSequence" in ds:
-        arr = apply_modality_lut(arr, ds)
-    center, width = ds.get("WindowCenter"), ds.get("WindowWidth")
-    if arr.dtype == np.uint8:
-        out = arr
-    elif center is not None and width is not None:
-        c, w = _first(center), _first(width)
-        lo = c - w / 2.0
-        out = np.clip((arr.astype(np.float32) - lo) * (255.0 / max(w, 1.0)) + 0.5, 0, 255
-                      ).astype(np.uint8)
-    else:
-        out = _to_uint8(arr)
-    if photometric == "MONOCHROME1":  # high values are dark: invert to the usual sense
-        out = 255 - out
-    return out
-
-
 def _pick(p: Path, n: int, want: Sequence[int] | None) -> Sequence[int]:
     """``want`` checked against a clip of ``n`` frames (all of them when None)."""
     if want is None:
@@ -230,7 +195,7 @@ def _pick(p: Path, n: int, want: Sequence[int] | None) -> Sequence[int]:
 def _read_dicom(p: Path, want: Sequence[int] | None) -> list[np.ndarray]:
     ds = _dcmread(p)
     arr = _dicom_pixels(p, ds)
-    out = _dicom_to_uint8(ds, arr)  # the whole cine: one 8-bit mapping for all its frames
+    out = to_uint8(ds, arr)  # the live DICOM source's rule: the same pixels in training
     idx = _pick(p, len(out), want)
     if out.ndim == 4:
         return [np.ascontiguousarray(out[i][..., ::-1]) for i in idx]  # RGB -> BGR

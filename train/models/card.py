@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hepascope.stream.errors import guard_main
 from hepascope.train.flops import count_flops, count_params
 from hepascope.train.models import create_model, example_inputs, list_models
 
@@ -125,6 +126,7 @@ def format_table(rows: Sequence[CardRow], markdown: bool = False) -> str:
     return "\n".join(lines + (["", *notes] if notes else []))
 
 
+@guard_main
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m hepascope.train.models.card",
                                 description="Parameters, FLOPs and ONNX parity of every "
