@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 # Calibration metadata (written by train/export.py), JSON numbers; absent: T = 1, no abstention
 META_TEMPERATURE = "hepascope.temperature"  # > 0: the logits are divided by it
 META_ABSTAIN = "hepascope.abstain_threshold"  # [0, 1]: a smoothed confidence below it is uncertain
+# [0, 1]: a window model is warming_up after a scene cut until its window is this full (chosen
+# on validation: the share of new-scene frames from which it is as accurate as on full windows)
+META_WARMUP = "hepascope.warmup_fraction"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +43,7 @@ class Calibration:
 
     temperature: float = 1.0
     abstain_threshold: float | None = None
+    warmup_fraction: float | None = None  # None: the config's verdict.warmup_fraction
 
 
 def _meta_number(meta: Mapping[str, str], key: str, where: str) -> float | None:
@@ -65,7 +69,10 @@ def read_calibration(meta: Mapping[str, str], where: str) -> Calibration:
         raise ModelError(f"{where}: metadata {META_TEMPERATURE!r} must be > 0, got {temperature}")
     if threshold is not None and not 0 <= threshold <= 1:
         raise ModelError(f"{where}: metadata {META_ABSTAIN!r} must be in [0, 1], got {threshold}")
-    return Calibration(1.0 if temperature is None else temperature, threshold)
+    warmup = _meta_number(meta, META_WARMUP, where)
+    if warmup is not None and not 0 <= warmup <= 1:
+        raise ModelError(f"{where}: metadata {META_WARMUP!r} must be in [0, 1], got {warmup}")
+    return Calibration(1.0 if temperature is None else temperature, threshold, warmup)
 
 
 def softmax(x: np.ndarray) -> np.ndarray:

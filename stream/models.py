@@ -25,6 +25,7 @@ from hepascope.stream.bimodal import (
 from hepascope.stream.classifier import (
     META_ABSTAIN,
     META_TEMPERATURE,
+    META_WARMUP,
     Classifier,
     FrameClassifier,
     read_calibration,
@@ -36,7 +37,8 @@ from hepascope.stream.preprocess import PreprocessSpec, spec_from_dict
 from hepascope.stream.verdict import judged
 
 META_VERSION = "1"
-CALIBRATION_KEYS = (META_TEMPERATURE, META_ABSTAIN)  # optional, on the probabilities' graph
+# optional, on the probabilities' graph
+CALIBRATION_KEYS = (META_TEMPERATURE, META_ABSTAIN, META_WARMUP)
 HEAD_FILE = "head.onnx"
 CLIP_FILE = "model.onnx"  # a single-graph export's file name in its directory
 ROLE_CLIP = "clip"  # a 3D-CNN over a window of frames of one view (stream/clip.py)

@@ -149,7 +149,10 @@ class Judge:
         times = np.fromiter(self._times, np.float64, len(self._times))
         smoothed = _window_mean(times, np.stack(self._probs), len(times) - 1, 0, span)
         threshold = self.calibration.abstain_threshold
-        if blank or (window_fill is not None and window_fill < self.config.warmup_fraction):
+        warmup = self.calibration.warmup_fraction
+        if warmup is None:
+            warmup = self.config.warmup_fraction
+        if blank or (window_fill is not None and window_fill < warmup):
             return smoothed, WARMING_UP
         if threshold is not None and float(smoothed.max()) < threshold:
             return smoothed, UNCERTAIN

@@ -163,3 +163,38 @@ def test_baseline_features_separate_two_textures() -> None:
     assert acc >= 0.95
     # intensity alone cannot tell them apart: the separation comes from texture
     assert abs(x_img[y == 0].mean() - x_img[y == 1].mean()) < 2
+
+
+# --- window models: warm-up and a threshold on the smoothed confidence ---------------------
+
+def test_warmup_is_the_least_fill_as_accurate_as_a_full_window() -> None:
+    from hepascope.train.evaluation.calibration import choose_warmup
+
+    assert choose_warmup({1: 0.70, 2: 0.85, 3: 0.905, 4: 0.91}, 4) == 0.75
+    assert choose_warmup({1: 0.905, 2: 0.90, 3: 0.91}, 3) == pytest.approx(1 / 3)
+    assert choose_warmup({1: 0.5, 2: 0.91}, 2, tolerance=0.0) == 1.0
+
+
+def test_the_threshold_of_a_clip_is_chosen_on_its_smoothed_confidence() -> None:
+    """Each patient's clip: successive results alternate between a sure right answer and
+    a wrong or unsure one. Alone, a 95% threshold keeps only the sure half; smoothed over a
+    second (as live) every result is a mix and right: the smoothed fit keeps everything
+    the live path will show, the per-sample fit would abstain on half."""
+    from hepascope.train.evaluation.calibration import calibration_fit
+
+    n_patients, per = 40, 6
+    y = np.repeat(np.arange(n_patients) % 2, per)
+    probs = np.empty((len(y), 2))
+    for i, c in enumerate(y):
+        sure = i % 2 == 0
+        p_right = 0.97 if sure else 0.55 if i % 4 == 1 else 0.4  # every 4th is sure and wrong
+        probs[i, c], probs[i, 1 - c] = p_right, 1 - p_right
+    times = np.tile(np.arange(per) / 3.0, n_patients)  # 3 results a second
+    scenes = np.repeat(np.arange(n_patients), per)
+    alone = calibration_fit(probs, y, 0.95)
+    smoothed = calibration_fit(probs, y, 0.95, (times, scenes, 1.0))
+    print(f"\ncoverage at 95%: per sample {alone['abstain']['coverage']:.3f}, "
+          f"smoothed {smoothed['abstain']['coverage']:.3f}")
+    assert smoothed["smooth_s"] == 1.0 and alone["smooth_s"] is None
+    assert alone["abstain"]["coverage"] <= 0.55
+    assert smoothed["abstain"]["met"] and smoothed["abstain"]["coverage"] >= 0.95

@@ -291,3 +291,22 @@ def test_a_run_with_an_unsure_model_shows_uncertain_and_no_class(tmp_path: Path,
                and len(r["probs"]) == len(r["labels"]) for r in results)
     assert shown["UNCERTAIN"] >= 10 and "LIVE" not in shown
     assert all(f["top"] is None for f in frames)
+
+
+def test_a_model_s_own_warmup_fraction_overrides_the_config() -> None:
+    """``hepascope.warmup_fraction`` in a model's metadata (chosen on its validation
+    windows) decides when a window model's results count after a scene cut; a model
+    without it keeps the config's ``verdict.warmup_fraction``; out of range is refused."""
+    from hepascope.stream.classifier import META_WARMUP, Calibration, read_calibration
+    from hepascope.stream.verdict import Judge
+
+    cfg = load_config().verdict
+    probs = np.array([0.9, 0.1])
+    assert cfg.warmup_fraction == 0.5
+    assert Judge(cfg, Calibration()).judge(0.0, probs, 2 / 6)[1] == "warming_up"
+    own = read_calibration({META_WARMUP: json.dumps(1 / 6)}, "m")
+    assert own.warmup_fraction == pytest.approx(1 / 6)
+    assert Judge(cfg, own).judge(0.0, probs, 1 / 6)[1] == "ok"
+    assert Judge(cfg, own).judge(0.0, probs, 0.1)[1] == "warming_up"
+    with pytest.raises(ModelError, match="warmup_fraction"):
+        read_calibration({META_WARMUP: "1.5"}, "m")

@@ -13,7 +13,11 @@ import numpy as np
 from hepascope.stream.errors import DataError
 from hepascope.train.checkpoint import atomic_json, load_checkpoint
 from hepascope.train.datasets.arrays import ArraySet
-from hepascope.train.evaluation.calibration import calibration_fit, calibration_record
+from hepascope.train.evaluation.calibration import (
+    calibration_fit,
+    calibration_record,
+    choose_warmup,
+)
 from hepascope.train.evaluation.folds import holdout_split
 from hepascope.train.models.registry import model_kind
 from hepascope.train.samples import ArrayDataset
@@ -28,9 +32,15 @@ def validation_indices(data: ArraySet, cfg: TrainConfig) -> np.ndarray:
 
 
 def calibrate_checkpoint(out_dir: str | Path, data: ArraySet, cfg: TrainConfig,
-                         target_accuracy: float) -> dict[str, Any]:
+                         target_accuracy: float, *,
+                         smooth_s: float | None = None) -> dict[str, Any]:
     """Fit temperature and threshold on the checkpoint's validation patients; store them in
-    model.json (``calibration``) and return that record."""
+    model.json (``calibration``) and return that record.
+
+    ``smooth_s``: the validation samples of a patient are successive windows of one clip
+    (a phantom set, ``--frames-per-clip``), so the threshold is chosen on their calibrated
+    confidence smoothed over ``smooth_s`` as live; a window model also gets the window fill
+    from which it is as accurate as on full windows (``warmup_fraction``)."""
     out = Path(out_dir)
     model, meta = load_checkpoint(out)
     va = validation_indices(data, cfg)
@@ -38,8 +48,39 @@ def calibrate_checkpoint(out_dir: str | Path, data: ArraySet, cfg: TrainConfig,
     if expected is not None and int(expected) != len(va):
         raise DataError(f"{out}: the checkpoint was validated on {expected} samples, the "
                         f"split here has {len(va)}; calibrate with the data it was trained on")
-    _, probs = predict(model, ArrayDataset(data, va, model_kind(meta["model"])))
-    record = calibration_record(calibration_fit(probs, data.labels[va], target_accuracy))
+    kind = model_kind(meta["model"])
+    _, probs = predict(model, ArrayDataset(data, va, kind))
+    y = data.labels[va]
+    sequence = None if smooth_s is None else (*_clip_times(data, va), smooth_s)
+    fit = calibration_fit(probs, y, target_accuracy, sequence)
+    if smooth_s is not None and kind == "bimodal" and data.window:
+        acc = _accuracy_by_kept_frames(model, data, va, int(data.window["frames"]))
+        fit.update(accuracy_by_kept_frames=acc,
+                   warmup_fraction=choose_warmup(acc, int(data.window["frames"])))
+    record = calibration_record(fit)
     meta["calibration"] = record
     atomic_json(out / "model.json", meta)
     return record
+
+
+def _clip_times(data: ArraySet, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(times, scene ids) of samples that are successive windows of their patient's clip,
+    one window interval apart (a new patient: a new scene, time 0)."""
+    groups = data.groups[idx]
+    scenes = np.r_[0, np.cumsum(groups[1:] != groups[:-1])] if len(idx) else np.zeros(0)
+    step = float((data.window or {}).get("interval_s", 1.0))
+    starts = np.r_[0, np.flatnonzero(np.diff(scenes)) + 1] if len(idx) else np.zeros(0, int)
+    pos = np.arange(len(idx)) - np.repeat(starts, np.diff(np.r_[starts, len(idx)]))
+    return pos * step, scenes
+
+
+def _accuracy_by_kept_frames(model: Any, data: ArraySet, idx: np.ndarray,
+                             frames: int) -> dict[int, float]:
+    """Validation accuracy of a bimodal model on windows cut to their newest m frames, the
+    older slots repeating the oldest kept one (what the live window holds m frames after a
+    scene cut), for m = 1..T."""
+    out = {}
+    for m in range(1, frames + 1):
+        y, p = predict(model, ArrayDataset(data, idx, "bimodal", keep_frames=m))
+        out[m] = float(np.mean(p.argmax(1) == y)) if len(y) else 0.0
+    return out

@@ -106,6 +106,7 @@ def _training_arrays(recipe: Recipe, cache: Path) -> Any:
 def _train_and_export(ckpt: Path, recipe: Recipe, cache: Path, console: Any) -> Path:
     """Build the phantom set, train, calibrate on the validation patients, export (the
     temperature and abstention threshold ride in the graphs' metadata), write the manifest."""
+    from hepascope.stream.config import load_config
     from hepascope.train.calibrate import calibrate_checkpoint
     from hepascope.train.export import export_checkpoint
     from hepascope.train.trainer import TrainConfig, load_checkpoint, train
@@ -122,7 +123,10 @@ def _train_and_export(ckpt: Path, recipe: Recipe, cache: Path, console: Any) -> 
             console.print(f"resuming the interrupted training run in {ckpt}")
         train(data, cfg, ckpt, progress=True, resume=resume)
     with console.status("calibrating on the validation patients..."):
-        calibration = calibrate_checkpoint(ckpt, data, cfg, recipe.target_accuracy)
+        # validation patients are clips of successive windows: threshold on the smoothed
+        # confidence, warm-up from the accuracy of partial windows (as live)
+        calibration = calibrate_checkpoint(ckpt, data, cfg, recipe.target_accuracy,
+                                           smooth_s=load_config().verdict.smooth_s)
     model, meta = load_checkpoint(ckpt)
     onnx_dir = ckpt / "onnx"
     with console.status("exporting ONNX graphs and checking parity..."):

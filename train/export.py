@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from hepascope.stream.bimodal import ROLE_BMODE, ROLE_CEUS, ROLE_HEAD
-from hepascope.stream.classifier import META_ABSTAIN, META_TEMPERATURE
+from hepascope.stream.classifier import META_ABSTAIN, META_TEMPERATURE, META_WARMUP
 from hepascope.stream.errors import ModelError
 from hepascope.stream.models import HEAD_FILE, META_VERSION
 
@@ -225,10 +225,13 @@ def calibration_metadata(meta: dict[str, Any]) -> dict[str, str]:
         return {}
     if not isinstance(cal, dict) or not float(cal.get("temperature", 0)) > 0:
         raise ModelError(f"{meta.get('model')}: invalid calibration record {cal!r}")
-    return {META_TEMPERATURE: json.dumps(float(cal["temperature"])),
-            # a threshold fitted at the top confidence can exceed 1 by a rounding error
-            META_ABSTAIN: json.dumps(min(max(float(cal.get("abstain_threshold", 0.0)), 0.0), 1.0)),
-            META_CALIBRATION: json.dumps(cal, sort_keys=True)}
+    out = {META_TEMPERATURE: json.dumps(float(cal["temperature"])),
+           # a threshold fitted at the top confidence can exceed 1 by a rounding error
+           META_ABSTAIN: json.dumps(min(max(float(cal.get("abstain_threshold", 0.0)), 0.0), 1.0)),
+           META_CALIBRATION: json.dumps(cal, sort_keys=True)}
+    if cal.get("warmup_fraction") is not None:
+        out[META_WARMUP] = json.dumps(min(max(float(cal["warmup_fraction"]), 0.0), 1.0))
+    return out
 
 
 def export_single(model: nn.Module, *, kind: str, labels: list[str], preprocess: dict[str, Any],

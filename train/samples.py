@@ -27,7 +27,7 @@ class ArrayDataset(Dataset[Sample]):
 
     def __init__(self, data: ArraySet, indices: np.ndarray | Sequence[int], kind: str, *,
                  augment: Augment | None = None, seed: int = 0,
-                 partial_window: float = 0.0) -> None:
+                 partial_window: float = 0.0, keep_frames: int | None = None) -> None:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         if not 0 <= partial_window <= 1:
@@ -36,7 +36,10 @@ class ArrayDataset(Dataset[Sample]):
             raise ValueError(f"this data set has no {'CEUS' if data.ceus is None else 'B-mode'} "
                              f"view, which {kind} models need")
         self.data, self.kind, self.augment = data, kind, augment
+        if keep_frames is not None and keep_frames < 1:
+            raise ValueError(f"keep_frames must be >= 1, got {keep_frames}")
         self.partial_window = partial_window
+        self.keep_frames = keep_frames  # every window cut to its newest m frames (validation)
         self.indices = np.asarray(indices, np.int64)
         self.rng = np.random.default_rng(seed)
         # normalised values of black (outside the image) and white, per view
@@ -59,6 +62,10 @@ class ArrayDataset(Dataset[Sample]):
         """(T, C, h, w) -> the same with its oldest T - m frames replaced by frame T - m
         (with probability ``partial_window``)."""
         t = len(ceus)
+        if self.keep_frames is not None and self.keep_frames < t:
+            out = np.array(ceus, np.float32)
+            out[:t - self.keep_frames] = out[t - self.keep_frames]
+            return out
         if self.partial_window <= 0 or t < 2 or self.rng.random() >= self.partial_window:
             return ceus
         first = t - int(self.rng.integers(1, t))  # keep frames first..T-1 (m = T - first)

@@ -17,6 +17,7 @@ import numpy as np
 
 from hepascope.stream.errors import DataError
 
+Sequence_ = tuple[np.ndarray, np.ndarray, float]  # (times s, scene ids, smoothing span s)
 LOG_FLOOR = 1e-6  # probabilities below this count as this before the log (random forests give 0)
 T_RANGE = (0.05, 20.0)  # searched temperatures
 STATUS_OK, STATUS_UNCERTAIN = "ok", "uncertain"  # the results schema's status values
@@ -127,6 +128,21 @@ def choose_threshold(probs: np.ndarray, y: np.ndarray, target: float = DEFAULT_T
     return {**selective(probs, y, t), "target": float(target), "met": bool(ok.size)}
 
 
+WARMUP_TOLERANCE = 0.01  # accuracy a partial window may lose against a full one
+
+
+def choose_warmup(accuracy_by_kept: dict[int, float], frames: int,
+                  tolerance: float = WARMUP_TOLERANCE) -> float:
+    """The window fill from which a window model's results count (``warming_up`` before):
+    the smallest share m/T of new-scene frames whose validation accuracy (windows cut to
+    their newest m frames) is within ``tolerance`` of the full windows' (1.0 when none)."""
+    full = accuracy_by_kept[frames]
+    for m in sorted(accuracy_by_kept):
+        if accuracy_by_kept[m] >= full - tolerance:
+            return m / frames
+    return 1.0
+
+
 def statuses(probs: np.ndarray, threshold: float) -> np.ndarray:
     """Per sample ``ok`` (confidence >= threshold) or ``uncertain``."""
     conf = np.asarray(probs, np.float64).max(1)
@@ -134,16 +150,27 @@ def statuses(probs: np.ndarray, threshold: float) -> np.ndarray:
 
 
 def calibration_fit(val_probs: np.ndarray, val_y: np.ndarray,
-                    target: float = DEFAULT_TARGET_ACCURACY) -> dict[str, Any]:
+                    target: float = DEFAULT_TARGET_ACCURACY,
+                    sequence: Sequence_ | None = None) -> dict[str, Any]:
     """Temperature and abstention threshold fitted on validation predictions, with the
-    validation figures they were chosen on (JSON-ready)."""
+    validation figures they were chosen on (JSON-ready). ``sequence`` (times, scenes,
+    span_s): the samples are results in time order, smoothed live over ``span_s``
+    (``stream.verdict.smooth_series``), so the threshold is chosen on the calibrated,
+    smoothed confidence the live path compares with it."""
     from hepascope.train.evaluation.metrics import expected_calibration_error
 
     y = np.asarray(val_y, np.int64)
     t = fit_temperature(val_probs, y)
     cal = calibrate(val_probs, t)
+    judged = cal
+    if sequence is not None:
+        from hepascope.stream.verdict import smooth_series
+
+        times, scenes, span_s = sequence
+        judged = smooth_series(times, cal, span_s, scenes)
     fit: dict[str, Any] = {"temperature": t, "n_val": len(y),
-                           "abstain": choose_threshold(cal, y, target)}
+                           "abstain": choose_threshold(judged, y, target),
+                           "smooth_s": None if sequence is None else float(sequence[2])}
     if len(y):
         fit.update(val_nll_before=nll(val_probs, y), val_nll_after=nll(cal, y),
                    val_ece_before=expected_calibration_error(y, _renorm(val_probs)),
@@ -168,4 +195,6 @@ def calibration_record(fit: dict[str, Any]) -> dict[str, Any]:
             "val_coverage": ab.get("coverage"),
             "val_selective_accuracy": ab.get("selective_accuracy"),
             "n_val": int(fit.get("n_val", 0)), "log_floor": LOG_FLOOR,
+            "smooth_s": fit.get("smooth_s"), "warmup_fraction": fit.get("warmup_fraction"),
+            "accuracy_by_kept_frames": fit.get("accuracy_by_kept_frames"),
             "formula": "softmax(log(max(p, log_floor)) / temperature)"}
