@@ -246,8 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Capture frames from SPEC, classify the newest one "
                        "continuously, publish results and telemetry over ZeroMQ.")
     p.add_argument("--source", required=True, metavar="SPEC",
-                   help="a video file, rtsp://..., udp://HOST:PORT, igtl://HOST:PORT[?device=NAME], "
-                   "v4l2:/dev/videoN, cam:N, phantom:SEED, shm:NAME, FILE.dcm")
+                   help="a video file, rtsp://..., udp://HOST:PORT, "
+                   "igtl://HOST:PORT[?device=NAME], v4l2:/dev/videoN, cam:N, phantom:SEED, "
+                   "shm:NAME, FILE.dcm")
     p.add_argument("--model", required=True, type=Path, metavar="PATH.onnx", help="ONNX classifier")
     p.add_argument("--record", type=Path, metavar="DIR", help="record frames and results to DIR")
     p.add_argument("--clip-model", type=Path, metavar="PATH",
