@@ -54,9 +54,12 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(obj, ensure_ascii=False)
 
 
+HANDLER_NAME = "hepascope.stderr"  # the handler configure installs (and replaces)
+
+
 def configure(level: int | str = logging.WARNING, *, json_lines: bool | None = None,
               name: str = "hepascope") -> None:
-    """Set the root logger's one stderr handler (replacing any earlier one). ``json_lines``
+    """Set the root logger's one stderr handler (replacing an earlier one of ours). ``json_lines``
     None: as the environment says (a child follows its parent)."""
     if json_lines is None:
         json_lines = os.environ.get(JSON_ENV) == "1"
@@ -64,9 +67,11 @@ def configure(level: int | str = logging.WARNING, *, json_lines: bool | None = N
         os.environ[JSON_ENV] = "1" if json_lines else "0"
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(name) if json_lines else TextFormatter(name))
+    handler.set_name(HANDLER_NAME)
     root = logging.getLogger()
-    for h in list(root.handlers):
-        root.removeHandler(h)
+    for h in list(root.handlers):  # ours only: a host's handlers (pytest's capture) stay
+        if h.get_name() == HANDLER_NAME:
+            root.removeHandler(h)
     root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)
 
