@@ -1,4 +1,4 @@
-"""PyAV plumbing shared by the file and RTSP sources: open with typed errors, decode
+"""PyAV plumbing shared by the file, RTSP and UDP/SRT sources: open with typed errors, decode
 video frames to BGR arrays, and map whatever the decoder raises to ``SourceError``.
 
 ``CheckedDecoder`` is the strict decoder of replayed files: it never hands on a frame the
@@ -6,14 +6,17 @@ decoder flagged or could not decode, nor one that depends on such a frame."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import av
 import numpy as np
 
 from hepascope.stream.errors import (
+    ConfigError,
     SourceError,
     SourceFormatError,
     SourceNotFoundError,
@@ -95,6 +98,48 @@ def video_stream(container: Any, url: str) -> Any:
         container.close()
         raise SourceFormatError(f"{url}: no decoder for its video stream's codec")
     return stream
+
+
+def check_timeout(name: str, value: object) -> float:
+    """A timeout argument in seconds: a finite number > 0 (``ConfigError`` otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{name} must be a number of seconds, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{name} must be > 0 and finite, got {value!r}")
+    return float(value)
+
+
+def masked_url(url: str) -> str:
+    """The URL with any password replaced by ``***`` (for messages and logs)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    return url.replace(parts.netloc, f"{parts.username}:***@{netloc[-1]}", 1)
+
+
+def open_live(url: str, *, options: dict[str, str], open_timeout_s: float,
+              read_timeout_s: float) -> tuple[Any, Any]:
+    """(container, video stream) of a live network stream, set for the least latency.
+
+    Half the open timeout goes to each of PyAV's two waits (avformat_open_input, then with
+    a fresh clock avformat_find_stream_info). Errors name the URL without its password.
+    Slice threads only: frame threading holds back (threads - 1) frames, that many frame
+    periods of latency; slice threading adds none. ``low_delay``: each frame is output as
+    soon as it is decoded, not held to guess reordering."""
+    shown = masked_url(url)
+    try:
+        container = open_container(url, options=options,
+                                   timeout=(open_timeout_s / 2.0, read_timeout_s))
+    except SourceError as e:
+        if shown != url:  # never put a password in a message
+            raise type(e)(str(e).replace(url, shown)) from e.__cause__
+        raise
+    stream = video_stream(container, shown)
+    cc = stream.codec_context
+    cc.thread_type = "SLICE"
+    cc.flags = cc.flags | av.codec.context.Flags.low_delay
+    return container, stream
 
 
 def _read_error(e: BaseException, url: str) -> SourceError:

@@ -31,17 +31,15 @@ Timeouts, precisely (measured with FFmpeg 8 / PyAV 18 against the test server):
 
 from __future__ import annotations
 
-import math
 import socket
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
-import av
 import numpy as np
 
 from hepascope.stream.errors import ConfigError, SourceError
-from hepascope.stream.sources._pyav import decode_bgr, open_container, video_stream
+from hepascope.stream.sources._pyav import check_timeout, decode_bgr, masked_url, open_live
 from hepascope.stream.sources.base import SourceBase
 
 SCHEMES = ("rtsp", "rtsps")
@@ -51,23 +49,6 @@ TRANSPORTS = ("tcp", "udp")
 UDP_MAX_DELAY_US = 50_000
 UDP_BUFFER_BYTES = 4 * 1024 * 1024  # socket buffer for RTP over UDP: bursts of an I-frame
 DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322}
-
-
-def _check_timeout(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{name} must be a number of seconds, got {value!r}")
-    if not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"{name} must be > 0 and finite, got {value!r}")
-    return float(value)
-
-
-def _masked(url: str) -> str:
-    """The URL with any password replaced by ``***`` (for messages and logs)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    return url.replace(parts.netloc, f"{parts.username}:***@{netloc[-1]}", 1)
 
 
 class RtspSource(SourceBase):
@@ -89,20 +70,20 @@ class RtspSource(SourceBase):
         parts = urlsplit(url)
         if parts.scheme.lower() not in SCHEMES:
             raise ConfigError(f"not an RTSP url (scheme must be rtsp:// or rtsps://): "
-                              f"{_masked(url)!r}")
+                              f"{masked_url(url)!r}")
         try:
             host, port = parts.hostname, parts.port  # .port raises on a bad port
         except ValueError as e:
-            raise ConfigError(f"bad RTSP url {_masked(url)!r}: {e}") from e
+            raise ConfigError(f"bad RTSP url {masked_url(url)!r}: {e}") from e
         if not host:
-            raise ConfigError(f"RTSP url has no host: {_masked(url)!r}")
-        self.open_timeout_s = _check_timeout("open_timeout_s", open_timeout_s)
-        self.read_timeout_s = _check_timeout("read_timeout_s", read_timeout_s)
+            raise ConfigError(f"RTSP url has no host: {masked_url(url)!r}")
+        self.open_timeout_s = check_timeout("open_timeout_s", open_timeout_s)
+        self.read_timeout_s = check_timeout("read_timeout_s", read_timeout_s)
         if not isinstance(transport, str) or transport.lower() not in TRANSPORTS:
             raise ConfigError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
         self.transport = transport.lower()
         self.url = url
-        self.display_url = _masked(url)
+        self.display_url = masked_url(url)
         netloc = host if port is None else f"{host}:{port}"
         super().__init__(source_id or f"rtsp:{netloc}{parts.path}")
         self._container: Any = None
@@ -155,24 +136,10 @@ class RtspSource(SourceBase):
             return False
 
     def _open(self) -> None:
-        # Half the open timeout: PyAV applies it to avformat_open_input and then again,
-        # with a fresh clock, to avformat_find_stream_info.
-        timeout = (self.open_timeout_s / 2.0, self.read_timeout_s)
-        try:
-            self._container = open_container(self.url, options=self.options(), timeout=timeout)
-        except SourceError as e:
-            if self.display_url != self.url:  # never put a password in a message
-                raise type(e)(str(e).replace(self.url, self.display_url)) from e.__cause__
-            raise
-        self._stream = video_stream(self._container, self.display_url)
-        cc = self._stream.codec_context
-        self.codec = str(cc.name)
-        # Slice threads only: frame threading holds back (threads - 1) frames for the
-        # pipeline of threads, i.e. that many frame periods of latency. Slice threading
-        # adds none (and helps when the encoder writes several slices per frame).
-        cc.thread_type = "SLICE"
-        # Output each frame as soon as it is decoded; do not wait to guess reordering.
-        cc.flags = cc.flags | av.codec.context.Flags.low_delay
+        self._container, self._stream = open_live(
+            self.url, options=self.options(), open_timeout_s=self.open_timeout_s,
+            read_timeout_s=self.read_timeout_s)
+        self.codec = str(self._stream.codec_context.name)
 
     def _frames(self) -> Iterator[tuple[np.ndarray, float | None]]:
         yield from decode_bgr(self._container, self._stream, self.display_url)

@@ -25,9 +25,8 @@ import av
 import numpy as np
 
 from hepascope.stream.errors import ConfigError, SourceError, SourceFormatError
-from hepascope.stream.sources._pyav import decode_bgr, open_container, video_stream
+from hepascope.stream.sources._pyav import check_timeout, decode_bgr, masked_url, open_live
 from hepascope.stream.sources.base import SourceBase
-from hepascope.stream.sources.rtsp import _check_timeout, _masked
 
 SCHEMES = ("udp", "srt")
 UDP_FIFO_PACKETS = 8192  # FFmpeg's circular buffer of received datagrams (x 188 x 7 bytes)
@@ -45,17 +44,17 @@ class DatagramSource(SourceBase):
         parts = urlsplit(url)
         self.scheme = parts.scheme.lower()
         if self.scheme not in SCHEMES:
-            raise ConfigError(f"not a udp:// or srt:// url: {_masked(url)!r}")
+            raise ConfigError(f"not a udp:// or srt:// url: {masked_url(url)!r}")
         try:
             port = parts.port  # raises on a bad port
         except ValueError as e:
-            raise ConfigError(f"bad {self.scheme} url {_masked(url)!r}: {e}") from e
+            raise ConfigError(f"bad {self.scheme} url {masked_url(url)!r}: {e}") from e
         if port is None:
-            raise ConfigError(f"{self.scheme} url needs a port: {_masked(url)!r}")
-        self.open_timeout_s = _check_timeout("open_timeout_s", open_timeout_s)
-        self.read_timeout_s = _check_timeout("read_timeout_s", read_timeout_s)
+            raise ConfigError(f"{self.scheme} url needs a port: {masked_url(url)!r}")
+        self.open_timeout_s = check_timeout("open_timeout_s", open_timeout_s)
+        self.read_timeout_s = check_timeout("read_timeout_s", read_timeout_s)
         self.url = url
-        self.display_url = _masked(url)
+        self.display_url = masked_url(url)
         super().__init__(source_id or f"{self.scheme}:{parts.hostname or ''}:{port}")
         self._container: Any = None
         self._stream: Any = None
@@ -78,25 +77,18 @@ class DatagramSource(SourceBase):
         return {"rw_timeout": us, "connect_timeout": str(round(self.open_timeout_s * 1e3))}
 
     def _open(self) -> None:
-        # Half the open timeout: PyAV applies it to avformat_open_input and then again,
-        # with a fresh clock, to avformat_find_stream_info (see rtsp.py).
-        timeout = (self.open_timeout_s / 2.0, self.read_timeout_s)
         try:
-            self._container = open_container(self.url, options=self.options(), timeout=timeout)
+            self._container, self._stream = open_live(
+                self.url, options=self.options(), open_timeout_s=self.open_timeout_s,
+                read_timeout_s=self.read_timeout_s)
         except SourceError as e:
             if isinstance(e.__cause__, av.error.ProtocolNotFoundError):
                 raise SourceFormatError(
                     f"{self.display_url}: this FFmpeg has no {self.scheme} protocol (PyAV's "
                     "wheels are built without libsrt; a PyAV built against an FFmpeg with "
                     "libsrt reads srt://)") from e
-            if self.display_url != self.url:  # never put a password in a message
-                raise type(e)(str(e).replace(self.url, self.display_url)) from e.__cause__
             raise
-        self._stream = video_stream(self._container, self.display_url)
-        cc = self._stream.codec_context
-        self.codec = str(cc.name)
-        cc.thread_type = "SLICE"  # no frame threading: it holds frames back (see rtsp.py)
-        cc.flags = cc.flags | av.codec.context.Flags.low_delay
+        self.codec = str(self._stream.codec_context.name)
 
     def _frames(self) -> Iterator[tuple[np.ndarray, float | None]]:
         yield from decode_bgr(self._container, self._stream, self.display_url)
