@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from hepascope.engines.plan import sha256_file as file_sha256  # the one file hash
 from hepascope.stream.errors import ModelError
 
 PACKAGED = Path(__file__).resolve().parent / "demo_model"
@@ -45,14 +46,6 @@ class Recipe:
     val_fraction: float = 0.25
     # selective accuracy the abstention threshold is chosen for (validation windows)
     target_accuracy: float = 0.97
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def verify_model(directory: Path) -> dict[str, Any]:
