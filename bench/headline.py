@@ -31,10 +31,12 @@ def headline(res: dict[str, Any]) -> dict[str, Any]:
     windows = res.get("slow_model", {}).get("windows") or []
     if len(windows) >= 2:
         first, last = windows[0], windows[-1]
+        a, b = first["latency_p50_ms"], last["latency_p50_ms"]
         out["slow_model"] = {
-            "first_window_p50_ms": first["latency_p50_ms"],
-            "last_window_p50_ms": last["latency_p50_ms"],
-            "latency_change": round(last["latency_p50_ms"] / first["latency_p50_ms"], 2),
+            "first_window_p50_ms": a,
+            "last_window_p50_ms": b,
+            # a window without results (a starved machine, a tiny budget) has no p50
+            "latency_change": round(b / a, 2) if a and b is not None else None,
             "dropped_first_window": first["dropped_so_far"],
             "dropped_end": last["dropped_so_far"],
         }
@@ -73,6 +75,6 @@ def headline_md(res: dict[str, Any]) -> list[str]:
         out += ["", f"Inference slower than the source (slow_model below): latency p50 "
                 f"{_num(slow['first_window_p50_ms'])} ms in the first window, "
                 f"{_num(slow['last_window_p50_ms'])} ms in the last (x"
-                f"{slow['latency_change']:.2f}: flat) while drops rise from "
+                f"{_num(slow['latency_change'], 2)}: flat) while drops rise from "
                 f"{slow['dropped_first_window']} to {slow['dropped_end']}."]
     return [*out, ""]

@@ -83,6 +83,16 @@ def test_headline_states_the_60fps_latency_ratio_and_the_slow_model_check() -> N
     assert headline({})["ratio"] is None and "slow_model" not in headline({})
 
 
+def test_headline_survives_a_slow_model_window_without_results() -> None:
+    """Seen on a loaded 2-core machine: the bench's last slow-model window got no result
+    (p50 None) and the headline raised a TypeError, losing the whole report."""
+    res = {"slow_model": {"windows": [{"latency_p50_ms": 80.0, "dropped_so_far": 3},
+                                      {"latency_p50_ms": None, "dropped_so_far": 9}]}}
+    h = headline(res)
+    assert h["slow_model"]["latency_change"] is None
+    assert "(xn/a: flat)" in "\n".join(headline_md({**res, "headline": h}))
+
+
 def test_flatten_and_find_value_read_nested_sections() -> None:
     sec = {"stage_ms": {"infer": {"p50_ms": 7.5, "p99_ms": 14.0}},
            "capture_to_overlay_p99_ms": 33.0, "runs": [{"streams": 2, "x_ms": 1.0}]}

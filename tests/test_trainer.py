@@ -39,10 +39,11 @@ def test_train_each_kind(model: str, tmp_path: Path) -> None:
     assert p.shape == (len(data), 2) and np.allclose(p.sum(1), 1, atol=1e-5)
 
 
-def test_resume_reaches_the_same_weights(tmp_path: Path) -> None:
+@pytest.mark.parametrize("ema_span", [0.0, 0.3])
+def test_resume_reaches_the_same_weights(tmp_path: Path, ema_span: float) -> None:
     data = make_arrays()
     cfg = TrainConfig(model="resnet18", epochs=3, batch_size=8, num_threads=1, device="cpu",
-                      model_args=SMALL["resnet18"], patience=5)
+                      model_args=SMALL["resnet18"], patience=5, ema_span=ema_span)
     whole = train(data, cfg, tmp_path / "whole", progress=False)
     part = train(data, cfg, tmp_path / "split", progress=False, stop_after=1)
     assert part.stopped == "paused" and part.epochs_run == 1
@@ -52,6 +53,43 @@ def test_resume_reaches_the_same_weights(tmp_path: Path) -> None:
     a = json.loads((tmp_path / "whole" / "model.json").read_text())["train"]["history"]
     b = json.loads((tmp_path / "split" / "model.json").read_text())["train"]["history"]
     assert [h["val_loss"] for h in a] == [h["val_loss"] for h in b]
+    # the kept (validated, saved) weights too: with a weight average, the average's
+    kept = [(tmp_path / d / "model.safetensors").read_bytes() for d in ("whole", "split")]
+    assert kept[0] == kept[1]
+
+
+def test_weight_average_is_an_ema_of_every_step() -> None:
+    from hepascope.train.steps import WeightAverage
+
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    avg = WeightAverage(net, span=4.0)
+    w0, expect = net[0].weight.detach().clone(), net[0].weight.detach().clone()
+    for k in range(1, 30):
+        with torch.no_grad():
+            net[0].weight.copy_(w0 + k)
+            net[1].num_batches_tracked.fill_(k)
+        avg.update(net)
+        d = min(0.75, (1 + k) / (10 + k))  # warm-up: early steps weigh in faster
+        expect = d * expect + (1 - d) * (w0 + k)
+    assert torch.allclose(avg.module[0].weight, expect)
+    assert int(avg.module[1].num_batches_tracked) == 29  # integer buffers are copied
+    assert not avg.module[0].weight.requires_grad
+    with pytest.raises(ValueError, match="span"):
+        WeightAverage(net, span=0.5)
+
+
+def test_weight_average_is_what_is_kept(tmp_path: Path) -> None:
+    """With ``ema_span`` the saved weights are the average, not the last step's."""
+    data = make_arrays()
+    base = dict(model="resnet18", epochs=2, batch_size=8, num_threads=1, device="cpu",
+                model_args=SMALL["resnet18"], patience=5)
+    plain = train(data, TrainConfig(**base), tmp_path / "plain", progress=False)
+    avg = train(data, TrainConfig(**base, ema_span=0.5), tmp_path / "avg", progress=False)
+    assert plain.weights_sha256 == avg.weights_sha256  # the same optimisation...
+    files = [(tmp_path / d / "model.safetensors").read_bytes() for d in ("plain", "avg")]
+    assert files[0] != files[1]  # ...but another model kept
+    with pytest.raises(ValueError, match="ema_span"):
+        TrainConfig(ema_span=1.5)
 
 
 def test_balanced_sampler_shards_are_disjoint_and_balanced() -> None:

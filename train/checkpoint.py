@@ -78,11 +78,15 @@ def _join(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 
 def save_resume(out: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
-                scheduler: Any, extra: dict[str, Any]) -> None:
-    """State after a finished epoch; ``extra`` is JSON (epoch, history, generator states)."""
+                scheduler: Any, extra: dict[str, Any], average: Any = None) -> None:
+    """State after a finished epoch; ``extra`` is JSON (epoch, history, generator states);
+    ``average``: a ``steps.WeightAverage`` (its weights and update count) or None."""
     d = out / RESUME_DIR
     d.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {f"model.{k}": v for k, v in _state(model).items()}
+    if average is not None:
+        tensors.update({f"avg.{k}": v for k, v in _state(average.module).items()})
+        extra = {**extra, "average_updates": average.updates}
     tensors["rng.torch"] = torch.get_rng_state()
     opt = _split(optimizer.state_dict(), "opt", tensors)
     save_file(tensors, str(d / "state.safetensors"))
@@ -91,7 +95,7 @@ def save_resume(out: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer
 
 
 def load_resume(out: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
-                scheduler: Any) -> dict[str, Any]:
+                scheduler: Any, average: Any = None) -> dict[str, Any]:
     """Restore what ``save_resume`` wrote into the given objects; return its ``extra``."""
     d = out / RESUME_DIR
     if not (d / "state.json").is_file():
@@ -101,6 +105,12 @@ def load_resume(out: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer
         raise ModelError(f"{d}: resume state version {meta.get('version')!r}")
     tensors = load_file(str(d / "state.safetensors"))
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    if average is not None:
+        if "average_updates" not in meta:
+            raise ModelError(f"{d}: the run to resume kept no weight average (ema_span differs)")
+        average.module.load_state_dict({k[4:]: v for k, v in tensors.items()
+                                        if k.startswith("avg.")})
+        average.updates = int(meta.pop("average_updates"))
     opt = _join(meta.pop("optimizer"), tensors)
     # JSON turned the per-parameter state keys into strings; the optimizer wants ints
     opt["state"] = {int(k): v for k, v in opt["state"].items()}

@@ -14,6 +14,7 @@ from hepascope.train.demo import cache_dir
 
 LIVE_TASK = "lesion6"  # the live product's classes, from the streaming-faithful phantom set
 PHANTOM_IMAGE_SIZE = 112  # B-mode input side for phantom tasks (S3)
+DATA_EMA_SPAN = 0.1  # --data: the weight average's time constant, share of all steps
 
 
 def add_data_args(p: argparse.ArgumentParser, *, default_task: str | None) -> None:
@@ -79,6 +80,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    default="balanced_accuracy",
                    help="validation score for best epoch and early stopping (default "
                    "balanced_accuracy, ties to the lower loss)")
+    g.add_argument("--ema-span", type=_unit, metavar="SHARE",
+                   help="validate and keep an average of the weights with this time constant "
+                   "(share of all steps; 0 off; default: --data 0.1, phantom 0)")
     g.add_argument("--val-fraction", type=float, default=0.25,
                    help="share of patients held out for early stopping (default 0.25)")
     g.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
@@ -96,6 +100,13 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    "result is 'uncertain' (default 0.95)")
     g.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="extra model constructor argument, repeatable (e.g. width=32)")
+
+
+def _unit(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
 
 
 def _fraction(text: str) -> float:
@@ -147,11 +158,18 @@ def train_config(args: argparse.Namespace, model: str, data: Any = None,
 
         patience = patience_for(epochs) if args.data is not None else 3
         _note(args, "patience", patience)
+    ema_span = args.ema_span
+    if ema_span is None:
+        # small real sets: the weight average makes the epoch early stopping picks less of
+        # a draw (a few dozen validation patients); phantom sets are large, off
+        ema_span = DATA_EMA_SPAN if args.data is not None else 0.0
+        if args.data is not None:
+            _note(args, "ema_span", ema_span)
     try:
         return TrainConfig(model=model, epochs=epochs, batch_size=args.batch_size,
                            lr=args.lr, weight_decay=args.weight_decay, optimizer=args.optimizer,
                            seed=args.seed, num_threads=args.threads, patience=patience,
-                           monitor=args.monitor,
+                           monitor=args.monitor, ema_span=ema_span,
                            max_minutes=args.max_minutes, val_fraction=args.val_fraction,
                            balanced=not args.no_balance, augment=not args.no_augment,
                            device=args.device, amp=not args.no_amp,

@@ -84,3 +84,33 @@ def gather_states(rng: np.random.Generator, ctx: ddp.DistContext) -> list[Any]:
     states: list[Any] = [None] * ctx.world
     torch.distributed.all_gather_object(states, state)
     return states
+
+
+class WeightAverage:
+    """Exponential moving average of a model's weights and buffers (Polyak averaging), the
+    model that is validated and kept when on. On a small data set each epoch's weights
+    swing with a few batches, so early stopping on a few dozen validation patients picks an
+    epoch by luck; the average is smoother and usually better. ``span`` is the average's
+    time constant in optimizer steps; the first steps weigh in faster (as timm's ModelEma)."""
+
+    def __init__(self, model: nn.Module, span: float) -> None:
+        if span < 1:
+            raise ValueError(f"span must be >= 1 optimizer step, got {span}")
+        import copy
+
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self.decay, self.updates = 1.0 - 1.0 / span, 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """Fold ``model``'s current state in (call after each optimizer step)."""
+        self.updates += 1
+        d = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
+        src = model.state_dict()
+        for k, v in self.module.state_dict().items():
+            if v.dtype.is_floating_point:
+                v.mul_(d).add_(src[k].detach(), alpha=1.0 - d)
+            else:
+                v.copy_(src[k])

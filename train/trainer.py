@@ -44,6 +44,7 @@ from hepascope.train.models.registry import model_kind
 from hepascope.train.samples import ArrayDataset, BalancedSampler, ShuffleSampler
 from hepascope.train.steps import (
     Deterministic,
+    WeightAverage,
     gather_states,
     lr_lambda,
     make_optimizer,
@@ -89,6 +90,9 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True  # mixed precision (fp16 autocast + grad scaling), GPU only
     model_args: tuple[tuple[str, Any], ...] = ()  # extra constructor kwargs (e.g. width)
+    # validate and keep an average of the weights (steps.WeightAverage) whose time constant
+    # is this share of all optimizer steps; 0: the weights as they are
+    ema_span: float = 0.0
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("adamw", "sgd"):
@@ -111,6 +115,8 @@ class TrainConfig:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.monitor not in ("balanced_accuracy", "loss"):
             raise ValueError(f"monitor must be balanced_accuracy or loss, got {self.monitor!r}")
+        if not 0 <= self.ema_span <= 1:
+            raise ValueError(f"ema_span must be in [0, 1], got {self.ema_span}")
         if not 0 <= self.partial_window <= 1:
             raise ValueError(f"partial_window must be in [0, 1], got {self.partial_window}")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -219,6 +225,12 @@ class _Run:
     n_epochs: int
     meta: dict[str, Any]
     use_amp: bool
+    avg: WeightAverage | None  # the averaged weights, validated and kept when on
+
+    @property
+    def kept(self) -> nn.Module:
+        """The weights that are validated and saved."""
+        return self.net if self.avg is None else self.avg.module
 
 
 def _setup(data: ArraySet, cfg: TrainConfig, train_idx: np.ndarray | None,
@@ -246,10 +258,11 @@ def _setup(data: ArraySet, cfg: TrainConfig, train_idx: np.ndarray | None,
     total = cfg.steps if cfg.steps is not None else cfg.epochs * len(loader)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total, int(cfg.warmup_frac * total)))
     use_amp = cfg.amp and ctx.device.type == "cuda"
+    avg = WeightAverage(net, max(1.0, cfg.ema_span * total)) if cfg.ema_span > 0 else None
     return _Run(ctx, kind, net, ddp.wrap(net, ctx), opt, sched,
                 torch.amp.GradScaler("cuda", enabled=use_amp), loader, sampler, train_ds,
                 val_ds, total, math.ceil(total / len(loader)),
-                _meta(cfg, kind, kwargs, data, tr_idx, va_idx, ctx), use_amp)
+                _meta(cfg, kind, kwargs, data, tr_idx, va_idx, ctx), use_amp, avg)
 
 
 def _train_epoch(run: _Run, cfg: TrainConfig, bar: rp.Progress, epoch: int,
@@ -269,6 +282,8 @@ def _train_epoch(run: _Run, cfg: TrainConfig, bar: rp.Progress, epoch: int,
         run.scaler.step(run.opt)
         run.scaler.update()
         run.sched.step()
+        if run.avg is not None:
+            run.avg.update(run.net)
         run_loss, n_steps = run_loss + loss.item(), n_steps + 1
         bar.update(task, advance=1, loss=run_loss / n_steps)
         if deadline is not None and ddp.any_rank(time.monotonic() > deadline, run.ctx):
@@ -302,7 +317,8 @@ def _train(data: ArraySet, cfg: TrainConfig, out: Path, train_idx: np.ndarray | 
     res = TrainResult(out, {})
     best_score, first = (-math.inf, -math.inf), 1
     if resume:
-        st = load_resume(out, model=run.net, optimizer=run.opt, scheduler=run.sched)
+        st = load_resume(out, model=run.net, optimizer=run.opt, scheduler=run.sched,
+                         average=run.avg)
         first, best_score = st["epoch"] + 1, tuple(st["best_score"])
         res.history, res.best_epoch = st["history"], st["best_epoch"]
         run.sampler.rng.bit_generator.state = st["sampler_rng"]
@@ -316,7 +332,7 @@ def _train(data: ArraySet, cfg: TrainConfig, out: Path, train_idx: np.ndarray | 
             if late:
                 res.stopped = "time"
             ddp.sync_buffers(run.net, ctx)
-            m = evaluate(run.net, run.val_ds, device=ctx.device)
+            m = evaluate(run.kept, run.val_ds, device=ctx.device)
             res.history.append({"epoch": epoch, "step": run.sched.last_epoch,
                                 "train_loss": train_loss, "val_loss": m["loss"],
                                 "val_accuracy": m["accuracy"],
@@ -330,7 +346,7 @@ def _train(data: ArraySet, cfg: TrainConfig, out: Path, train_idx: np.ndarray | 
             if score > best_score:
                 best_score, res.best_epoch, res.metrics = score, epoch, m
                 if ctx.is_main:
-                    save_model(out, run.net, {**run.meta, "metrics": _val_metrics(
+                    save_model(out, run.kept, {**run.meta, "metrics": _val_metrics(
                         m, data, run.val_ds.indices)})
             elif (cfg.steps is None and epoch - res.best_epoch >= cfg.patience
                   and epoch < run.n_epochs):
@@ -351,7 +367,8 @@ def _save_state(out: Path, run: _Run, epoch: int, best_score: tuple[float, float
     """The resume point after ``epoch`` (rank 0 writes; every rank joins the gather)."""
     states = gather_states(run.train_ds.rng, run.ctx)
     if run.ctx.is_main:
-        save_resume(out, model=run.net, optimizer=run.opt, scheduler=run.sched, extra={
+        save_resume(out, model=run.net, optimizer=run.opt, scheduler=run.sched,
+                    average=run.avg, extra={
             "epoch": epoch, "best_score": list(best_score), "best_epoch": res.best_epoch,
             "history": res.history, "sampler_rng": run.sampler.rng.bit_generator.state,
             "augment_rng": states})
