@@ -108,6 +108,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     models = _check_models([m for m in args.models.split(",") if m])
     kinds = {model_kind(m) for m in models}
     sets = build_sets(args, kinds, console)
+    _stem_default(args, models)
     cfg = train_config(args, models[0], next(iter(sets.values())), 1 - 1 / args.folds)
     results = cross_validate(sets, models, cfg, folds=args.folds, seed=args.seed,
                              keep_dir=args.out / "checkpoints" if args.keep_checkpoints else None,
@@ -141,6 +142,19 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"{args.check}: {len(bad)} figures of report.json differ from predictions.csv"
           if bad else f"{args.check}: every figure checked agrees with predictions.csv")
     return EXIT_MISMATCH if bad else 0
+
+
+def _stem_default(args: argparse.Namespace, models: list[str]) -> None:
+    """With ``--data`` and the default model, its stem stride from the input size the data
+    chose (``datasets.probe.stem_stride``) unless ``--model-arg stem_stride=`` says it."""
+    size = getattr(args, "data_defaults", {}).get("image_size")
+    if (models != [DEFAULT_EVAL_MODEL] or size is None
+            or any(a.startswith("stem_stride=") for a in args.model_arg or [])):
+        return
+    from hepascope.train.datasets.probe import stem_stride
+
+    args.model_arg = [*(args.model_arg or []), f"stem_stride={stem_stride(int(size))}"]
+    args.data_defaults["stem_stride"] = stem_stride(int(size))
 
 
 def _eval_or_check(args: argparse.Namespace) -> int:

@@ -70,6 +70,13 @@ def input_size(probe: SizeProbe, lo: int = INPUT_SIZE_RANGE[0],
     return int(np.clip(SIZE_MULTIPLE * round(side / SIZE_MULTIPLE), lo, hi))
 
 
+def stem_stride(side: int) -> int:
+    """A ResNet's stem stride for a square input of ``side``: the paper's 4 where the last
+    stage (8x below the stem) still gets maps of >= 3x3, else 2 or 1 (a CIFAR-style stem):
+    a 64x64 region of interest then ends at 4x4 instead of 2x2."""
+    return next((s for s in (4, 2) if side / (8 * s) >= 3), 1)
+
+
 CLAHE_TILE_PX = 32  # CLAHE tiles at least this many source pixels wide
 TARGET_STEPS = 600  # optimizer steps a from-scratch model gets on a small data set
 EPOCH_RANGE = (8, 60)

@@ -10,24 +10,34 @@ from torch import nn
 from hepascope.train.models.layers import BasicBlock, Bottleneck, ResidualBlock, init_conv_bn
 from hepascope.train.models.registry import register_model
 
+STEM_STRIDES = (1, 2, 4)
+
 
 class ResNet(nn.Module):
     """ResNet (He et al. 2016). ``width`` is the first stage's bottleneck channels (64 in the
     paper), doubling per stage (times ``block.expansion`` at the stage's output); ``block``
     and ``attn_layer`` are passed in as types. ``in_chans`` defaults to 1 (grey
-    ultrasound); the published parameter counts are at ``in_chans=3, num_classes=1000``."""
+    ultrasound); the published parameter counts are at ``in_chans=3, num_classes=1000``.
+    ``stem_stride``: 4 is the paper's ImageNet stem (7x7/2 conv, 3x3/2 max pool); 2 or 1 a
+    3x3 conv of that stride and no pool, as He et al. did for 32x32 images (CIFAR), so a
+    small input (a region of interest) keeps maps the stages can still read."""
 
     input_kind: ClassVar[str] = "image"
     default_input_size: ClassVar[tuple[int, int]] = (224, 224)
 
     def __init__(self, layers: tuple[int, ...] = (2, 2, 2, 2), *, num_classes: int = 1000,
                  in_chans: int = 1, width: int = 64, block: type[ResidualBlock] = BasicBlock,
-                 attn_layer: type[nn.Module] | None = None, drop_rate: float = 0.0) -> None:
+                 attn_layer: type[nn.Module] | None = None, drop_rate: float = 0.0,
+                 stem_stride: int = 4) -> None:
         super().__init__()
+        if stem_stride not in STEM_STRIDES:
+            raise ValueError(f"stem_stride must be one of {STEM_STRIDES}, got {stem_stride}")
         self.in_chans, self.num_classes = in_chans, num_classes
         self.stem = nn.Sequential(
             nn.Conv2d(in_chans, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width),
-            nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1))
+            nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)) if stem_stride == 4 else nn.Sequential(
+            nn.Conv2d(in_chans, width, 3, stem_stride, 1, bias=False), nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True))
         stages: list[nn.Module] = []
         cin = width
         for i, n in enumerate(layers):
