@@ -24,8 +24,8 @@ def export_branches(name_or_ckpt: str, out: Path) -> tuple[Path, str]:
     """Export the bimodal split of a checkpoint directory, or of registered model
     ``name_or_ckpt`` at its default sizes with random weights (speed does not depend on
     them); returns the directory and what was exported."""
-    from hepascope.stream.config import load_config
-    from hepascope.stream.preprocess import PreprocessSpec
+    from hepascope.core.config import load_config
+    from hepascope.core.preprocess import PreprocessSpec
     from hepascope.train.checkpoint import load_checkpoint
     from hepascope.train.export import export_bimodal
     from hepascope.train.models import create_model

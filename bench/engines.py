@@ -34,9 +34,9 @@ from typing import Any
 import numpy as np
 
 from hepascope.bench.engines_md import machine_facts, write_markdown
+from hepascope.core.errors import ConfigError, DataError, guard_main
 from hepascope.engines.calib import Samples, load_samples
 from hepascope.engines.onnxruntime import OnnxRuntimeEngine, OrtTuning, cpu_budget
-from hepascope.stream.errors import ConfigError, DataError, guard_main
 
 FIELDS = ("variant", "description", "p50_ms", "p99_ms", "min_ms", "gflops_per_s",
           "x_floor", "accuracy", "balanced_accuracy", "agreement", "max_abs_dprob",

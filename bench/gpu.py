@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from hepascope.core.config import load_config
+from hepascope.core.errors import guard_main
 from hepascope.engines.onnxruntime import OnnxRuntimeEngine
-from hepascope.stream.config import load_config
-from hepascope.stream.errors import guard_main
 
 LABELS = ["normal", "cyst", "hemangioma", "hcc", "metastasis", "fatty_sparing"]
 # name -> constructor kwargs (the live models at their paper sizes)

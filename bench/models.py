@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from hepascope.bench.engines import Variant, time_variants
+from hepascope.core.errors import HepascopeError
 from hepascope.engines.onnxruntime import OnnxRuntimeEngine
-from hepascope.stream.errors import HepascopeError
 
 # name -> constructor kwargs: the live models at the sizes the live path runs them
 LIVE_MODELS: dict[str, dict[str, Any]] = {

@@ -43,9 +43,9 @@ from hepascope.bench.pipeline_probes import (
     pct,
     windows_table,
 )
+from hepascope.core.config import load_config
+from hepascope.core.errors import guard_main
 from hepascope.stream.app import RunRequest, run_pipeline
-from hepascope.stream.config import load_config
-from hepascope.stream.errors import guard_main
 from hepascope.stream.sources import open_source
 
 _MS = 1e-6  # ns -> ms

@@ -13,13 +13,13 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from hepascope.core.config import Config
+from hepascope.core.errors import ModelError
+from hepascope.core.preprocess import spec_from_dict
 from hepascope.engines import open_engine
 from hepascope.stream.bimodal import ROLE_BMODE, ROLE_CEUS, BimodalStreamer, describe_parts
 from hepascope.stream.classifier import Classifier, FrameClassifier
-from hepascope.stream.config import Config
-from hepascope.stream.errors import ModelError
 from hepascope.stream.models import HEAD_FILE
-from hepascope.stream.preprocess import spec_from_dict
 from hepascope.stream.sources import SourceOptions
 from hepascope.stream.sources.file import FileSource
 

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from hepascope.stream.errors import guard_main
+from hepascope.core.errors import guard_main
 from hepascope.stream.logs import configure as configure_logging
 
 log = logging.getLogger(__name__)
@@ -176,7 +176,7 @@ def run_soak(*, minutes: float, kill_every_s: float, out: Path, clip: Path | Non
              sample_s: float = 1.0) -> dict[str, Any]:
     """Run the soak (module docstring); write ``soak.json`` and a ``soak.md`` line to ``out``
     and return the report (``ok`` False when a limit was breached, listed in ``breaches``)."""
-    from hepascope.stream.config import load_config
+    from hepascope.core.config import load_config
     from hepascope.stream.models import open_model
     from hepascope.stream.pipeline import compose
     from hepascope.stream.publish import Publisher

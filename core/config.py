@@ -22,8 +22,8 @@ from typing import Any, Literal, TypeVar
 import msgspec
 import yaml
 
-from hepascope.stream.errors import ConfigError
-from hepascope.stream.geometry import Rect, SectorGeometry
+from hepascope.core.errors import ConfigError
+from hepascope.core.geometry import Rect, SectorGeometry
 
 CONFIG_VERSION = 1
 T = TypeVar("T")
@@ -316,11 +316,11 @@ def config_from_dict(raw: Any, where: str = "<dict>") -> Config:
 
 
 def load_packaged_config(name: str) -> Config:
-    """A config shipped in ``stream/configs/`` by name (``single_view``: one full B-mode
+    """A config shipped in ``core/configs/`` by name (``single_view``: one full B-mode
     view, for image-only data)."""
-    res = resources.files("hepascope.stream").joinpath("configs", f"{name}.yaml")
+    res = resources.files("hepascope.core").joinpath("configs", f"{name}.yaml")
     if not res.is_file():
-        folder = resources.files("hepascope.stream").joinpath("configs")
+        folder = resources.files("hepascope.core").joinpath("configs")
         names = sorted(f.name[:-5] for f in folder.iterdir() if f.name.endswith(".yaml"))
         raise ConfigError(f"{name}: no such config file, nor a packaged config "
                           f"({', '.join(names)})")
@@ -335,7 +335,7 @@ def load_config(path: str | Path | None = None) -> Config:
     """The packaged default, the YAML file at ``path``, or a packaged config by name
     (``single_view``: a bare name that is not a file)."""
     if path is None:
-        text = resources.files("hepascope.stream").joinpath("default.yaml").read_text()
+        text = resources.files("hepascope.core").joinpath("default.yaml").read_text()
         where = "default.yaml"
     else:
         p = Path(path)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hepascope.stream.errors import ConfigError
+from hepascope.core.errors import ConfigError
 
 
 @dataclass(frozen=True, slots=True)

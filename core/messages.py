@@ -1,7 +1,7 @@
 """The results channel's wire format, in one place: topics, schema version, encoding and
 validation. ``Result`` and ``Telemetry`` (msgspec Structs) are the schema; the same
-definitions give the JSON Schema in ``stream/messages.schema.json`` (regenerate with
-``python -m hepascope.stream.messages --schema``) and README.md documents it for
+definitions give the JSON Schema in ``core/messages.schema.json`` (regenerate with
+``python -m hepascope.core.messages --schema``) and README.md documents it for
 third-party subscribers.
 
 Every message is a ZeroMQ multipart ``[topic, msgpack map]``; maps carry ``v`` (schema
@@ -28,7 +28,7 @@ import msgpack
 import msgspec
 from msgspec import Meta
 
-from hepascope.stream.errors import guard_main
+from hepascope.core.errors import guard_main
 
 SCHEMA_VERSION = 2
 TOPIC_RESULT = b"result"
@@ -250,7 +250,7 @@ def schema_text() -> str:
 
 @guard_main
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m hepascope.stream.messages",
+    p = argparse.ArgumentParser(prog="python -m hepascope.core.messages",
                                 description="Write the results channel's JSON Schema.")
     p.add_argument("--schema", nargs="?", const=SCHEMA_FILE, type=Path, metavar="PATH",
                    help=f"write it to PATH (default {SCHEMA_FILE})")

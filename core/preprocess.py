@@ -15,9 +15,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from hepascope.stream.config import LayoutConfig, PreprocessConfig, view_rect, view_value
-from hepascope.stream.errors import ConfigError
-from hepascope.stream.geometry import SectorGeometry
+from hepascope.core.config import LayoutConfig, PreprocessConfig, view_rect, view_value
+from hepascope.core.errors import ConfigError
+from hepascope.core.geometry import SectorGeometry
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from hepascope.stream.errors import ModelError
+from hepascope.core.errors import ModelError
 
 log = logging.getLogger(__name__)
 

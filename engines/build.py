@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from hepascope.core.errors import ModelError
 from hepascope.engines.plan import (
     PlanSidecar,
     Profile,
@@ -36,7 +37,6 @@ from hepascope.engines.plan import (
     sha256_file,
     write_plan,
 )
-from hepascope.stream.errors import ModelError
 
 if TYPE_CHECKING:
     import onnx

@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from hepascope.core.errors import ConfigError, DataError, ModelError
+from hepascope.core.preprocess import PreprocessSpec, preprocess_view, spec_from_dict
 from hepascope.engines.base import TensorSpec
 from hepascope.stream.bimodal import ROLE_BMODE, ROLE_CEUS
-from hepascope.stream.errors import ConfigError, DataError, ModelError
-from hepascope.stream.preprocess import PreprocessSpec, preprocess_view, spec_from_dict
 
 ARRAYS_VERSION = 1  # train/datasets/arrays.py's format version this reader understands
 FRAME_ROLES = ("image", ROLE_BMODE, ROLE_CEUS)  # one frame (1, C, H, W) per sample

@@ -17,8 +17,8 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from hepascope.stream.errors import ConfigError, ModelError
-from hepascope.stream.preprocess import PreprocessSpec
+from hepascope.core.errors import ConfigError, ModelError
+from hepascope.core.preprocess import PreprocessSpec
 
 # (blue, green, red, shift) of cv2's fixed-point BGR2GRAY: OpenCV 5, then OpenCV 4
 GREY_CANDIDATES = ((3735, 19235, 9798, 15), (1868, 9617, 4899, 14))

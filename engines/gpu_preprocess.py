@@ -28,10 +28,10 @@ from typing import Any
 import cv2
 import numpy as np
 
+from hepascope.core.errors import ModelError, ModelInputError, guard_main
+from hepascope.core.preprocess import PreprocessSpec
 from hepascope.engines.cuda import CudaContext, check, driver
 from hepascope.engines.gpu_plan import ViewPlan, gaussian_taps, grey_coefficients, plan_views
-from hepascope.stream.errors import ModelError, ModelInputError, guard_main
-from hepascope.stream.preprocess import PreprocessSpec
 
 KERNELS = Path(__file__).parent / "kernels"
 FATBIN = "preprocess.fatbin"
@@ -276,7 +276,7 @@ class GpuPreprocessor:
 def _bench_one(label: str, spec: PreprocessSpec, frame: np.ndarray, n: int) -> str:
     """Median per-frame times: the CPU function, the GPU by CUDA events (upload + kernels)
     and the GPU by wall clock (run + synchronize, Python overhead included)."""
-    from hepascope.stream.preprocess import preprocess
+    from hepascope.core.preprocess import preprocess
 
     cpu, dev, wall = [], [], []
     for _ in range(n):
@@ -302,7 +302,7 @@ def _bench_one(label: str, spec: PreprocessSpec, frame: np.ndarray, n: int) -> s
 
 def bench(n: int = 200) -> list[str]:
     """CPU function vs GPU on the packaged layouts (a phantom frame)."""
-    from hepascope.stream.config import load_config
+    from hepascope.core.config import load_config
     from hepascope.stream.phantom import Phantom, make_case
 
     frame = Phantom(make_case(0)).render(0)[0]

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from hepascope.core.errors import ModelError
 from hepascope.engines.base import Dim, TensorSpec, check_feeds
-from hepascope.stream.errors import ModelError
 
 _ORT_TYPES: dict[str, np.dtype] = {
     "tensor(float)": np.dtype(np.float32),

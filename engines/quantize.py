@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from hepascope.stream.errors import ConfigError, DataError, HepascopeError, ModelError, guard_main
+from hepascope.core.errors import ConfigError, DataError, HepascopeError, ModelError, guard_main
 
 METHODS = ("minmax", "entropy", "percentile")
 KEEP_FLOAT = ("Softmax",)  # op types left unquantised (see the module docstring)

@@ -32,8 +32,8 @@ import onnx
 import torch
 from torch import nn
 
+from hepascope.core.errors import ModelError
 from hepascope.engines.base import WEIGHTS_FILES, Dim, TensorSpec, check_feeds, weights_dir
-from hepascope.stream.errors import ModelError
 from hepascope.train.models.layers import SimAM, StaticAdaptiveAvgPool, _pool_matrix
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hepascope.stream.errors import HepascopeError, ModelError, guard_main
+from hepascope.core.errors import HepascopeError, ModelError, guard_main
 
 if TYPE_CHECKING:
     import onnx

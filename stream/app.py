@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hepascope.core.config import Config
 from hepascope.engines import resolve_backend
-from hepascope.stream.config import Config
 from hepascope.stream.igtl_out import serve_igtl
 from hepascope.stream.models import open_clip_model
 from hepascope.stream.pipeline import ResultListener, SideModel, compose

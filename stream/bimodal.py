@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
+from hepascope.core.errors import ModelError, ModelInputError
+from hepascope.core.frame import Frame
+from hepascope.core.geometry import Rect
+from hepascope.core.preprocess import PreprocessSpec, preprocess_view
 from hepascope.engines.base import Engine
-from hepascope.stream.errors import ModelError, ModelInputError
-from hepascope.stream.frame import Frame
-from hepascope.stream.geometry import Rect
-from hepascope.stream.preprocess import PreprocessSpec, preprocess_view
 
 ROLE_BMODE, ROLE_CEUS, ROLE_HEAD = "bmode_encoder", "ceus_encoder", "head"
 

@@ -19,12 +19,12 @@ from typing import Protocol
 
 import numpy as np
 
+from hepascope.core.config import Config
+from hepascope.core.errors import ModelError, ModelInputError
+from hepascope.core.frame import Frame
+from hepascope.core.geometry import Rect
+from hepascope.core.preprocess import PreprocessSpec, preprocess, spec_from_dict
 from hepascope.engines.base import Engine, TensorSpec
-from hepascope.stream.config import Config
-from hepascope.stream.errors import ModelError, ModelInputError
-from hepascope.stream.frame import Frame
-from hepascope.stream.geometry import Rect
-from hepascope.stream.preprocess import PreprocessSpec, preprocess, spec_from_dict
 
 log = logging.getLogger(__name__)
 

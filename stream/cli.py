@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from hepascope.stream.errors import ConfigError, HepascopeError
+from hepascope.core.errors import ConfigError, HepascopeError
 from hepascope.stream.logs import LEVELS, error_line
 from hepascope.stream.logs import configure as configure_logging
 
@@ -88,8 +88,8 @@ def _pipeline_args(p: argparse.ArgumentParser) -> None:
 
 
 def _request(args: argparse.Namespace, source: str, model: Path) -> Any:
+    from hepascope.core.config import load_config
     from hepascope.stream.app import RunRequest
-    from hepascope.stream.config import load_config
     from hepascope.stream.sources import SourceOptions
 
     opts = SourceOptions(speed=args.speed, max_rate=args.max_rate, loop=args.loop,
@@ -175,7 +175,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def _replay_lockstep(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from hepascope.stream.config import load_config
+    from hepascope.core.config import load_config
     from hepascope.stream.replay import ENGINE, THREADS, replay_deterministic
 
     clash = [flag for flag, bad in (
@@ -206,8 +206,8 @@ def _replay_lockstep(args: argparse.Namespace) -> int:
 
 
 def cmd_overlay(args: argparse.Namespace) -> int:
+    from hepascope.core.config import load_config
     from hepascope.stream.app import stop_on_signals
-    from hepascope.stream.config import load_config
     from hepascope.stream.overlay import run_overlay
     from hepascope.stream.security import ClientKeys
     from hepascope.stream.sources import open_source

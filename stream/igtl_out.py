@@ -26,7 +26,7 @@ import threading
 from collections import deque
 from typing import Any
 
-from hepascope.stream.errors import ConfigError, PublishError
+from hepascope.core.errors import ConfigError, PublishError
 from hepascope.stream.security import InsecureBindError, is_loopback
 from hepascope.stream.sources.igtl import require_pyigtl
 

@@ -33,8 +33,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from hepascope.stream.config import Config
-from hepascope.stream.errors import HepascopeError
+from hepascope.core.config import Config
+from hepascope.core.errors import HepascopeError
 from hepascope.stream.inference_loop import infer_loop
 from hepascope.stream.progress import Progress
 from hepascope.stream.stats import ModelTally

@@ -14,6 +14,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from hepascope.core.config import Config
+from hepascope.core.errors import ModelError
+from hepascope.core.preprocess import PreprocessSpec, spec_from_dict
 from hepascope.engines import Engine, open_engine, resolve_backend
 from hepascope.stream.bimodal import (
     ROLE_BMODE,
@@ -31,9 +34,6 @@ from hepascope.stream.classifier import (
     read_calibration,
 )
 from hepascope.stream.clip import ClipStreamer
-from hepascope.stream.config import Config
-from hepascope.stream.errors import ModelError
-from hepascope.stream.preprocess import PreprocessSpec, spec_from_dict
 from hepascope.stream.verdict import judged
 
 META_VERSION = "1"

@@ -25,9 +25,9 @@ from typing import IO, Any
 import cv2
 import numpy as np
 
+from hepascope.core.errors import ConfigError, HepascopeError, RingError
+from hepascope.core.messages import TOPIC_RESULT, TOPIC_TELEMETRY
 from hepascope.stream.draw import STATUS_COLOURS, OverlayView, draw_overlay
-from hepascope.stream.errors import ConfigError, HepascopeError, RingError
-from hepascope.stream.messages import TOPIC_RESULT, TOPIC_TELEMETRY
 from hepascope.stream.publish import Subscriber
 from hepascope.stream.ring import RingReader
 from hepascope.stream.security import ClientKeys

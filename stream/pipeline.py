@@ -29,12 +29,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from hepascope.stream.classifier import Classifier
-from hepascope.stream.config import PipelineConfig
-from hepascope.stream.frame import Frame
-from hepascope.stream.grab import LazyRing, grab_loop, source_health
-from hepascope.stream.inference_loop import Step, infer_loop
-from hepascope.stream.messages import (
+from hepascope.core.config import PipelineConfig
+from hepascope.core.frame import Frame
+from hepascope.core.messages import (
     MODEL_FAULT,
     SCHEMA_VERSION,
     TOPIC_RESULT,
@@ -42,6 +39,9 @@ from hepascope.stream.messages import (
     RunStamp,
     output_fault,
 )
+from hepascope.stream.classifier import Classifier
+from hepascope.stream.grab import LazyRing, grab_loop, source_health
+from hepascope.stream.inference_loop import Step, infer_loop
 from hepascope.stream.sources.base import Source
 from hepascope.stream.stats import ModelTally, RunStats
 from hepascope.stream.supervisor import InferenceProcess

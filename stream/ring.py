@@ -14,8 +14,8 @@ themselves: :meth:`RingReader.next` finishes the old generation first, then re-o
 name; nobody has to tell them. A reader that attaches later finds the newest generation.
 
 The work is done by the native module ``hepascope.stream._ring`` (C++20, nanobind, POSIX
-shared memory); this wrapper speaks :class:`~hepascope.stream.frame.Frame` and raises
-:class:`~hepascope.stream.errors.RingError`. Every frame a reader returns owns a fresh copy
+shared memory); this wrapper speaks :class:`~hepascope.core.frame.Frame` and raises
+:class:`~hepascope.core.errors.RingError`. Every frame a reader returns owns a fresh copy
 of the pixels: it never aliases shared memory, so keeping it is always safe.
 
 Example::
@@ -39,8 +39,8 @@ from collections.abc import Callable
 from functools import partial
 from typing import Literal, TypeVar
 
-from hepascope.stream.errors import RingError
-from hepascope.stream.frame import Frame
+from hepascope.core.errors import RingError
+from hepascope.core.frame import Frame
 from hepascope.stream.ring_owner import owner_alive, this_process
 
 try:

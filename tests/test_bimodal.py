@@ -16,12 +16,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from hepascope.stream.config import load_config  # noqa: E402
-from hepascope.stream.errors import ModelError, ModelInputError  # noqa: E402
-from hepascope.stream.frame import Frame  # noqa: E402
+from hepascope.core.config import load_config  # noqa: E402
+from hepascope.core.errors import ModelError, ModelInputError  # noqa: E402
+from hepascope.core.frame import Frame  # noqa: E402
+from hepascope.core.preprocess import PreprocessSpec, preprocess_view  # noqa: E402
 from hepascope.stream.models import open_model  # noqa: E402
 from hepascope.stream.phantom import LESION_CLASSES, Phantom, make_case  # noqa: E402
-from hepascope.stream.preprocess import PreprocessSpec, preprocess_view  # noqa: E402
 from hepascope.train.export import export_bimodal  # noqa: E402
 from hepascope.train.models import create_model  # noqa: E402
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hepascope.stream.config import load_config
-from hepascope.stream.errors import DataError
-from hepascope.stream.frame import Frame
-from hepascope.stream.messages import validate_result
+from hepascope.core.config import load_config
+from hepascope.core.errors import DataError
+from hepascope.core.frame import Frame
+from hepascope.core.messages import validate_result
 from hepascope.stream.models import open_model
 from hepascope.stream.record import (
     SESSION_NAME,

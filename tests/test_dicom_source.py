@@ -22,7 +22,7 @@ from support.dicom_media import (
     write_report,
 )
 
-from hepascope.stream.errors import SourceFormatError, SourceNotFoundError
+from hepascope.core.errors import SourceFormatError, SourceNotFoundError
 from hepascope.stream.sources import Source, SourceOptions, open_source
 from hepascope.stream.sources.dicom import DEFAULT_FPS, DicomCineSource
 

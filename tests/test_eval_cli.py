@@ -105,9 +105,9 @@ def test_real_ultrasound_folder_trains_evaluates_and_exports(tmp_path: Path) -> 
     ck = tmp_path / "ck"
     assert main(["train", "--model", "resnet18", "--out", str(ck), "--quiet", *common]) == 0
     assert main(["export", "--checkpoint", str(ck)]) == 0
+    from hepascope.core.config import load_packaged_config
     from hepascope.engines import open_engine
     from hepascope.stream.classifier import FrameClassifier
-    from hepascope.stream.config import load_packaged_config
     from hepascope.train.datasets.io import read_image
 
     clf = FrameClassifier(open_engine(ck / "onnx" / "model.onnx"),

@@ -23,7 +23,7 @@ import av
 import pytest
 from support.runs import free_port
 
-from hepascope.stream.messages import STATUSES
+from hepascope.core.messages import STATUSES
 from hepascope.stream.sources.phantom import PhantomSource
 
 pyigtl = pytest.importorskip("pyigtl", reason="pyigtl is not installed: pip install "

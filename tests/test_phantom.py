@@ -18,8 +18,8 @@ import cv2
 import numpy as np
 import pytest
 
-from hepascope.stream.frame import Frame
-from hepascope.stream.geometry import (
+from hepascope.core.frame import Frame
+from hepascope.core.geometry import (
     PHANTOM_BMODE,
     PHANTOM_CEUS,
     PHANTOM_SCREEN_H,

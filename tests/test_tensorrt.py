@@ -21,12 +21,12 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from support.models import make_classifier
 
+from hepascope.core.errors import ModelError
 from hepascope.engines.build import CalibrationBatches, build_plan, simam_scopes
 from hepascope.engines.cli import add_subcommand
 from hepascope.engines.cuda import CudaError, check, status_error
 from hepascope.engines.plan import sidecar_path
 from hepascope.engines.tensorrt import TrtEngine, plan_for
-from hepascope.stream.errors import ModelError
 
 
 def importable(name: str) -> bool:

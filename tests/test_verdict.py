@@ -19,12 +19,12 @@ import pytest
 from support.models import make_bimodal_export, make_classifier, set_metadata
 from support.runs import START_S, Watcher, kill_run, start_run, stop_run
 
+from hepascope.core.config import load_config
+from hepascope.core.errors import ModelError
+from hepascope.core.frame import Frame
+from hepascope.core.messages import RunStamp, validate_result
 from hepascope.engines import open_engine
 from hepascope.stream.classifier import FrameClassifier
-from hepascope.stream.config import load_config
-from hepascope.stream.errors import ModelError
-from hepascope.stream.frame import Frame
-from hepascope.stream.messages import RunStamp, validate_result
 from hepascope.stream.models import open_model
 from hepascope.stream.overlay import run_overlay
 from hepascope.stream.phantom.session import iter_session

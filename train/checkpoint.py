@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from hepascope.stream.errors import ModelError
+from hepascope.core.errors import ModelError
 from hepascope.train.models import create_model
 
 CHECKPOINT_VERSION = 2

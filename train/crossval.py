@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from hepascope.stream.errors import DataError
+from hepascope.core.errors import DataError
 from hepascope.train.checkpoint import atomic_json
 from hepascope.train.datasets.arrays import ArraySet
 from hepascope.train.evaluation.calibration import (

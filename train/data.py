@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from hepascope.stream.config import Config
+from hepascope.core.config import Config
+from hepascope.core.preprocess import PreprocessSpec, preprocess_view
 from hepascope.stream.phantom import LESION_CLASSES, Phantom, PhantomCase, make_case
-from hepascope.stream.preprocess import PreprocessSpec, preprocess_view
 from hepascope.train.datasets.arrays import ArraySet, load_pair, save_pair
 from hepascope.train.datasets.phantom import phantom_version
 from hepascope.train.datasets.pool import Progress, map_pool

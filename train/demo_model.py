@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from hepascope.core.errors import ModelError
 from hepascope.engines.plan import sha256_file as file_sha256  # the one file hash
-from hepascope.stream.errors import ModelError
 
 PACKAGED = Path(__file__).resolve().parent / "demo_model"
 MANIFEST = "manifest.json"
@@ -81,7 +81,7 @@ def model_key(recipe: Recipe) -> str:
 def _training_arrays(recipe: Recipe, cache: Path) -> Any:
     """The recipe's phantom set (cached) as the trainer's windows (the frame set itself is
     dropped on return: the windows are what training holds in memory)."""
-    from hepascope.stream.config import load_config
+    from hepascope.core.config import load_config
     from hepascope.train.data import (
         WindowSpec,
         cached_phantom_set,
@@ -99,7 +99,7 @@ def _training_arrays(recipe: Recipe, cache: Path) -> Any:
 def _train_and_export(ckpt: Path, recipe: Recipe, cache: Path, console: Any) -> Path:
     """Build the phantom set, train, calibrate on the validation patients, export (the
     temperature and abstention threshold ride in the graphs' metadata), write the manifest."""
-    from hepascope.stream.config import load_config
+    from hepascope.core.config import load_config
     from hepascope.train.calibrate import calibrate_checkpoint
     from hepascope.train.export import export_checkpoint
     from hepascope.train.trainer import TrainConfig, load_checkpoint, train

@@ -26,9 +26,9 @@ import onnx
 import torch
 from torch import nn
 
+from hepascope.core.errors import ModelError
 from hepascope.stream.bimodal import ROLE_BMODE, ROLE_CEUS, ROLE_HEAD
 from hepascope.stream.classifier import META_ABSTAIN, META_TEMPERATURE, META_WARMUP
-from hepascope.stream.errors import ModelError
 from hepascope.stream.models import HEAD_FILE, META_VERSION
 
 OPSET = 17

@@ -27,7 +27,7 @@ from rich.console import Console
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from hepascope.stream.errors import DataError
+from hepascope.core.errors import DataError
 from hepascope.train import distributed as ddp
 from hepascope.train.augment import Augment
 from hepascope.train.checkpoint import (

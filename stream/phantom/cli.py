@@ -7,7 +7,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from hepascope.stream.errors import guard_main
+from hepascope.core.errors import guard_main
 
 
 def _session(args: argparse.Namespace) -> int:

@@ -17,7 +17,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from hepascope.stream.geometry import PHANTOM_SCREEN_H, PHANTOM_SCREEN_W
+from hepascope.core.geometry import PHANTOM_SCREEN_H, PHANTOM_SCREEN_W
 from hepascope.stream.phantom.patient import LESION_CLASSES, PhantomCase, make_case
 from hepascope.stream.phantom.render import Phantom
 from hepascope.stream.video import Mp4Writer

@@ -13,7 +13,7 @@ import functools
 import cv2
 import numpy as np
 
-from hepascope.stream.geometry import (
+from hepascope.core.geometry import (
     PHANTOM_BMODE,
     PHANTOM_CEUS,
     PHANTOM_SCREEN_H,

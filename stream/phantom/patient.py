@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hepascope.stream.geometry import PHANTOM_SECTOR
+from hepascope.core.geometry import PHANTOM_SECTOR
 
 LESION_CLASSES: tuple[str, ...] = (
     "normal", "cyst", "hemangioma", "hcc", "metastasis", "fatty_sparing",

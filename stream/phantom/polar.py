@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hepascope.stream.geometry import PHANTOM_BMODE, PHANTOM_SECTOR, SectorGeometry
+from hepascope.core.geometry import PHANTOM_BMODE, PHANTOM_SECTOR, SectorGeometry
 
 N_DEPTH = 288  # depth samples from the probe face to maximum depth (~1 view px each)
 N_BEAMS = 160  # beams across the opening angle

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from hepascope.stream.geometry import (
+from hepascope.core.geometry import (
     PHANTOM_BMODE,
     PHANTOM_CEUS,
     PHANTOM_SCREEN_H,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hepascope.stream.errors import ConfigError
+from hepascope.core.errors import ConfigError
 from hepascope.stream.sources.base import Pacer, Source, SourceBase
 
 

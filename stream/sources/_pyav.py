@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import av
 import numpy as np
 
-from hepascope.stream.errors import (
+from hepascope.core.errors import (
     ConfigError,
     SourceError,
     SourceFormatError,

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from hepascope.stream.errors import (
+from hepascope.core.errors import (
     SourceFormatError,
     SourceNotFoundError,
     SourceTimeoutError,

@@ -38,7 +38,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from hepascope.stream.errors import ConfigError, SourceError
+from hepascope.core.errors import ConfigError, SourceError
 from hepascope.stream.sources._pyav import check_timeout, decode_bgr, masked_url, open_live
 from hepascope.stream.sources.base import SourceBase
 

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import av
 import numpy as np
 
-from hepascope.stream.errors import ConfigError, SourceError, SourceFormatError
+from hepascope.core.errors import ConfigError, SourceError, SourceFormatError
 from hepascope.stream.sources._pyav import check_timeout, decode_bgr, masked_url, open_live
 from hepascope.stream.sources.base import SourceBase
 

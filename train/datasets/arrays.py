@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from hepascope.stream.errors import DataError
+from hepascope.core.errors import DataError
 
 ARRAYS_VERSION = 1
 KINDS = ("image", "clip", "bimodal")

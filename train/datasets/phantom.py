@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from hepascope.stream.config import Config, load_config
-from hepascope.stream.errors import ConfigError
+from hepascope.core.config import Config, load_config
+from hepascope.core.errors import ConfigError
+from hepascope.core.preprocess import PreprocessSpec, preprocess_view
 from hepascope.stream.phantom.patient import make_case
 from hepascope.stream.phantom.render import Phantom
-from hepascope.stream.preprocess import PreprocessSpec, preprocess_view
 from hepascope.train.datasets.arrays import KINDS, ArraySet
 from hepascope.train.datasets.pool import Progress, map_pool
 from hepascope.train.tasks import Task, get_task

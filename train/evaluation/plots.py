@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from hepascope.stream.errors import DataError
+from hepascope.core.errors import DataError
 from hepascope.train.evaluation.metrics import (
     check_predictions,
     ece_from_table,
