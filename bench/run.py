@@ -24,9 +24,9 @@ from typing import Any
 from hepascope.bench.headline import headline
 from hepascope.bench.models import LIVE_MODELS, Budget, Graphs, export_random, from_export
 from hepascope.core.errors import guard_main
+from hepascope.core.logs import configure as configure_logging
+from hepascope.core.logs import error_line
 from hepascope.engines.onnxruntime import cpu_budget
-from hepascope.stream.logs import configure as configure_logging
-from hepascope.stream.logs import error_line
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from hepascope.core.errors import guard_main
-from hepascope.stream.logs import configure as configure_logging
+from hepascope.core.logs import configure as configure_logging
 
 log = logging.getLogger(__name__)
 

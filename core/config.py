@@ -29,6 +29,23 @@ CONFIG_VERSION = 1
 T = TypeVar("T")
 
 
+def parse_bind(value: int | str, name: str = "--igtl-serve") -> tuple[str, int]:
+    """(host, port) of ``PORT`` or ``HOST:PORT`` (loopback when no host is given; port 0:
+    any free one); ``name`` says where the value came from in the error."""
+    text = str(value).strip()
+    host, sep, port_text = text.rpartition(":")
+    host = host.strip("[]") if sep else "127.0.0.1"
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ConfigError(f"{name}: {text!r} is not PORT or HOST:PORT") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{name}: port {port} is not in 0-65535")
+    if not host:
+        raise ConfigError(f"{name}: {text!r} has an empty host")
+    return host, port
+
+
 @dataclass(frozen=True, slots=True)
 class LayoutConfig:
     """Views of the captured frame by name, in order, and the sector inside each view."""
@@ -124,8 +141,6 @@ class PublishConfig:
         if self.send_hwm < 1:
             raise ConfigError("publish.send_hwm must be >= 1")
         if self.igtl_serve is not None:
-            from hepascope.stream.igtl_out import parse_bind
-
             parse_bind(self.igtl_serve, "publish.igtl_serve")
 
 

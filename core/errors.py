@@ -72,7 +72,7 @@ def guard_main(main: Callable[..., int]) -> Callable[..., int]:
 
     @functools.wraps(main)
     def guarded(*args: Any, **kwargs: Any) -> int:
-        from hepascope.stream.logs import error_line  # stdlib-only, like this module
+        from hepascope.core.logs import error_line  # stdlib-only, like this module
 
         try:
             return int(main(*args, **kwargs))

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from hepascope.core.errors import ConfigError, HepascopeError
-from hepascope.stream.logs import LEVELS, error_line
-from hepascope.stream.logs import configure as configure_logging
+from hepascope.core.logs import LEVELS, error_line
+from hepascope.core.logs import configure as configure_logging
 
 log = logging.getLogger("hepascope")
 
@@ -97,7 +97,7 @@ def _request(args: argparse.Namespace, source: str, model: Path) -> Any:
                          reconnect=not args.no_reconnect, watchdog_s=args.watchdog)
     labels = tuple(x.strip() for x in args.labels.split(",")) if args.labels else None
     if getattr(args, "igtl_serve", None) is not None:
-        from hepascope.stream.igtl_out import parse_bind
+        from hepascope.core.config import parse_bind
 
         parse_bind(args.igtl_serve)  # a bad value fails before anything starts
     config = load_config(args.config)

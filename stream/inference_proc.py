@@ -132,7 +132,7 @@ def child_main(spec: ModelSpec, out: Connection, ctl: Connection, log_level: int
     # Ctrl-C in a terminal signals the whole process group: the parent decides when the
     # child stops (STOP), so that results already made are still sent
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from hepascope.stream.logs import configure
+    from hepascope.core.logs import configure
 
     configure(log_level, name=f"hepascope[inference {os.getpid()}]")  # text or JSON: as the parent
     from hepascope.stream.models import open_model
