@@ -35,8 +35,8 @@ import numpy as np
 
 from hepascope.bench.engines_md import machine_facts, write_markdown
 from hepascope.core.errors import ConfigError, DataError, guard_main
-from hepascope.engines.calib import Samples, load_samples
 from hepascope.engines.onnxruntime import OnnxRuntimeEngine, OrtTuning, cpu_budget
+from hepascope.train.engine_build.calib import Samples, load_samples
 
 FIELDS = ("variant", "description", "p50_ms", "p99_ms", "min_ms", "gflops_per_s",
           "x_floor", "accuracy", "balanced_accuracy", "agreement", "max_abs_dprob",
@@ -219,8 +219,8 @@ def build_variants(ckpt: Path, work: Path, args: argparse.Namespace,
     labels in the model's order."""
     import torch
 
-    from hepascope.engines.quantize import quantize_int8
     from hepascope.train.checkpoint import load_checkpoint
+    from hepascope.train.engine_build.quantize import quantize_int8
     from hepascope.train.export import export_checkpoint
     from hepascope.train.flops import count_flops
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from hepascope.core.config import load_config
 from hepascope.core.errors import guard_main
+from hepascope.core.export_format import META_ROLE
 from hepascope.engines.onnxruntime import OnnxRuntimeEngine
 
 LABELS = ["normal", "cyst", "hemangioma", "hcc", "metastasis", "fatty_sparing"]
@@ -91,7 +92,7 @@ def export(name: str, kwargs: dict[str, Any], out: Path) -> tuple[list[Path], in
     flops = 0
     for path in paths:
         eng = OnnxRuntimeEngine(path, threads=1)
-        role = eng.metadata["hepascope.role"]
+        role = eng.metadata[META_ROLE]
         xs = tuple(torch.zeros(1, *(int(d) for d in s.shape[1:]))
                    for s in eng.inputs)
         eng.close()
@@ -233,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
                                    "engines": bench_chain(paths, args.runs, args.batch)}
             print(name, json.dumps(res["models"][name]["engines"]), flush=True)
     try:
-        from hepascope.engines.gpu_preprocess import bench as pre_bench
+        from hepascope.bench.preprocess_gpu import rows as pre_bench
 
         res["preprocess"] = pre_bench()
     except Exception as e:  # reported, not hidden: the engines' figures stand without it

@@ -20,6 +20,7 @@ import numpy as np
 
 from hepascope.bench.engines import Variant, time_variants
 from hepascope.core.errors import HepascopeError
+from hepascope.core.export_format import META_ROLE
 from hepascope.engines.onnxruntime import OnnxRuntimeEngine
 
 # name -> constructor kwargs: the live models at the sizes the live path runs them
@@ -57,7 +58,8 @@ def export_random(name: str, out: Path, kwargs: dict[str, Any] | None = None) ->
 def from_export(path: Path) -> Graphs:
     """An existing export (a directory, or one graph); params and FLOPs from the checkpoint
     kept beside it, when there is one (else unknown: None)."""
-    from hepascope.engines.base import BIMODAL_GRAPHS, weights_dir
+    from hepascope.core.export_format import BIMODAL_GRAPHS
+    from hepascope.engines.base import weights_dir
 
     d = path if path.is_dir() else path.parent
     if path.is_file():
@@ -84,7 +86,7 @@ def from_export(path: Path) -> Graphs:
             eng = OnnxRuntimeEngine(p, threads=1)
             xs = tuple(torch.zeros(1, *(int(x) for x in s.shape[1:]))  # type: ignore[arg-type]
                        for s in eng.inputs)
-            role = eng.metadata["hepascope.role"]
+            role = eng.metadata[META_ROLE]
             eng.close()
             flops += count_flops(graph_module(model, role), xs)
     return Graphs(name, paths, params, flops, _describe(paths))
@@ -108,7 +110,7 @@ def feeds(engine: Any, batch: int, seed: int) -> dict[str, np.ndarray]:
 
 def _int8_paths(g: Graphs, work: Path) -> list[Path]:
     """Each graph quantised (static QDQ, minmax) on random calibration frames."""
-    from hepascope.engines.quantize import quantize_int8
+    from hepascope.train.engine_build.quantize import quantize_int8
 
     out = []
     for i, p in enumerate(g.paths):
@@ -152,8 +154,8 @@ def _torch(path: Path, device: str) -> Any:
 
 
 def _trt(path: Path) -> Any:
-    from hepascope.engines.build import build_plan
     from hepascope.engines.tensorrt import TrtEngine
+    from hepascope.train.engine_build.build import build_plan
 
     return TrtEngine(build_plan(path, fp16=True, max_batch=8))
 

@@ -278,7 +278,7 @@ def run_from_args(args: argparse.Namespace, command: str | None = None) -> Path:
 
 @guard_main
 def main(argv: list[str] | None = None) -> int:
-    from hepascope.bench.cli import add_arguments
+    from hepascope.bench.options import add_arguments
 
     p = argparse.ArgumentParser(prog="python -m hepascope.bench.run",
                                 description=__doc__.split("\n\n")[0])

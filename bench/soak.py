@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from hepascope.core.errors import guard_main
+from hepascope.core.export_format import META_LABELS
 from hepascope.core.logs import configure as configure_logging
 
 log = logging.getLogger(__name__)
@@ -153,7 +154,7 @@ def make_model(path: Path) -> Path:
         [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1, 6])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    helper.set_model_props(model, {"hepascope.labels": json.dumps(labels)})
+    helper.set_model_props(model, {META_LABELS: json.dumps(labels)})
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path

@@ -1,7 +1,7 @@
-"""``python -m hepascope.stream`` is the ``hepascope`` command."""
+"""``python -m hepascope.cli`` is the ``hepascope`` command."""
 
 import sys
 
-from hepascope.stream.cli import main
+from hepascope.cli import main
 
 sys.exit(main())

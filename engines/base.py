@@ -15,18 +15,14 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from hepascope.core.errors import ModelError
+from hepascope.core.export_format import BIMODAL_GRAPHS, WEIGHTS_FILES
 
 log = logging.getLogger(__name__)
 
 Dim = int | str | None  # a static size, or a symbolic / unknown one
 BACKENDS = ("onnxruntime", "tensorrt", "torch")
 CHOICES = (*BACKENDS, "auto")
-# The checkpoint an export's graphs came from, written beside them by 'hepascope export':
-# what the torch backend rebuilds the graphs' functions from.
-WEIGHTS_FILES = ("model.safetensors", "model.json")
 PLAN_SUFFIX = ".plan"  # a TensorRT engine built for MODEL.onnx lies beside it as MODEL.plan
-# The graphs of a bimodal export: TensorRT is chosen for one only if all three have plans.
-BIMODAL_GRAPHS = ("bmode_encoder.onnx", "ceus_encoder.onnx", "head.onnx")
 
 
 @dataclass(frozen=True, slots=True)

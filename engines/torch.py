@@ -33,15 +33,21 @@ import torch
 from torch import nn
 
 from hepascope.core.errors import ModelError
-from hepascope.engines.base import WEIGHTS_FILES, Dim, TensorSpec, check_feeds, weights_dir
+from hepascope.core.export_format import (
+    META_LABELS,
+    META_MODEL,
+    META_ROLE,
+    ROLE_HEAD,
+    ROLES,
+    WEIGHTS_FILES,
+)
+from hepascope.engines.base import Dim, TensorSpec, check_feeds, weights_dir
 from hepascope.train.models.layers import SimAM, StaticAdaptiveAvgPool, _pool_matrix
 
 log = logging.getLogger(__name__)
 
 FP16_TOL = 1e-2  # max |fp16 - fp32| on probabilities (and relative to max |feature|)
 WARMUP = 3  # eager runs before capture: cuDNN/cuBLAS pick and set up their kernels
-HEAD_ROLE = "head"
-ROLES = ("bmode_encoder", "ceus_encoder", HEAD_ROLE, "image", "clip")
 _TORCH_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float16): torch.float16,
                  np.dtype(np.float64): torch.float64, np.dtype(np.int64): torch.int64,
                  np.dtype(np.int32): torch.int32, np.dtype(np.uint8): torch.uint8,
@@ -210,9 +216,9 @@ class TorchEngine:
             raise ValueError("cuda_graph needs device='cuda'")
         self.device = device
         self.inputs, self.outputs, self.metadata = read_graph(self.path)
-        self.role = self.metadata.get("hepascope.role", "")
+        self.role = self.metadata.get(META_ROLE, "")
         self.fp16 = cuda if fp16 is None else fp16
-        if self.role == HEAD_ROLE:
+        if self.role == ROLE_HEAD:
             self.fp16 = False  # the fusion head stays fp32 (module doc)
         self.channels_last = cuda if channels_last is None else channels_last
         self.cuda_graph = cuda if cuda_graph is None else cuda_graph
@@ -253,10 +259,10 @@ class TorchEngine:
                              " beside it; re-export with hepascope export")
         model, meta = load_checkpoint(d)
         try:
-            labels = json.loads(self.metadata.get("hepascope.labels", "null"))
+            labels = json.loads(self.metadata.get(META_LABELS, "null"))
         except json.JSONDecodeError as e:
             raise ModelError(f"{self.path.name}: 'hepascope.labels' is not JSON") from e
-        want = (self.metadata.get("hepascope.model"), labels)
+        want = (self.metadata.get(META_MODEL), labels)
         got = (meta.get("model"), meta.get("labels"))
         if want != got:
             raise ModelError(f"{self.path.name}: the weights beside it are {got[0]} "

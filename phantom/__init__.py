@@ -1,16 +1,16 @@
 """Synthetic liver ultrasound phantom (numpy + OpenCV): dual-view B-mode | CEUS screen
 captures with ground truth, deterministic by seed. The demo's, tests' and training data."""
 
-from hepascope.stream.phantom.ceus import CEUS_PHASES, ceus_phase
-from hepascope.stream.phantom.datasets import (
+from hepascope.phantom.ceus import CEUS_PHASES, ceus_phase
+from hepascope.phantom.datasets import (
     iter_clips,
     iter_samples,
     write_clip_dataset,
     write_image_dataset,
 )
-from hepascope.stream.phantom.patient import FATTY_GRADES, LESION_CLASSES, PhantomCase, make_case
-from hepascope.stream.phantom.render import Phantom
-from hepascope.stream.phantom.session import iter_session, plan_segment, write_session
+from hepascope.phantom.patient import FATTY_GRADES, LESION_CLASSES, PhantomCase, make_case
+from hepascope.phantom.render import Phantom
+from hepascope.phantom.session import iter_session, plan_segment, write_session
 
 __all__ = [
     "CEUS_PHASES",

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from hepascope.stream.phantom.patient import PhantomCase
-from hepascope.stream.phantom.polar import TISSUE_MARGIN, PolarGrid
+from hepascope.phantom.patient import PhantomCase
+from hepascope.phantom.polar import TISSUE_MARGIN, PolarGrid
 
 ALPHA_LIVER_DB_PX = 0.15  # two-way attenuation of normal liver, dB per view px (TGC undoes it)
 FAT_BRIGHT_DB = (0.0, 4.0, 7.0, 10.0)  # echogenicity increase per fatty grade
@@ -122,7 +122,7 @@ def _wall(case: PhantomCase, grid: PolarGrid, rng: np.random.Generator
 
 def build_tissue(case: PhantomCase, grid: PolarGrid) -> TissueMaps:
     """Parenchyma + vessels + diaphragm (tissue coords) and the wall (polar)."""
-    from hepascope.stream.phantom.lesions import apply_lesion
+    from hepascope.phantom.lesions import apply_lesion
 
     rng = np.random.default_rng(np.random.SeedSequence([case.seed & 0xFFFFFFFF, 0x7155]))
     size = grid.tissue_size

@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from hepascope.stream.phantom.patient import PhantomCase
+from hepascope.phantom.patient import PhantomCase
 
 CEUS_PHASES: tuple[str, ...] = ("pre", "arterial", "portal", "late")
 ARTERIAL_START_S = 10.0

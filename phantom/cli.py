@@ -1,4 +1,5 @@
-"""``hepascope phantom ...``: write demo sessions and training datasets from the phantom."""
+"""``hepascope phantom ...``: write demo sessions and image/clip datasets from the phantom
+(``phantom dataset``, a training task's data, is registered by ``hepascope.train.cli``)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ import sys
 import time
 from collections.abc import Sequence
 
+from hepascope.core.argtypes import above_zero
 from hepascope.core.errors import guard_main
 
 
 def _session(args: argparse.Namespace) -> int:
-    from hepascope.stream.phantom.session import print_progress, sidecar_path, write_session
+    from hepascope.phantom.session import print_progress, sidecar_path, write_session
 
     t0 = time.perf_counter()
     path = write_session(args.out, seed=args.seed, seconds=args.seconds, fps=args.fps,
@@ -23,7 +25,7 @@ def _session(args: argparse.Namespace) -> int:
 
 
 def _images(args: argparse.Namespace) -> int:
-    from hepascope.stream.phantom.datasets import write_image_dataset
+    from hepascope.phantom.datasets import write_image_dataset
 
     t0 = time.perf_counter()
     manifest = write_image_dataset(args.out, n_patients=args.patients,
@@ -35,7 +37,7 @@ def _images(args: argparse.Namespace) -> int:
 
 
 def _clips(args: argparse.Namespace) -> int:
-    from hepascope.stream.phantom.datasets import write_clip_dataset
+    from hepascope.phantom.datasets import write_clip_dataset
 
     t0 = time.perf_counter()
     manifest = write_clip_dataset(args.out, n_patients=args.patients,
@@ -47,43 +49,16 @@ def _clips(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dataset(args: argparse.Namespace) -> int:
-    # the task presets and the writer live on the training side (torch-free modules)
-    from hepascope.train.datasets.phantom import CLIP_WINDOW, ClipWindow, write_task_dataset
-
-    t0 = time.perf_counter()
-    window = ClipWindow(args.clip_frames, args.clip_interval_s, CLIP_WINDOW.ceus_speed,
-                        CLIP_WINDOW.ceus_start_s)
-    manifest = write_task_dataset(args.task, args.out, patients_per_class=args.patients_per_class,
-                                  images_per_patient=args.images_per_patient,
-                                  clips_per_patient=args.clips_per_patient, window=window,
-                                  seed=args.seed, workers=args.workers)
-    print(f"wrote task {args.task}: {args.patients_per_class} patients per class, "
-          f"{args.images_per_patient} images and {args.clips_per_patient} clips each, "
-          f"manifest {manifest} in {time.perf_counter() - t0:.1f} s")
-    return 0
-
-
-def _positive(kind: type) -> object:
-    def conv(s: str) -> object:
-        v = kind(s)
-        if v <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {s}")
-        return v
-
-    conv.__name__ = kind.__name__
-    return conv
-
-
-def add_subcommand(sub: argparse._SubParsersAction) -> None:
-    """Register ``phantom`` (with ``session``, ``images``, ``clips``) on ``sub``."""
+def add_subcommands(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
+    """Register ``phantom`` (with ``session``, ``images``, ``clips``) on ``sub``; returns
+    its subcommands, where the CLI root adds train's ``dataset``."""
     p = sub.add_parser(
         "phantom", help="synthetic liver ultrasound (B-mode + CEUS): demo videos and datasets",
         description="Generate synthetic dual-view liver ultrasound screen captures with "
                     "ground truth: a demo session video, or labelled image/clip datasets.")
     ps = p.add_subparsers(dest="phantom_cmd", required=True,
-                          metavar="{session,images,clips,dataset}")
-    pos_int, pos_float = _positive(int), _positive(float)
+                          metavar="{session,images,clips,dataset}")  # dataset: train's
+    pos_int, pos_float = above_zero(int), above_zero(float)
 
     s = ps.add_parser("session", help="write a dual-view H.264 MP4 and its .truth.json sidecar",
                       description="Write a session video cycling through all lesion classes "
@@ -117,38 +92,14 @@ def add_subcommand(sub: argparse._SubParsersAction) -> None:
                    help="source frames between clip frames K (default 15)")
     c.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     c.set_defaults(func=_clips)
-    _add_dataset(ps)
-
-
-def _add_dataset(ps: argparse._SubParsersAction) -> None:
-    from hepascope.train.tasks import list_tasks  # torch-free: names and recipes only
-
-    pos_int, pos_float = _positive(int), _positive(float)
-    d = ps.add_parser("dataset", help="write a task's class-folder dataset (PNG + FFV1 clips)",
-                      description="Write a task preset's labelled data in the on-disk format "
-                      "of a hospital's own dataset: OUT/<class>/ full-screen PNGs and lossless "
-                      "FFV1 .mkv clips, plus manifest.csv (path,label,patient_id,...).")
-    d.add_argument("--task", required=True, choices=list_tasks(), help="task preset")
-    d.add_argument("--out", required=True, help="output directory")
-    d.add_argument("--patients-per-class", type=pos_int, required=True, metavar="N")
-    d.add_argument("--images-per-patient", type=int, default=4, metavar="K",
-                   help="full-screen PNGs per patient (default 4; 0 for clips only)")
-    d.add_argument("--clips-per-patient", type=int, default=0, metavar="M",
-                   help="clips per patient (default 0)")
-    d.add_argument("--clip-frames", type=pos_int, default=30, metavar="T",
-                   help="frames per clip (default 30, S3)")
-    d.add_argument("--clip-interval-s", type=pos_float, default=2.0, metavar="S",
-                   help="seconds between clip frames (default 2, S3)")
-    d.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    d.add_argument("--workers", type=pos_int, default=2, help="processes (default 2)")
-    d.set_defaults(func=_dataset)
+    return ps
 
 
 @guard_main
 def main(argv: Sequence[str] | None = None) -> int:
-    """Stand-alone entry: ``python -m hepascope.stream.phantom.cli session --out x.mp4``."""
+    """Stand-alone entry: ``python -m hepascope.phantom.cli session --out x.mp4``."""
     parser = argparse.ArgumentParser(prog="hepascope")
-    add_subcommand(parser.add_subparsers(dest="cmd", required=True))
+    add_subcommands(parser.add_subparsers(dest="cmd", required=True))
     args = parser.parse_args(["phantom", *(sys.argv[1:] if argv is None else argv)])
     return int(args.func(args))
 

@@ -18,9 +18,9 @@ import cv2
 import numpy as np
 
 from hepascope.core.geometry import PHANTOM_SCREEN_H, PHANTOM_SCREEN_W
-from hepascope.stream.phantom.patient import LESION_CLASSES, PhantomCase, make_case
-from hepascope.stream.phantom.render import Phantom
-from hepascope.stream.video import Mp4Writer
+from hepascope.core.video import Mp4Writer
+from hepascope.phantom.patient import LESION_CLASSES, PhantomCase, make_case
+from hepascope.phantom.render import Phantom
 
 CEUS_RANGE_S = (0.0, 180.0)
 MOTION_RANGE_S = 60.0  # frame times are drawn from this much of a patient's scan

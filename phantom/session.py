@@ -25,9 +25,9 @@ from hepascope.core.geometry import (
     PHANTOM_SCREEN_W,
     PHANTOM_SECTOR,
 )
-from hepascope.stream.phantom.patient import LESION_CLASSES, make_case
-from hepascope.stream.phantom.render import Phantom
-from hepascope.stream.video import Mp4Writer
+from hepascope.core.video import Mp4Writer
+from hepascope.phantom.patient import LESION_CLASSES, make_case
+from hepascope.phantom.render import Phantom
 
 SIDECAR_VERSION = 1
 

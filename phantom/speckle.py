@@ -17,7 +17,7 @@ import math
 import cv2
 import numpy as np
 
-from hepascope.stream.phantom.polar import PolarGrid
+from hepascope.phantom.polar import PolarGrid
 
 AXIAL_SIGMA = 0.9  # depth samples
 LATERAL_SIGMA_PX = (1.0, 2.1)  # lateral PSF sigma in view px at the top / bottom of the sector

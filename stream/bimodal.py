@@ -19,12 +19,11 @@ from typing import Any
 import numpy as np
 
 from hepascope.core.errors import ModelError, ModelInputError
+from hepascope.core.export_format import META_PARTS, ROLE_BMODE, ROLE_CEUS, ROLE_HEAD
 from hepascope.core.frame import Frame
 from hepascope.core.geometry import Rect
 from hepascope.core.preprocess import PreprocessSpec, preprocess_view
 from hepascope.engines.base import Engine
-
-ROLE_BMODE, ROLE_CEUS, ROLE_HEAD = "bmode_encoder", "ceus_encoder", "head"
 
 
 def media_time(frame: Frame) -> float:
@@ -33,7 +32,6 @@ def media_time(frame: Frame) -> float:
     return frame.pts_s if frame.pts_s is not None else frame.t_capture_ns / 1e9
 
 
-_media_time = media_time  # the name stream/clip.py imports
 _TIME_SLACK_S = 1e-3  # a cache spanning the window to within this counts as full
 
 
@@ -134,7 +132,7 @@ def _single_input(engine: Engine, spec: PreprocessSpec) -> str:
 def describe_parts(head_meta: dict[str, str], directory: Path) -> dict[str, Path]:
     """Paths of the two encoder graphs a head's metadata names."""
     try:
-        parts: Any = json.loads(head_meta["hepascope.parts"])
+        parts: Any = json.loads(head_meta[META_PARTS])
         return {role: directory / str(parts[role]) for role in (ROLE_BMODE, ROLE_CEUS)}
     except (KeyError, json.JSONDecodeError, TypeError) as e:
         raise ModelError(f"head metadata 'hepascope.parts' is missing or invalid ({e!r})") from e

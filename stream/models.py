@@ -16,42 +16,41 @@ from pathlib import Path
 
 from hepascope.core.config import Config
 from hepascope.core.errors import ModelError
-from hepascope.core.preprocess import PreprocessSpec, spec_from_dict
-from hepascope.engines import Engine, open_engine, resolve_backend
-from hepascope.stream.bimodal import (
+from hepascope.core.export_format import (
+    FORMAT_VERSION,
+    HEAD_FILE,
+    META_INPUTS,
+    META_LABELS,
+    META_MODEL,
+    META_OUTPUT,
+    META_PARTS,
+    META_PREPROCESS,
+    META_ROLE,
+    META_VERSION,
+    META_WINDOW,
     ROLE_BMODE,
     ROLE_CEUS,
+    ROLE_CLIP,
     ROLE_HEAD,
-    BimodalStreamer,
-    describe_parts,
+    SINGLE_FILE,
 )
-from hepascope.stream.classifier import (
-    META_ABSTAIN,
-    META_TEMPERATURE,
-    META_WARMUP,
-    Classifier,
-    FrameClassifier,
-    read_calibration,
-)
+from hepascope.core.preprocess import PreprocessSpec, spec_from_dict
+from hepascope.engines import Engine, open_engine, resolve_backend
+from hepascope.stream.bimodal import BimodalStreamer, describe_parts
+from hepascope.stream.classifier import Classifier, FrameClassifier, read_calibration
 from hepascope.stream.clip import ClipStreamer
 from hepascope.stream.verdict import judged
 
-META_VERSION = "1"
-# optional, on the probabilities' graph
-CALIBRATION_KEYS = (META_TEMPERATURE, META_ABSTAIN, META_WARMUP)
-HEAD_FILE = "head.onnx"
-CLIP_FILE = "model.onnx"  # a single-graph export's file name in its directory
-ROLE_CLIP = "clip"  # a 3D-CNN over a window of frames of one view (stream/clip.py)
 REQUIRED = {
-    ROLE_HEAD: ("hepascope.version", "hepascope.model", "hepascope.role", "hepascope.labels",
-                "hepascope.window", "hepascope.parts"),
-    ROLE_BMODE: ("hepascope.version", "hepascope.model", "hepascope.role", "hepascope.labels",
-                 "hepascope.preprocess"),
-    ROLE_CEUS: ("hepascope.version", "hepascope.model", "hepascope.role", "hepascope.labels",
-                "hepascope.preprocess"),
-    ROLE_CLIP: ("hepascope.version", "hepascope.model", "hepascope.role", "hepascope.labels",
-                "hepascope.preprocess", "hepascope.inputs", "hepascope.output",
-                "hepascope.window"),
+    ROLE_HEAD: (META_VERSION, META_MODEL, META_ROLE, META_LABELS,
+                META_WINDOW, META_PARTS),
+    ROLE_BMODE: (META_VERSION, META_MODEL, META_ROLE, META_LABELS,
+                 META_PREPROCESS),
+    ROLE_CEUS: (META_VERSION, META_MODEL, META_ROLE, META_LABELS,
+                META_PREPROCESS),
+    ROLE_CLIP: (META_VERSION, META_MODEL, META_ROLE, META_LABELS,
+                META_PREPROCESS, META_INPUTS, META_OUTPUT,
+                META_WINDOW),
 }
 
 
@@ -60,16 +59,16 @@ def _check_meta(path: Path, meta: dict[str, str], role: str) -> None:
         if key not in meta:
             raise ModelError(f"{path.name}: missing metadata {key!r}; re-export it with "
                              "'hepascope export'")
-    if meta["hepascope.version"] != META_VERSION:
+    if meta[META_VERSION] != FORMAT_VERSION:
         raise ModelError(f"{path.name}: metadata version {meta['hepascope.version']} is not "
-                         f"{META_VERSION}")
-    if meta["hepascope.role"] != role:
+                         f"{FORMAT_VERSION}")
+    if meta[META_ROLE] != role:
         raise ModelError(f"{path.name}: is a {meta['hepascope.role']}, expected a {role}")
 
 
 def _labels(path: Path, meta: dict[str, str]) -> tuple[str, ...]:
     try:
-        labels = json.loads(meta["hepascope.labels"])
+        labels = json.loads(meta[META_LABELS])
     except json.JSONDecodeError as e:
         raise ModelError(f"{path.name}: 'hepascope.labels' is not JSON") from e
     if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
@@ -79,14 +78,14 @@ def _labels(path: Path, meta: dict[str, str]) -> tuple[str, ...]:
 
 def _spec(path: Path, meta: dict[str, str]) -> PreprocessSpec:
     try:
-        return spec_from_dict(json.loads(meta["hepascope.preprocess"]))
+        return spec_from_dict(json.loads(meta[META_PREPROCESS]))
     except (json.JSONDecodeError, ValueError) as e:
         raise ModelError(f"{path.name}: invalid 'hepascope.preprocess' metadata ({e})") from e
 
 
 def _window(path: Path, meta: dict[str, str]) -> tuple[int, float]:
     try:
-        window = json.loads(meta["hepascope.window"])
+        window = json.loads(meta[META_WINDOW])
         return int(window["frames"]), float(window["interval_s"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise ModelError(f"{path.name}: invalid 'hepascope.window' metadata ({e!r})") from e
@@ -109,7 +108,7 @@ def _open_bimodal(head_path: Path, head: Engine, backend: str,
         return BimodalStreamer(engines[ROLE_BMODE], engines[ROLE_CEUS], head, labels=labels,
                                bmode_spec=specs[ROLE_BMODE], ceus_spec=specs[ROLE_CEUS],
                                window=frames, interval_s=interval_s,
-                               model_name=head.metadata["hepascope.model"])
+                               model_name=head.metadata[META_MODEL])
     except BaseException:  # close what was opened, then let the error through
         for eng in engines.values():
             eng.close()
@@ -123,23 +122,23 @@ def _open_clip(path: Path, engine: Engine, every: int) -> ClipStreamer:
     spec = _spec(path, meta)
     frames, interval_s = _window(path, meta)
     try:
-        ((input_name, view),) = json.loads(meta["hepascope.inputs"]).items()
+        ((input_name, view),) = json.loads(meta[META_INPUTS]).items()
     except (json.JSONDecodeError, AttributeError, ValueError) as e:
         raise ModelError(f"{path.name}: 'hepascope.inputs' must be JSON {{input: view}} with "
                          f"one entry ({e!r})") from e
     return ClipStreamer(engine, labels=labels, spec=spec, view=str(view),
-                        input_name=str(input_name), output_name=meta["hepascope.output"],
+                        input_name=str(input_name), output_name=meta[META_OUTPUT],
                         window=frames, interval_s=interval_s,
-                        model_name=meta["hepascope.model"], every=every)
+                        model_name=meta[META_MODEL], every=every)
 
 
 def _model_file(p: Path) -> Path:
     if not p.is_dir():
         return p
-    for name in (HEAD_FILE, CLIP_FILE):
+    for name in (HEAD_FILE, SINGLE_FILE):
         if (p / name).is_file():
             return p / name
-    raise ModelError(f"{p}: no {HEAD_FILE} or {CLIP_FILE}; not a hepascope export directory")
+    raise ModelError(f"{p}: no {HEAD_FILE} or {SINGLE_FILE}; not a hepascope export directory")
 
 
 def open_clip_model(path: str | Path, *, backend: str = "onnxruntime", threads: int | None = 1,
@@ -150,7 +149,7 @@ def open_clip_model(path: str | Path, *, backend: str = "onnxruntime", threads: 
     p = _model_file(Path(path))
     engine = open_engine(p, resolve_backend(p, backend), threads=threads)
     try:
-        role = engine.metadata.get("hepascope.role")
+        role = engine.metadata.get(META_ROLE)
         if role != ROLE_CLIP:
             raise ModelError(f"{p.name}: not a clip model (role {role!r}, expected "
                              f"{ROLE_CLIP!r}); re-export it with the clip exporter")
@@ -182,13 +181,13 @@ def open_model(path: str | Path, config: Config, *, backend: str = "onnxruntime"
 
 def _open_bare(p: Path, engine: Engine, config: Config, backend: str, threads: int | None,
                labels: tuple[str, ...] | None) -> Classifier:
-    role = engine.metadata.get("hepascope.role")
+    role = engine.metadata.get(META_ROLE)
     if role == ROLE_HEAD:
         return _open_bimodal(p, engine, backend, threads)
     if role == ROLE_CLIP:
         return _open_clip(p, engine, every=1)
     if role in (ROLE_BMODE, ROLE_CEUS):
         raise ModelError(f"{p.name} is the {role} of a bimodal export; pass its directory")
-    if role is None and "hepascope.version" in engine.metadata:
+    if role is None and META_VERSION in engine.metadata:
         raise ModelError(f"{p.name}: missing metadata 'hepascope.role'")
     return FrameClassifier(engine, config, labels=labels, model_name=p.stem)

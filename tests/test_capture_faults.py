@@ -24,7 +24,7 @@ from hepascope.stream.pipeline import compose
 from hepascope.stream.sources.file import FileSource
 from hepascope.stream.supervisor import InferenceProcess
 
-CLI = [sys.executable, "-m", "hepascope.stream"]
+CLI = [sys.executable, "-m", "hepascope.cli"]
 SEGMENT = 45  # frames per size
 
 

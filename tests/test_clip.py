@@ -32,7 +32,7 @@ from hepascope.stream.models import open_clip_model, open_model
 from hepascope.stream.publish import Subscriber
 
 T, INTERVAL_S, FPS = 4, 0.2, 30  # a kept frame every 6 frames at 30 fps
-CLI = [sys.executable, "-m", "hepascope.stream"]
+CLI = [sys.executable, "-m", "hepascope.cli"]
 
 
 def free_port() -> int:

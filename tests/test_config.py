@@ -80,7 +80,7 @@ def test_a_config_error_reaches_the_user_as_one_line(tmp_path: Path) -> None:
                          .read_text())
     raw["publish"]["insecure"] = "false"
     bad.write_text(yaml.safe_dump(raw))
-    res = subprocess.run([sys.executable, "-m", "hepascope.stream", "overlay", "--config",
+    res = subprocess.run([sys.executable, "-m", "hepascope.cli", "overlay", "--config",
                           str(bad), "--duration", "0.1", "--out", str(tmp_path / "o.mp4")],
                          capture_output=True, text=True,
                          timeout=120)

@@ -30,7 +30,7 @@ from hepascope.stream.record import (
 from hepascope.stream.replay import VirtualClock, recorded_frames, replay_deterministic
 from hepascope.stream.sources.phantom import PhantomSource
 
-CLI = [sys.executable, "-m", "hepascope.stream"]
+CLI = [sys.executable, "-m", "hepascope.cli"]
 FRAMES = 90  # 3 s of phantom at 30 fps
 ALTERED = 45
 SMOOTH_S = 1.0  # the default config's verdict.smooth_s

@@ -14,7 +14,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from hepascope.stream.cli import main  # noqa: E402
+from hepascope.cli import main  # noqa: E402
 from hepascope.train.crossval import cross_validate  # noqa: E402
 from hepascope.train.datasets.phantom import phantom_arrays  # noqa: E402
 from hepascope.train.tasks import get_task, list_tasks  # noqa: E402

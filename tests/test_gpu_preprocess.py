@@ -28,7 +28,7 @@ from hepascope.engines.gpu_plan import (
     plan_views,
 )
 from hepascope.engines.gpu_preprocess import GpuPreprocessor
-from hepascope.stream.phantom import Phantom, make_case
+from hepascope.phantom import Phantom, make_case
 
 # ----------------------------------------------------------------- numpy replicas of the kernels
 

@@ -26,7 +26,7 @@ from hepascope.core.errors import SourceError
 pytest.importorskip("hepascope.stream._ring", reason="native ring extension not built")
 pytestmark = pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="needs /dev/shm")
 
-CLI = [sys.executable, "-m", "hepascope.stream"]
+CLI = [sys.executable, "-m", "hepascope.cli"]
 
 
 def _segments(pid: int) -> list[str]:

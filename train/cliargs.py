@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from hepascope.stream.cli import positive
+from hepascope.core.argtypes import positive
 from hepascope.train.datasets.probe import INPUT_SIZE_RANGE
 from hepascope.train.demo import cache_dir
 

@@ -23,7 +23,7 @@ from hepascope.core.errors import HepascopeError
 SESSION_SEEDS = (7, 8, 9)  # scored sessions; training cases come from a disjoint seed space
 SEGMENT_S = 6.0         # one patient every 6 s (training cases match it: data.LIVE_SEGMENT_S)
 SEGMENTS = 6            # each lesion class once per session: 36 s at 30 fps
-SESSION_CODE = ("stream.phantom", "stream.video")  # what makes a session file
+SESSION_CODE = ("phantom", "core.video")  # what makes a session file
 
 
 def cache_dir() -> Path:
@@ -43,7 +43,7 @@ class ResultLog:
 
 def _write_session_job(job: tuple[str, int, float]) -> str:
     """Worker: write one session (path, seed, segment seconds)."""
-    from hepascope.stream.phantom.session import print_progress, write_session
+    from hepascope.phantom.session import print_progress, write_session
 
     path, seed, segment_s = job
     tmp = Path(path).with_name(f".{Path(path).name}.{os.getpid()}.tmp.mp4")

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hepascope.stream.cli import positive
+from hepascope.core.argtypes import positive
 from hepascope.train.cliargs import (
     add_data_args,
     add_train_args,

@@ -20,7 +20,7 @@ from hepascope.core.messages import TOPIC_RESULT
 from hepascope.stream.overlay import OverlayState
 from hepascope.stream.publish import Subscriber
 
-CLI = [sys.executable, "-m", "hepascope.stream"]
+CLI = [sys.executable, "-m", "hepascope.cli"]
 START_S = 60.0  # generous: two processes start on a loaded 2-core machine
 
 

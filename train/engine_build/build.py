@@ -1,13 +1,13 @@
 """``hepascope build``: an ONNX model to a TensorRT plan and its sidecar.
 
-The static op check (``engines/trt_ops``) runs first and refuses a graph that needs a
+The static op check (``train/engine_build/trt_ops``) runs first and refuses a graph that needs a
 plugin. The ONNX parser's errors are collected into one ``ModelError``. Each input gets
 an optimisation profile with batch min 1, opt 1 (the live pipeline's batch), max
 ``max_batch``. A timing cache (``timing.cache`` beside the plan unless given) is loaded and
 saved again, so rebuilds skip tactic timing. ``fp16`` adds the FP16 flag; ``int8``
 calibrates with an entropy calibrator over frames the model's own preprocessing makes
-(``engines/calib.py``) and keeps a calibration cache per model; an explicitly quantised
-(QDQ) model, from ``python -m hepascope.engines.quantize``, needs no calibrator.
+(``train/engine_build/calib.py``) and keeps a calibration cache per model; an explicitly quantised
+(QDQ) model, from ``python -m hepascope.train.engine_build.quantize``, needs no calibrator.
 
 In reduced precision SimAM's layers are pinned to fp32 (with OBEY_PRECISION_CONSTRAINTS).
 Our SimAM already takes a *mean* of squared deviations, which cannot overflow fp16 where
@@ -47,7 +47,8 @@ CALIB_BATCH = 8  # calibration batch size, at most max_batch
 CALIB_LIMIT = 256  # frames drawn from --calib for calibration
 PARAM_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 CalibSource = str | Path | Sequence[dict[str, np.ndarray]] | None
-QUANTIZE_HINT = "quantise it with 'python -m hepascope.engines.quantize' and build the QDQ model"
+QUANTIZE_HINT = ("quantise it with 'python -m hepascope.train.engine_build.quantize' and build "
+                 "the QDQ model")
 
 
 def load_onnx(path: Path) -> onnx.ModelProto:
@@ -238,12 +239,12 @@ def _timing_cache(config: Any, path: Path) -> Any:
 
 
 def _check_ops(model: onnx.ModelProto, name: str) -> None:
-    from hepascope.engines.trt_ops import check_trt_ops
+    from hepascope.train.engine_build.trt_ops import check_trt_ops
 
     problems = check_trt_ops(model)
     if problems:
-        more = f" (+{len(problems) - 1} more: python -m hepascope.engines.trt_ops {name})" \
-            if len(problems) > 1 else ""
+        more = (f" (+{len(problems) - 1} more: python -m "
+                f"hepascope.train.engine_build.trt_ops {name})") if len(problems) > 1 else ""
         raise ModelError(f"{name}: TensorRT cannot import it without a plugin: "
                          f"{problems[0]}{more}")
 
@@ -283,7 +284,7 @@ def _calibration(trt: ModuleType, builder: Any, config: Any, network: Any, *, on
         if calib is None:
             raise ModelError(f"--int8 needs --calib DATA to calibrate, or {QUANTIZE_HINT}")
         if isinstance(calib, (str, Path)):
-            from hepascope.engines.calib import calibration_feeds
+            from hepascope.train.engine_build.calib import calibration_feeds
 
             feeds = calibration_feeds(onnx_path, calib, limit=limit, seed=0)
         else:

@@ -20,9 +20,16 @@ from typing import Any
 import numpy as np
 
 from hepascope.core.errors import ConfigError, DataError, ModelError
+from hepascope.core.export_format import (
+    META_INPUTS,
+    META_LABELS,
+    META_PREPROCESS,
+    META_ROLE,
+    ROLE_BMODE,
+    ROLE_CEUS,
+)
 from hepascope.core.preprocess import PreprocessSpec, preprocess_view, spec_from_dict
 from hepascope.engines.base import TensorSpec
-from hepascope.stream.bimodal import ROLE_BMODE, ROLE_CEUS
 
 ARRAYS_VERSION = 1  # train/datasets/arrays.py's format version this reader understands
 FRAME_ROLES = ("image", ROLE_BMODE, ROLE_CEUS)  # one frame (1, C, H, W) per sample
@@ -70,17 +77,17 @@ def model_input(model: str | Path) -> ModelInput:
         raise ModelError(f"{p}: not a loadable ONNX model ({type(e).__name__})") from e
     meta = dict(sess.get_modelmeta().custom_metadata_map)
     ins = [tensor_spec(a) for a in sess.get_inputs()]
-    role = meta.get("hepascope.role")
-    if role not in (*FRAME_ROLES, CLIP_ROLE) or "hepascope.preprocess" not in meta:
+    role = meta.get(META_ROLE)
+    if role not in (*FRAME_ROLES, CLIP_ROLE) or META_PREPROCESS not in meta:
         raise ModelError(f"{p.name}: role {role!r} with no usable preprocessing metadata; "
                          f"calibration needs a hepascope export of role "
                          f"{', '.join((*FRAME_ROLES, CLIP_ROLE))}")
     if len(ins) != 1:
         raise ModelError(f"{p.name}: {len(ins)} inputs; calibration feeds one")
     try:
-        views = json.loads(meta.get("hepascope.inputs", "{}"))
-        labels = tuple(str(x) for x in json.loads(meta["hepascope.labels"]))
-        spec = spec_from_dict(json.loads(meta["hepascope.preprocess"]))
+        views = json.loads(meta.get(META_INPUTS, "{}"))
+        labels = tuple(str(x) for x in json.loads(meta[META_LABELS]))
+        spec = spec_from_dict(json.loads(meta[META_PREPROCESS]))
     except (json.JSONDecodeError, KeyError, TypeError, ConfigError) as e:
         raise ModelError(f"{p.name}: invalid hepascope metadata ({e})") from e
     default_view = "ceus" if role in (ROLE_CEUS, CLIP_ROLE) else "bmode"

@@ -8,7 +8,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from hepascope.stream.cli import positive
+from hepascope.core.argtypes import positive
 
 DESCRIPTION = (
     "Build a TensorRT plan of MODEL.onnx for this GPU (MODEL.plan beside it, and "
@@ -20,12 +20,12 @@ DESCRIPTION = (
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from hepascope.engines.build import build_plan, is_qdq, load_onnx
     from hepascope.engines.plan import sidecar_path
+    from hepascope.train.engine_build.build import build_plan, is_qdq, load_onnx
 
     if args.int8 and args.calib is None and not is_qdq(load_onnx(args.model)):
         args.build_parser.error("--int8 needs --calib DATA (or a QDQ model from "
-                                "'python -m hepascope.engines.quantize')")
+                                "'python -m hepascope.train.engine_build.quantize')")
     plan = build_plan(args.model, args.out, fp16=args.fp16, int8=args.int8, calib=args.calib,
                       calib_limit=args.calib_limit, max_batch=args.max_batch,
                       workspace_mb=args.workspace_mb, timing_cache=args.timing_cache,

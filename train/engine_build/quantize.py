@@ -1,5 +1,5 @@
 """Static INT8 quantisation (QDQ) of a float hepascope export, calibrated on its own
-preprocessed frames (``engines/calib.py``).
+preprocessed frames (``train/engine_build/calib.py``).
 
 The float graph is first prepared (``quant_pre_process``: shape inference, and ONNX
 Runtime's basic fusions, so BatchNorm is folded into the convolutions and the folded
@@ -9,7 +9,7 @@ on the calibration feeds. The softmax stays float (probabilities in 1/256 steps 
 blur every confidence the overlay shows). The result keeps the model's hepascope metadata,
 plus ``hepascope.quantization``, so the pipeline opens it like the float one.
 
-    python -m hepascope.engines.quantize out/m/onnx/model.onnx --calib TRAIN_DATA \
+    python -m hepascope.train.engine_build.quantize out/m/onnx/model.onnx --calib TRAIN_DATA \
         --out out/m/onnx/model.int8.onnx
 """
 
@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from hepascope.core.errors import ConfigError, DataError, HepascopeError, ModelError, guard_main
+from hepascope.core.export_format import META_QUANTIZATION
 
 METHODS = ("minmax", "entropy", "percentile")
 KEEP_FLOAT = ("Softmax",)  # op types left unquantised (see the module docstring)
@@ -150,7 +151,7 @@ def quantize_int8(model: Path, out: Path, feeds: list[dict[str, np.ndarray]], *,
         info = {"format": "QDQ", "method": method, "per_channel": per_channel,
                 "activations": activations, "weights": "int8", "reduce_range": reduce_range,
                 "calibration_samples": len(feeds), "float_model": model.name}
-        _set_metadata(Path(tmp) / "int8.onnx", {**meta, "hepascope.quantization":
+        _set_metadata(Path(tmp) / "int8.onnx", {**meta, META_QUANTIZATION:
                                                 json.dumps(info)})
         (Path(tmp) / "int8.onnx").replace(out)
     return out
@@ -158,7 +159,7 @@ def quantize_int8(model: Path, out: Path, feeds: list[dict[str, np.ndarray]], *,
 
 @guard_main
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m hepascope.engines.quantize",
+    p = argparse.ArgumentParser(prog="python -m hepascope.train.engine_build.quantize",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("model", type=Path, help="float hepascope export (.onnx)")
     p.add_argument("--calib", required=True, type=Path, metavar="DATA",
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reduce-range", action="store_true",
                    help="7-bit weights: for x86 CPUs without VNNI (U8S8 can saturate there)")
     args = p.parse_args(argv)
-    from hepascope.engines.calib import calibration_feeds
+    from hepascope.train.engine_build.calib import calibration_feeds
 
     try:
         feeds = calibration_feeds(args.model, args.calib, limit=args.limit, seed=args.seed)

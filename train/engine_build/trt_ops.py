@@ -1,7 +1,7 @@
 """Static check that an ONNX graph needs no TensorRT plugin: every op is on the TensorRT 10
 ONNX parser's operator support matrix, within its opset range and its stated restrictions.
 
-    python -m hepascope.engines.trt_ops FILE.onnx [...]   # prints OK or the problems; exit 1
+    python -m hepascope.train.engine_build.trt_ops FILE.onnx [...]  # OK or the problems; exit 1
 
 Source: repository onnx/onnx-tensorrt, file docs/operators.md at commit 0137504e2b25 (the
 TensorRT 10.6 release: "TensorRT 10.6 supports operators in the inclusive range of opset 9
@@ -277,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Check each file; print OK (with its op types) or its problems. 1 if any has one."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m hepascope.engines.trt_ops",
+    parser = argparse.ArgumentParser(prog="python -m hepascope.train.engine_build.trt_ops",
                                      description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("files", nargs="+", type=Path, metavar="FILE.onnx")
     parser.add_argument("--opset-max", type=int, default=OPSET_RANGE[1],
