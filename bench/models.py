@@ -59,7 +59,7 @@ def from_export(path: Path) -> Graphs:
     """An existing export (a directory, or one graph); params and FLOPs from the checkpoint
     kept beside it, when there is one (else unknown: None)."""
     from hepascope.core.export_format import BIMODAL_GRAPHS
-    from hepascope.engines.base import weights_dir
+    from hepascope.engines.interface import weights_dir
 
     d = path if path.is_dir() else path.parent
     if path.is_file():

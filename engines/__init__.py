@@ -6,14 +6,12 @@ the fastest the machine has and logs why (``choose_backend``)."""
 from hepascope.engines.base import (
     BACKENDS,
     CHOICES,
-    Engine,
     Probes,
-    TensorSpec,
     choose_backend,
     open_engine,
     resolve_backend,
-    weights_dir,
 )
+from hepascope.engines.interface import Engine, TensorSpec, weights_dir
 
 __all__ = ["BACKENDS", "CHOICES", "Engine", "Probes", "TensorSpec", "choose_backend",
            "open_engine", "resolve_backend", "weights_dir"]

@@ -23,7 +23,7 @@ import numpy as np
 import onnxruntime as ort
 
 from hepascope.core.errors import ModelError
-from hepascope.engines.base import Dim, TensorSpec, check_feeds
+from hepascope.engines.interface import Dim, TensorSpec, check_feeds
 
 _ORT_TYPES: dict[str, np.dtype] = {
     "tensor(float)": np.dtype(np.float32),

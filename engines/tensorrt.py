@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 
 from hepascope.core.errors import ModelError
-from hepascope.engines.base import Dim, TensorSpec, check_feeds
 from hepascope.engines.cuda import BufferSpec, CudaContext, CudaError, CudaGraph, DeviceBuffers
 from hepascope.engines.cuda import check as cuda_check
+from hepascope.engines.interface import Dim, TensorSpec, check_feeds
 from hepascope.engines.plan import check_plan, read_sidecar
 
 log = logging.getLogger("hepascope.tensorrt")

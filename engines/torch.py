@@ -41,7 +41,7 @@ from hepascope.core.export_format import (
     ROLES,
     WEIGHTS_FILES,
 )
-from hepascope.engines.base import Dim, TensorSpec, check_feeds, weights_dir
+from hepascope.engines.interface import Dim, TensorSpec, check_feeds, weights_dir
 from hepascope.train.models.layers import SimAM, StaticAdaptiveAvgPool, _pool_matrix
 
 log = logging.getLogger(__name__)

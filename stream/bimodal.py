@@ -23,7 +23,7 @@ from hepascope.core.export_format import META_PARTS, ROLE_BMODE, ROLE_CEUS, ROLE
 from hepascope.core.frame import Frame
 from hepascope.core.geometry import Rect
 from hepascope.core.preprocess import PreprocessSpec, preprocess_view
-from hepascope.engines.base import Engine
+from hepascope.engines.interface import Engine
 
 
 def media_time(frame: Frame) -> float:

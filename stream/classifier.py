@@ -34,7 +34,7 @@ from hepascope.core.export_format import (
 from hepascope.core.frame import Frame
 from hepascope.core.geometry import Rect
 from hepascope.core.preprocess import PreprocessSpec, preprocess, spec_from_dict
-from hepascope.engines.base import Engine, TensorSpec
+from hepascope.engines.interface import Engine, TensorSpec
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ import numpy as np
 from hepascope.core.errors import ModelError, ModelInputError
 from hepascope.core.frame import Frame
 from hepascope.core.preprocess import PreprocessSpec, preprocess_view
-from hepascope.engines.base import Engine
+from hepascope.engines.interface import Engine
 from hepascope.stream.bimodal import media_time
 
 # Media times within this of the interval count as a full interval: 60 frames at 30 fps

@@ -29,7 +29,7 @@ from hepascope.core.export_format import (
     ROLE_CEUS,
 )
 from hepascope.core.preprocess import PreprocessSpec, preprocess_view, spec_from_dict
-from hepascope.engines.base import TensorSpec
+from hepascope.engines.interface import TensorSpec
 
 ARRAYS_VERSION = 1  # train/datasets/arrays.py's format version this reader understands
 FRAME_ROLES = ("image", ROLE_BMODE, ROLE_CEUS)  # one frame (1, C, H, W) per sample

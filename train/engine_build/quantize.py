@@ -51,7 +51,7 @@ def _check_feeds(model: Path, feeds: list[dict[str, np.ndarray]]) -> None:
                 raise DataError(f"calibration feed {i}: expected {{name: finite float32 "
                                 "array}}")
             try:
-                from hepascope.engines.base import check_feeds
+                from hepascope.engines.interface import check_feeds
 
                 check_feeds(engine.inputs, feed)
             except ModelError as e:
