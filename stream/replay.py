@@ -41,7 +41,6 @@ from hepascope.core.messages import RunStamp
 from hepascope.stream.answer import AnswerTally
 from hepascope.stream.classifier import Classifier
 from hepascope.stream.models import open_model
-from hepascope.stream.pipeline import result_message
 from hepascope.stream.record import (
     RESULTS_NAME,
     VIDEO_NAME,
@@ -50,6 +49,7 @@ from hepascope.stream.record import (
     read_results,
     read_session,
 )
+from hepascope.stream.results import result_message
 from hepascope.stream.sources.file import FileSource
 
 _MS = 1e-6  # ns -> ms
