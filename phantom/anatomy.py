@@ -16,17 +16,15 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from hepascope.phantom.lesions import apply_lesion
 from hepascope.phantom.patient import PhantomCase
 from hepascope.phantom.polar import TISSUE_MARGIN, PolarGrid
-
-ALPHA_LIVER_DB_PX = 0.15  # two-way attenuation of normal liver, dB per view px (TGC undoes it)
-FAT_BRIGHT_DB = (0.0, 4.0, 7.0, 10.0)  # echogenicity increase per fatty grade
-FAT_ALPHA_GAIN = (0.0, 0.22, 0.45, 0.7)  # relative extra attenuation per fatty grade
-# Share of a fatty liver's extra attenuation that the sonographer's depth gain (TGC) takes
-# back: a fatty liver still darkens with depth (the steatosis sign) but deep lesions stay
-# visible, as on a scan set up for that liver.
-FAT_TGC_SHARE = 0.5
-ALPHA_FLUID_DB_PX = 0.01
+from hepascope.phantom.tissue import (
+    ALPHA_LIVER_DB_PX,
+    FAT_ALPHA_GAIN,
+    FAT_BRIGHT_DB,
+    smooth_noise,
+)
 
 
 @dataclass
@@ -38,15 +36,6 @@ class TissueMaps:
     wall_amp: np.ndarray  # (Kw, B) amplitude of the abdominal wall rows
     wall_alpha: np.ndarray  # (Kw, B)
     wall_w: np.ndarray  # (Kw, B) 1 = wall, 0 = liver below the capsule
-
-
-def smooth_noise(rng: np.random.Generator, shape: tuple[int, int],
-                 sigma: float | tuple[float, float]) -> np.ndarray:
-    """Zero-mean, unit-std Gaussian-smoothed noise (sigma = (x, y) or isotropic)."""
-    sx, sy = (sigma, sigma) if isinstance(sigma, (int, float)) else sigma
-    raw = rng.standard_normal(shape, dtype=np.float32)
-    n = cv2.GaussianBlur(raw, (0, 0), sigmaX=sx, sigmaY=sy, borderType=cv2.BORDER_REFLECT)
-    return ((n - n.mean()) / max(float(n.std()), 1e-6)).astype(np.float32)
 
 
 def _vessels(case: PhantomCase, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -122,8 +111,6 @@ def _wall(case: PhantomCase, grid: PolarGrid, rng: np.random.Generator
 
 def build_tissue(case: PhantomCase, grid: PolarGrid) -> TissueMaps:
     """Parenchyma + vessels + diaphragm (tissue coords) and the wall (polar)."""
-    from hepascope.phantom.lesions import apply_lesion
-
     rng = np.random.default_rng(np.random.SeedSequence([case.seed & 0xFFFFFFFF, 0x7155]))
     size = grid.tissue_size
     g = case.fatty_grade

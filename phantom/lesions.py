@@ -19,14 +19,14 @@ import math
 import cv2
 import numpy as np
 
-from hepascope.phantom.anatomy import (
+from hepascope.phantom.patient import Lesion, PhantomCase
+from hepascope.phantom.polar import TISSUE_MARGIN, PolarGrid
+from hepascope.phantom.tissue import (
     ALPHA_FLUID_DB_PX,
     ALPHA_LIVER_DB_PX,
     FAT_BRIGHT_DB,
     smooth_noise,
 )
-from hepascope.phantom.patient import Lesion, PhantomCase
-from hepascope.phantom.polar import TISSUE_MARGIN, PolarGrid
 
 
 def _db(x: float | np.ndarray) -> float | np.ndarray:

@@ -18,17 +18,13 @@ from typing import Any
 import cv2
 import numpy as np
 
-from hepascope.phantom.anatomy import (
-    ALPHA_LIVER_DB_PX,
-    FAT_ALPHA_GAIN,
-    FAT_TGC_SHARE,
-    build_tissue,
-)
+from hepascope.phantom.anatomy import build_tissue
 from hepascope.phantom.ceus import ceus_phase, enhancement
 from hepascope.phantom.overlay import draw_timer, static_overlay
 from hepascope.phantom.patient import PhantomCase
 from hepascope.phantom.polar import TISSUE_MARGIN, polar_grid
 from hepascope.phantom.speckle import SpeckleField, log_compress, power
+from hepascope.phantom.tissue import ALPHA_LIVER_DB_PX, FAT_ALPHA_GAIN, FAT_TGC_SHARE
 
 BMODE_LEVEL_DB = 25.0  # normal parenchyma lands around grey 105-115
 CEUS_LEVEL_DB = 21.5  # parenchymal plateau lands around grey 140
