@@ -1,4 +1,4 @@
-"""The bimodal model's two encoders per frame, three ways, for ``bench/engines.py``:
+"""The bimodal model's two encoders per frame, three ways, for ``bench/engine_compare.py``:
 ``sequential`` (one engine per branch, all cores each, one after the other: what
 ``BimodalStreamer`` does), ``parallel`` (one 1-thread engine per branch, run at once on
 two threads; ONNX Runtime releases the GIL) and ``merged`` (both encoders as one graph,
@@ -112,7 +112,7 @@ def _ignore_input(f: Callable[[], dict[str, np.ndarray]]) -> Callable[[np.ndarra
 def branch_rows(d: Path, runs: int, chunk: int, time_fn: Callable[..., dict[str, np.ndarray]]
                 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """p50/p99 (ms) of each mode, its speed-up over sequential and max |feature diff|."""
-    from hepascope.bench.engines import Variant
+    from hepascope.bench.variant import Variant
 
     modes, close, facts = branch_modes(d)
     try:
@@ -136,8 +136,9 @@ def branch_table(res: dict[str, Any]) -> list[str]:
     """The markdown section of the two-branch rows."""
     b = res["branches"]
     out = ["", "## Two branches per frame (bimodal encoders)", "",
-           f"{b['model']}; inputs {json.dumps(b['facts']['inputs'])}. " + __doc__.split(
-               "per frame, three ways, for ``bench/engines.py``:")[1].strip().replace("\n", " "),
+           f"{b['model']}; inputs {json.dumps(b['facts']['inputs'])}. "
+           + __doc__.split("per frame, three ways, for ``bench/engine_compare.py``:")[1]
+           .strip().replace("\n", " "),
            "", "| mode | p50 ms | p99 ms | speed-up vs sequential | max abs Δfeature |",
            "|---|---|---|---|---|"]
     out += [f"| {r['mode']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['speedup']:.2f} "

@@ -4,7 +4,7 @@ training frames) and PyTorch eager, each with latency p50/p99 at batch 1, achiev
 ratio to the FLOP floor (model FLOPs / this machine's sgemm peak, measured in the same run),
 accuracy on a held-out test set and agreement with the float ONNX model.
 
-    python -m hepascope.bench.engines --checkpoint CKPT --test TEST_DATA [--calib TRAIN_DATA]
+    python -m hepascope.bench.engine_compare --checkpoint CKPT --test TEST_DATA [--calib TRAIN_DATA]
         [--methods minmax,entropy,percentile] [--knobs] [--neighbour]
         [--branches bimodal_resnet18_lite] [--runs 300] --out DIR
 
@@ -27,13 +27,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from hepascope.bench.engines_md import machine_facts, write_markdown
+from hepascope.bench.engine_compare_md import machine_facts, write_markdown
+from hepascope.bench.variant import Variant
 from hepascope.core.errors import ConfigError, DataError, guard_main
 from hepascope.engines.onnxruntime import OnnxRuntimeEngine, OrtTuning, cpu_budget
 from hepascope.train.engine_build.calib import Samples, load_samples
@@ -41,22 +42,6 @@ from hepascope.train.engine_build.calib import Samples, load_samples
 FIELDS = ("variant", "description", "p50_ms", "p99_ms", "min_ms", "gflops_per_s",
           "x_floor", "accuracy", "balanced_accuracy", "agreement", "max_abs_dprob",
           "session_ms", "n_timed")
-
-
-@dataclass
-class Variant:
-    """A way to run the model: each of ``runs`` (copies of one session, or of the torch
-    model) maps a (1, C, H, W) frame to probabilities."""
-
-    name: str
-    description: str
-    runs: list[Callable[[np.ndarray], np.ndarray]]
-    close: Callable[[], None]
-    session_ms: float
-
-    @property
-    def run(self) -> Callable[[np.ndarray], np.ndarray]:
-        return self.runs[0]
 
 
 def measure_peak(threads: int, sizes: tuple[int, ...] = (2048, 4096), reps: int = 5
@@ -361,7 +346,7 @@ def write_results(res: dict[str, Any], out: Path, command: str, notes: str) -> N
 
 @guard_main
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m hepascope.bench.engines",
+    p = argparse.ArgumentParser(prog="python -m hepascope.bench.engine_compare",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, type=Path, help="a 'hepascope train' dir")
     p.add_argument("--test", required=True, type=Path,
@@ -389,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     args.peak_sizes = [int(n) for n in args.peak_sizes.split(",") if n]
     if min(args.runs, args.chunk, args.sessions) < 1 or not args.methods:
         p.error("--runs, --chunk and --sessions must be >= 1 and --methods non-empty")
-    command = "python -m hepascope.bench.engines " + " ".join(argv or sys.argv[1:])
+    command = "python -m hepascope.bench.engine_compare " + " ".join(argv or sys.argv[1:])
     res = run_bench(args)
     notes = args.notes.read_text() if args.notes else ""
     write_results(res, args.out, command, notes)

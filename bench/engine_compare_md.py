@@ -1,4 +1,4 @@
-"""results.md of ``bench/engines.py``: the table, units, method and machine."""
+"""results.md of ``bench/engine_compare.py``: the table, units, method and machine."""
 
 from __future__ import annotations
 

@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from hepascope.bench.engines import Variant, time_variants
+from hepascope.bench.engine_compare import time_variants
+from hepascope.bench.variant import Variant
 from hepascope.core.errors import HepascopeError
 from hepascope.core.export_format import META_ROLE
 from hepascope.engines.onnxruntime import OnnxRuntimeEngine

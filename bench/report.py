@@ -351,14 +351,14 @@ def _method_md(res: dict[str, Any]) -> list[str]:
         "FLOPs); **GMACs** = FLOPs / 2 / 1e9.",
         f"* **latency** (ms): wall clock around one frame (every graph's `infer`, inputs "
         f"standard-normal), batch 1, {b['runs']} timed calls per engine after 3 warm-up "
-        "calls, engines interleaved in chunks of 10 (bench/engines.py `time_variants`); "
+        "calls, engines interleaved in chunks of 10 (bench/engine_compare.py `time_variants`); "
         "p50/p95/p99 of those calls.",
         f"* **frames/s @bN**: N / median wall time of a batch-N call, calls repeated for "
         f"{b['batch_s']} s (at least 3) after one warm-up call.",
         "* **GFLOP/s @p50** = FLOPs per frame / p50 latency. **share of peak** = that / the "
         f"peak measured in this run: CPU fp32 sgemm at {pk['cpu_sizes']}, best of 3, "
         f"torch {cpu['torch']:.0f}, numpy {cpu['numpy']:.0f} GFLOP/s, peak "
-        f"{cpu['peak']:.0f} GFLOP/s (bench/engines.py `measure_peak`)"
+        f"{cpu['peak']:.0f} GFLOP/s (bench/engine_compare.py `measure_peak`)"
         + (f"; GPU fp16 {pk['gpu_gflops']['fp16']:.0f} GFLOP/s, fp32 "
            f"{pk['gpu_gflops']['fp32']:.0f} GFLOP/s (8192^3 matmul, CUDA events, "
            "bench/gpu.py `matmul_peak`), the share of GPU engines against fp16"

@@ -54,7 +54,7 @@ def facts(device: str, command: str, quick: bool) -> dict[str, Any]:
     import matplotlib
     import onnx
 
-    from hepascope.bench.engines_md import machine_facts
+    from hepascope.bench.engine_compare_md import machine_facts
 
     m = machine_facts()
     out: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M"), "command": command,
@@ -82,7 +82,7 @@ def facts(device: str, command: str, quick: bool) -> dict[str, Any]:
 def peaks(device: str, sizes: tuple[int, ...]) -> dict[str, Any]:
     """The CPU's fp32 sgemm peak (``bench.engines.measure_peak``) and, on CUDA, the GPU's
     fp16 / fp32 matmul peaks (``bench.gpu.matmul_peak``), in GFLOP/s."""
-    from hepascope.bench.engines import measure_peak
+    from hepascope.bench.engine_compare import measure_peak
 
     out: dict[str, Any] = {"cpu_gflops": measure_peak(cpu_budget(), sizes, reps=3),
                            "cpu_sizes": list(sizes)}
