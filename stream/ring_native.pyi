@@ -1,4 +1,4 @@
-"""Type stub of the native frame ring ``hepascope.stream._ring`` (stream/_native/ring.cpp).
+"""Type stub of the native frame ring ``hepascope.stream.ring_native`` (stream/_native/ring.cpp).
 
 Use it through :mod:`hepascope.stream.ring`, which speaks ``Frame`` and ``RingError``.
 Native errors: ``RuntimeError`` (create/attach/closed, a corrupt or inconsistent segment),

@@ -23,7 +23,7 @@ import pytest
 
 from hepascope.core.errors import SourceError
 
-pytest.importorskip("hepascope.stream._ring", reason="native ring extension not built")
+pytest.importorskip("hepascope.stream.ring_native", reason="native ring extension not built")
 pytestmark = pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="needs /dev/shm")
 
 CLI = [sys.executable, "-m", "hepascope.cli"]
