@@ -125,7 +125,7 @@ def _int8_paths(g: Graphs, work: Path) -> list[Path]:
 def engine_makers(device: str, int8: bool, work: Path, g: Graphs
                   ) -> dict[str, tuple[str, Callable[[Path], Any] | None, str]]:
     """engine name -> (description, factory for one graph or None, why not available)."""
-    from hepascope.engines.base import probe_tensorrt
+    from hepascope.engines.select import probe_tensorrt
 
     makers: dict[str, tuple[str, Callable[[Path], Any] | None, str]] = {
         "onnxruntime": ("ONNX Runtime CPU fp32, OrtTuning() defaults",

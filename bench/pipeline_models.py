@@ -27,7 +27,7 @@ from hepascope.core.export_format import (
 )
 from hepascope.core.preprocess import spec_from_dict
 from hepascope.engines import open_engine
-from hepascope.stream.bimodal import BimodalStreamer, describe_parts
+from hepascope.stream.bimodal_streamer import BimodalStreamer, describe_parts
 from hepascope.stream.classifier import Classifier, FrameClassifier
 from hepascope.stream.sources import SourceOptions
 from hepascope.stream.sources.file import FileSource

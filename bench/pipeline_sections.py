@@ -11,7 +11,7 @@ dict (units in the key names) that ``hepascope bench`` puts in its report.
 
 Run one stream's section from a shell (what ``scaling_section`` starts per stream):
 
-    python -m hepascope.bench.pipeline --model DIR --fps 30 --seconds 10
+    python -m hepascope.bench.pipeline_sections --model DIR --fps 30 --seconds 10
 """
 
 from __future__ import annotations
@@ -221,8 +221,8 @@ def _cpu_budget() -> int:
 
 def _start_worker(model: Path, source: str, fps: float, seconds: float, engine: str,
                   threads: int) -> subprocess.Popen[str]:
-    cmd = [sys.executable, "-m", "hepascope.bench.pipeline", "--worker", "--model", str(model),
-           "--source", source, "--fps", str(fps), "--seconds", str(seconds),
+    cmd = [sys.executable, "-m", "hepascope.bench.pipeline_sections", "--worker",
+           "--model", str(model), "--source", source, "--fps", str(fps), "--seconds", str(seconds),
            "--engine", engine, "--threads", str(threads)]
     return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -340,7 +340,7 @@ def _worker_main(args: argparse.Namespace) -> int:
 
 @guard_main
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m hepascope.bench.pipeline",
+    p = argparse.ArgumentParser(prog="python -m hepascope.bench.pipeline_sections",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, type=Path)
     p.add_argument("--source", default="phantom:7")

@@ -178,7 +178,7 @@ def run_soak(*, minutes: float, kill_every_s: float, out: Path, clip: Path | Non
     """Run the soak (module docstring); write ``soak.json`` and a ``soak.md`` line to ``out``
     and return the report (``ok`` False when a limit was breached, listed in ``breaches``)."""
     from hepascope.core.config import load_config
-    from hepascope.stream.models import open_model
+    from hepascope.stream.model_loader import open_model
     from hepascope.stream.pipeline import compose
     from hepascope.stream.publish import Publisher
     from hepascope.stream.rtsp_serve import RtspServer

@@ -96,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(_log_level(args), json_lines=args.log_json)
     # which engine runs, and why (--engine auto), is worth a line even without -v
-    logging.getLogger("hepascope.engines.base").setLevel(logging.INFO)
+    logging.getLogger("hepascope.engines.select").setLevel(logging.INFO)
     try:
         return int(args.func(args))
     except HepascopeError as e:

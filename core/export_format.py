@@ -1,6 +1,6 @@
 """The export format, defined once: the files of an export directory, the roles of its
 graphs and the ``hepascope.*`` ONNX metadata keys. ``train/export.py`` writes it,
-``stream/models.py`` (and the engines) read it; no other module spells these strings.
+``stream/model_loader.py`` (and the engines) read it; no other module spells these strings.
 
 An export is a bimodal directory (``bmode_encoder.onnx``, ``ceus_encoder.onnx``,
 ``head.onnx``) or one graph ``model.onnx`` (role ``image`` or ``clip``: the input's
@@ -23,7 +23,7 @@ SINGLE_FILE = "model.onnx"  # a single-graph export's file name in its directory
 WEIGHTS_FILES = ("model.safetensors", "model.json")  # the checkpoint beside the graphs
 REPORT_FILE = "export.json"  # the export's parity figures
 
-# metadata keys, required (stream/models.py REQUIRED says which on which role)
+# metadata keys, required (stream/model_loader.py REQUIRED says which on which role)
 META_VERSION = "hepascope.version"
 META_MODEL = "hepascope.model"
 META_ROLE = "hepascope.role"

@@ -3,7 +3,8 @@ over several backends: ONNX Runtime on CPU (the embedded default), TensorRT, and
 (CUDA: fp16, channels_last, CUDA graphs; CPU: the eager fp32 baseline). ``auto`` picks
 the fastest the machine has and logs why (``choose_backend``)."""
 
-from hepascope.engines.base import (
+from hepascope.engines.interface import Engine, TensorSpec, weights_dir
+from hepascope.engines.select import (
     BACKENDS,
     CHOICES,
     Probes,
@@ -11,7 +12,6 @@ from hepascope.engines.base import (
     open_engine,
     resolve_backend,
 )
-from hepascope.engines.interface import Engine, TensorSpec, weights_dir
 
 __all__ = ["BACKENDS", "CHOICES", "Engine", "Probes", "TensorSpec", "choose_backend",
            "open_engine", "resolve_backend", "weights_dir"]

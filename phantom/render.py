@@ -19,8 +19,8 @@ import cv2
 import numpy as np
 
 from hepascope.phantom.anatomy import build_tissue
+from hepascope.phantom.annotations import draw_timer, static_overlay
 from hepascope.phantom.ceus import ceus_phase, enhancement
-from hepascope.phantom.overlay import draw_timer, static_overlay
 from hepascope.phantom.patient import PhantomCase
 from hepascope.phantom.polar import TISSUE_MARGIN, polar_grid
 from hepascope.phantom.speckle import SpeckleField, log_compress, power

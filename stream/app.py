@@ -16,7 +16,7 @@ from typing import Any
 from hepascope.core.config import Config
 from hepascope.engines import resolve_backend
 from hepascope.stream.igtl_out import serve_igtl
-from hepascope.stream.models import open_clip_model
+from hepascope.stream.model_loader import open_clip_model
 from hepascope.stream.pipeline import ResultListener, compose
 from hepascope.stream.publish import Publisher
 from hepascope.stream.record import SessionRecorder

@@ -24,7 +24,7 @@ from hepascope.core.errors import ModelError, ModelInputError
 from hepascope.core.frame import Frame
 from hepascope.core.preprocess import PreprocessSpec, preprocess_view
 from hepascope.engines.interface import Engine
-from hepascope.stream.bimodal import media_time
+from hepascope.stream.bimodal_streamer import media_time
 
 # Media times within this of the interval count as a full interval: 60 frames at 30 fps
 # are 2 s apart even when their float timestamps differ by 1e-15 less.

@@ -136,7 +136,7 @@ def child_main(spec: ModelSpec, out: Connection, ctl: Connection, log_level: int
     from hepascope.core.logs import configure
 
     configure(log_level, name=f"hepascope[inference {os.getpid()}]")  # text or JSON: as the parent
-    from hepascope.stream.models import open_model
+    from hepascope.stream.model_loader import open_model
 
     try:
         classifier = open_model(spec.path, spec.config, backend=spec.backend,

@@ -36,7 +36,7 @@ from hepascope.core.export_format import (
 )
 from hepascope.core.preprocess import PreprocessSpec, spec_from_dict
 from hepascope.engines import Engine, open_engine, resolve_backend
-from hepascope.stream.bimodal import BimodalStreamer, describe_parts
+from hepascope.stream.bimodal_streamer import BimodalStreamer, describe_parts
 from hepascope.stream.classifier import Classifier, FrameClassifier, read_calibration
 from hepascope.stream.clip import ClipStreamer
 from hepascope.stream.verdict import judged

@@ -40,7 +40,7 @@ from hepascope.core.frame import Frame
 from hepascope.core.messages import RunStamp
 from hepascope.stream.answer import AnswerTally
 from hepascope.stream.classifier import Classifier
-from hepascope.stream.models import open_model
+from hepascope.stream.model_loader import open_model
 from hepascope.stream.record import (
     RESULTS_NAME,
     VIDEO_NAME,

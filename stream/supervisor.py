@@ -358,7 +358,7 @@ def open_inference(mode: str, path: Path, config: Config, *, backend: str,
     if mode not in MODES:
         raise ConfigError(f"inference must be one of {', '.join(MODES)}, got {mode!r}")
     if mode == "thread":
-        from hepascope.stream.models import open_model
+        from hepascope.stream.model_loader import open_model
 
         return open_model(path, config, backend=backend, threads=threads, labels=labels)
     spec = ModelSpec(Path(path), config, backend, threads, labels)

@@ -41,7 +41,7 @@ from hepascope.core.config import LayoutConfig, VerdictConfig
 from hepascope.core.frame import Frame
 from hepascope.core.geometry import Rect
 from hepascope.core.messages import output_fault
-from hepascope.stream.bimodal import media_time
+from hepascope.stream.bimodal_streamer import media_time
 from hepascope.stream.classifier import Calibration, Classifier
 
 OK, UNCERTAIN, WARMING_UP = "ok", "uncertain", "warming_up"

@@ -14,7 +14,7 @@ import pytest
 
 from hepascope.bench.cli import add_subcommands
 from hepascope.bench.headline import headline, headline_md
-from hepascope.bench.report import PLOTS, find_value, flatten, scaling_points
+from hepascope.bench.results_report import PLOTS, find_value, flatten, scaling_points
 from hepascope.bench.run import machine_slug, main
 
 SECTIONS = ("facts", "peak", "models", "pipeline", "naive", "baseline_ratio", "scaling",

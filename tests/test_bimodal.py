@@ -21,7 +21,7 @@ from hepascope.core.errors import ModelError, ModelInputError  # noqa: E402
 from hepascope.core.frame import Frame  # noqa: E402
 from hepascope.core.preprocess import PreprocessSpec, preprocess_view  # noqa: E402
 from hepascope.phantom import LESION_CLASSES, Phantom, make_case  # noqa: E402
-from hepascope.stream.models import open_model  # noqa: E402
+from hepascope.stream.model_loader import open_model  # noqa: E402
 from hepascope.train.export import export_bimodal  # noqa: E402
 from hepascope.train.models import create_model  # noqa: E402
 

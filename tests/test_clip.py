@@ -28,7 +28,7 @@ from hepascope.core.messages import TOPIC_RESULT, TOPIC_TELEMETRY
 from hepascope.core.preprocess import PreprocessSpec, preprocess_view
 from hepascope.stream import clip as clip_module
 from hepascope.stream.clip import ClipStreamer
-from hepascope.stream.models import open_clip_model, open_model
+from hepascope.stream.model_loader import open_clip_model, open_model
 from hepascope.stream.publish import Subscriber
 
 T, INTERVAL_S, FPS = 4, 0.2, 30  # a kept frame every 6 frames at 30 fps

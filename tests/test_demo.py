@@ -148,7 +148,7 @@ def test_the_shipped_model_loads_and_matches_its_manifest() -> None:
     loader opens it with the six classes, and a phantom frame gets probabilities."""
     from hepascope.core.frame import Frame
     from hepascope.phantom import make_case
-    from hepascope.stream.models import open_model
+    from hepascope.stream.model_loader import open_model
     from hepascope.train.demo_model import GRAPHS, PACKAGED, file_sha256, verify_model
 
     manifest = verify_model(PACKAGED)

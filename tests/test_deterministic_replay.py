@@ -20,7 +20,7 @@ from hepascope.core.config import load_config
 from hepascope.core.errors import DataError
 from hepascope.core.frame import Frame
 from hepascope.core.messages import validate_result
-from hepascope.stream.models import open_model
+from hepascope.stream.model_loader import open_model
 from hepascope.stream.record import (
     SESSION_NAME,
     VideoRecorder,

@@ -35,8 +35,8 @@ from hepascope.phantom import (
     write_image_dataset,
     write_session,
 )
+from hepascope.phantom.annotations import TIMER_BOX, static_overlay
 from hepascope.phantom.ceus import ceus_phase, enhancement
-from hepascope.phantom.overlay import TIMER_BOX, static_overlay
 from hepascope.phantom.patient import PhantomCase
 from hepascope.phantom.polar import polar_grid
 from hepascope.phantom.speckle import SpeckleField, envelope

@@ -21,7 +21,7 @@ from hepascope.core.preprocess import preprocess_view, spec_from_dict  # noqa: E
 from hepascope.engines.onnxruntime import OnnxRuntimeEngine  # noqa: E402
 from hepascope.phantom.patient import make_case  # noqa: E402
 from hepascope.phantom.render import Phantom  # noqa: E402
-from hepascope.stream.models import open_model  # noqa: E402
+from hepascope.stream.model_loader import open_model  # noqa: E402
 from hepascope.train.datasets.phantom import (  # noqa: E402
     ClipWindow,
     phantom_arrays,

@@ -22,7 +22,7 @@ from hepascope.core.config import load_config
 from hepascope.core.errors import ConfigError, SourceError
 from hepascope.core.frame import Frame
 from hepascope.stream.cli import _request
-from hepascope.stream.models import open_model
+from hepascope.stream.model_loader import open_model
 from hepascope.stream.overlay import OverlayState
 from hepascope.stream.pipeline import compose
 from hepascope.stream.publish import Publisher, Subscriber

@@ -23,7 +23,7 @@ from support.gst_rtsp import GstRtspServer, missing
 
 from hepascope.core.config import load_config
 from hepascope.core.messages import TOPIC_RESULT
-from hepascope.stream.models import open_model
+from hepascope.stream.model_loader import open_model
 from hepascope.stream.pipeline import compose
 from hepascope.stream.publish import Publisher, Subscriber
 from hepascope.stream.rtsp_proc import RtspServer

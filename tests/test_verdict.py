@@ -26,7 +26,7 @@ from hepascope.core.messages import RunStamp, validate_result
 from hepascope.engines import open_engine
 from hepascope.phantom.session import iter_session
 from hepascope.stream.classifier import FrameClassifier
-from hepascope.stream.models import open_model
+from hepascope.stream.model_loader import open_model
 from hepascope.stream.overlay import run_overlay
 from hepascope.stream.replay import VirtualClock, lockstep_message
 from hepascope.stream.sources.file import FileSource

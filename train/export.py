@@ -55,7 +55,7 @@ from hepascope.core.export_format import (
 )
 
 OPSET = 17
-# Optional metadata, beside the required hepascope.* keys (stream/models.py REQUIRED), on the
+# Optional metadata, beside the required hepascope.* keys (stream/model_loader.py REQUIRED), on the
 # graph that outputs "probs" (model.onnx, or head.onnx of the streaming split): what the live
 # path applies (stream/classifier.py names them: META_TEMPERATURE, META_ABSTAIN), and the
 # whole record of evaluation.calibration.calibration_record (how they were fitted, on which
