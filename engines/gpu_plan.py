@@ -1,6 +1,6 @@
 """Host side of GPU preprocessing: every number OpenCV derives on the CPU (in double, or
 from the installed cv2) that the CUDA kernels (kernels/preprocess.cu) need to reproduce
-``stream.preprocess.preprocess`` bit for bit. Pure numpy: no GPU, no pycuda.
+``core.preprocess.preprocess`` bit for bit. Pure numpy: no GPU, no pycuda.
 
 - grey: cv2's fixed-point BGR2GRAY coefficients (OpenCV 4 rounds at 14 bits, 5 at 15);
 - INTER_AREA: which of cv::resize's paths applies, and its per-axis weight tables;

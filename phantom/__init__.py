@@ -1,5 +1,7 @@
 """Synthetic liver ultrasound phantom (numpy + OpenCV): dual-view B-mode | CEUS screen
-captures with ground truth, deterministic by seed. The demo's, tests' and training data."""
+captures with ground truth, deterministic by seed. The demo's, tests' and training data: a
+room of its own on ``core`` only, used by ``stream`` (the ``phantom:`` source), ``train``
+and the bench."""
 
 from hepascope.phantom.ceus import CEUS_PHASES, ceus_phase
 from hepascope.phantom.datasets import (

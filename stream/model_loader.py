@@ -3,10 +3,10 @@ bimodal directory of ONNX graphs, or one clip-model graph) whose metadata carrie
 input spec and preprocessing, so the pipeline needs nothing else. A hepascope model with
 missing or inconsistent metadata is refused with one clear ``ModelError``.
 
-The ``hepascope.*`` metadata keys: ``REQUIRED`` below per role, ``hepascope.output`` and
-``hepascope.inputs`` (stream/classifier.py), and the optional calibration keys
-``META_TEMPERATURE`` and ``META_ABSTAIN`` (defined in stream/classifier.py, read from the
-graph that gives the probabilities: the head of a bimodal export). ``open_model`` returns
+The export format (file names, roles, the ``hepascope.*`` metadata keys) is
+``core/export_format.py``; ``REQUIRED`` below says which keys each role must carry, and
+the optional calibration keys are read from the graph that gives the probabilities (the
+head of a bimodal export). ``open_model`` returns
 the classifier the pipeline runs: its results are verdicts (stream/verdict.py)."""
 
 from __future__ import annotations

@@ -55,9 +55,9 @@ from hepascope.core.export_format import (
 )
 
 OPSET = 17
-# Optional metadata, beside the required hepascope.* keys (stream/model_loader.py REQUIRED), on the
-# graph that outputs "probs" (model.onnx, or head.onnx of the streaming split): what the live
-# path applies (stream/classifier.py names them: META_TEMPERATURE, META_ABSTAIN), and the
+# Optional metadata (core/export_format.py), beside the required keys (stream/model_loader.py
+# REQUIRED), on the graph that outputs "probs" (model.onnx, or head.onnx of the streaming
+# split): what the live path applies (META_TEMPERATURE, META_ABSTAIN, META_WARMUP), and the
 # whole record of evaluation.calibration.calibration_record (how they were fitted, on which
 # validation patients) under META_CALIBRATION. Absent: not calibrated (T 1, no abstention).
 PARITY_TOL = 1e-4  # max |torch - onnxruntime| on probabilities
