@@ -46,6 +46,47 @@ def _sparing_shape(les: Lesion, rng: np.random.Generator, shape: tuple[int, int]
     return cv2.GaussianBlur(w, (0, 0), 0.8)
 
 
+def _sparing(case: PhantomCase, w: np.ndarray, amp: np.ndarray, alpha: np.ndarray,
+             vessel_w: np.ndarray) -> np.ndarray:
+    """Focal fatty sparing (weight ``w``) into ``amp`` and ``alpha``: normal liver inside a
+    bright fatty one. Returns the depth map (1 at the centre)."""
+    les = case.lesion
+    assert les is not None
+    dist = cv2.distanceTransform((w > 0.5).astype(np.uint8), cv2.DIST_L2, 5)
+    d = dist / max(float(dist.max()), 1.0)
+    amp *= 1 - w + w * float(_db(les.contrast_db - FAT_BRIGHT_DB[case.fatty_grade]))
+    alpha[:] = alpha * (1 - w) + w * np.where(vessel_w > 0.5, alpha, ALPHA_LIVER_DB_PX)
+    return d
+
+
+def _cyst(les: Lesion, beam: tuple[np.ndarray, np.ndarray], d: tuple[np.ndarray, np.ndarray],
+          e: np.ndarray, w: np.ndarray, base: np.ndarray, amp: np.ndarray,
+          alpha: np.ndarray) -> None:
+    """An anechoic cyst into ``amp`` and ``alpha``: its specular wall bright where the beam
+    hits it perpendicularly, shadows beside its lateral edges."""
+    inner = np.full_like(base, float(_db(les.contrast_db)))
+    (bx, by), (dx, dy) = beam, d
+    nx, ny = dx / les.rx**2, dy / les.ry**2
+    cosang = np.abs(bx * nx + by * ny) / (np.hypot(bx, by) * np.hypot(nx, ny) + 1e-6)
+    ring = np.exp(-0.5 * (e / 0.9) ** 2)
+    spec = 0.35 + 0.65 * cosang**2
+    amp[:] = base * (1 - w) + w * inner
+    amp += ring * spec * float(_db(les.contrast2_db)) * float(np.mean(base))
+    alpha[:] = alpha * (1 - w) + w * ALPHA_FLUID_DB_PX
+    alpha += 0.5 * ring * (1 - cosang) ** 4  # lateral edge (refraction) shadows
+
+
+def _nodules(rng: np.random.Generator, phi: np.ndarray) -> np.ndarray:
+    """A hemangioma's peripheral nodules (CEUS fills them first): 4-7 angular bumps."""
+    n = int(rng.integers(4, 8))
+    cen = rng.uniform(-math.pi, math.pi, n)
+    nod = np.zeros_like(phi)
+    for c in cen:
+        dphi = np.angle(np.exp(1j * (phi - c)))
+        nod = np.maximum(nod, np.exp(-0.5 * (dphi / 0.28) ** 2))
+    return nod
+
+
 def apply_lesion(case: PhantomCase, grid: PolarGrid, t1: np.ndarray, t2: np.ndarray,
                  parenchyma: np.ndarray) -> None:
     """Draw ``case.lesion`` into ``t1`` (amp, alpha, liver_w, vessel_w) and ``t2``;
@@ -74,12 +115,7 @@ def apply_lesion(case: PhantomCase, grid: PolarGrid, t1: np.ndarray, t2: np.ndar
     liver_w, vessel_w = t1[y0:y1, x0:x1, 2], t1[y0:y1, x0:x1, 3]
     if label == "fatty_sparing":
         w = _sparing_shape(les, rng, phi.shape, cx - x0, cy - y0)
-        dist = cv2.distanceTransform((w > 0.5).astype(np.uint8), cv2.DIST_L2, 5)
-        d = dist / max(float(dist.max()), 1.0)
-        g = case.fatty_grade
-        amp *= 1 - w + w * float(_db(les.contrast_db - FAT_BRIGHT_DB[g]))
-        alpha[:] = alpha * (1 - w) + w * np.where(vessel_w > 0.5, alpha, ALPHA_LIVER_DB_PX)
-        t2[y0:y1, x0:x1, 0], t2[y0:y1, x0:x1, 1] = w, d
+        t2[y0:y1, x0:x1, 0], t2[y0:y1, x0:x1, 1] = w, _sparing(case, w, amp, alpha, vessel_w)
         return
     edge_px = {"cyst": 0.7, "hemangioma": 1.0, "hcc": 1.4, "metastasis": 1.6}[label]
     w = np.clip(e / (2 * edge_px) + 0.5, 0, 1).astype(np.float32)
@@ -87,17 +123,9 @@ def apply_lesion(case: PhantomCase, grid: PolarGrid, t1: np.ndarray, t2: np.ndar
     base = parenchyma[y0:y1, x0:x1]  # local vessel-free parenchyma the mass replaces
     fine = smooth_noise(rng, phi.shape, 1.5)
     if label == "cyst":
-        inner = np.full_like(base, float(_db(les.contrast_db)))
-        # specular wall: bright where the beam hits it perpendicularly
-        bx, by = xx - (grid.geom.apex_x + m), yy - (grid.geom.apex_y + m)
-        nx, ny = dx / les.rx**2, dy / les.ry**2
-        cosang = np.abs(bx * nx + by * ny) / (np.hypot(bx, by) * np.hypot(nx, ny) + 1e-6)
-        ring = np.exp(-0.5 * (e / 0.9) ** 2)
-        spec = 0.35 + 0.65 * cosang**2
-        amp[:] = base * (1 - w) + w * inner
-        amp += ring * spec * float(_db(les.contrast2_db)) * float(np.mean(base))
-        alpha[:] = alpha * (1 - w) + w * ALPHA_FLUID_DB_PX
-        alpha += 0.5 * ring * (1 - cosang) ** 4  # lateral edge (refraction) shadows
+        # the beam's direction at each pixel, from the probe's apex (tissue coordinates)
+        beam = (xx - (grid.geom.apex_x + m), yy - (grid.geom.apex_y + m))
+        _cyst(les, beam, (dx, dy), e, w, base, amp, alpha)
     elif label == "hemangioma":
         level = float(np.mean(base)) * float(_db(les.contrast_db))
         amp[:] = base * (1 - w) + w * level * (1 + 0.1 * fine)
@@ -122,10 +150,4 @@ def apply_lesion(case: PhantomCase, grid: PolarGrid, t1: np.ndarray, t2: np.ndar
     vessel_w *= 1 - w
     t2[y0:y1, x0:x1, 0], t2[y0:y1, x0:x1, 1] = w, d
     if label == "hemangioma":
-        n = int(rng.integers(4, 8))
-        cen = rng.uniform(-math.pi, math.pi, n)
-        nod = np.zeros_like(phi)
-        for c in cen:
-            dphi = np.angle(np.exp(1j * (phi - c)))
-            nod = np.maximum(nod, np.exp(-0.5 * (dphi / 0.28) ** 2))
-        t2[y0:y1, x0:x1, 2] = nod
+        t2[y0:y1, x0:x1, 2] = _nodules(rng, phi)
