@@ -179,10 +179,19 @@ def naive_section(model: Path, *, source: str, fps: float, seconds: float,
     usage = res.finish()
     wall_s = max((t_end - t0) / 1e9, 1e-9)
     arrived = int((t_end - t0) // period_ns) + 1  # frames that existed by the end
+    return {"source": source, "model": clf.model_name, "engine": "torch-cpu-eager",
+            "fps_target": fps, "seconds": round(wall_s, 3), "threads": threads,
+            **_naive_figures(lat_ms, stages, arrived, k, wall_s), **usage,
+            "notes": "frame k arrives at t0 + k/fps; late frames wait in an unbounded FIFO "
+                     "(no drops); capture->result = printed - arrival; one untimed warm-up "
+                     "frame"}
+
+
+def _naive_figures(lat_ms: list[float], stages: dict[str, list[float]], arrived: int,
+                   k: int, wall_s: float) -> dict[str, Any]:
+    """The naive loop's counts, latencies and per-stage times."""
     half = len(lat_ms) // 2
     return {
-        "source": source, "model": clf.model_name, "engine": "torch-cpu-eager",
-        "fps_target": fps, "seconds": round(wall_s, 3), "threads": threads,
         "frames_arrived": arrived, "frames_out": k, "backlog_frames": max(arrived - k, 0),
         "results_per_s": round(k / wall_s, 2),
         "capture_to_result_p50_ms": pct(lat_ms, 50), "capture_to_result_p99_ms": pct(lat_ms, 99),
@@ -191,9 +200,6 @@ def naive_section(model: Path, *, source: str, fps: float, seconds: float,
         # how late the last result was: grows without bound when the loop is slower
         "behind_end_ms": round(lat_ms[-1], 3) if lat_ms else None,
         "stage_ms": {name: p50_p99(v) for name, v in stages.items()},
-        **usage,
-        "notes": "frame k arrives at t0 + k/fps; late frames wait in an unbounded FIFO "
-                 "(no drops); capture->result = printed - arrival; one untimed warm-up frame",
     }
 
 
