@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from hepascope.core.export_format import BMODE_FILE, CEUS_FILE, CHECKPOINT_META
 from hepascope.engines.onnxruntime import OnnxRuntimeEngine, OrtTuning, cpu_budget
 
-ENCODERS = ("bmode_encoder.onnx", "ceus_encoder.onnx")
+ENCODERS = (BMODE_FILE, CEUS_FILE)
 
 
 def export_branches(name_or_ckpt: str, out: Path) -> tuple[Path, str]:
@@ -30,7 +31,7 @@ def export_branches(name_or_ckpt: str, out: Path) -> tuple[Path, str]:
     from hepascope.train.export import export_bimodal
     from hepascope.train.models import create_model
 
-    if (Path(name_or_ckpt) / "model.json").is_file():
+    if (Path(name_or_ckpt) / CHECKPOINT_META).is_file():
         model, meta = load_checkpoint(name_or_ckpt)
         what = f"checkpoint {name_or_ckpt} ({meta['model']})"
     else:

@@ -36,6 +36,7 @@ import numpy as np
 from hepascope.bench.engine_compare_md import machine_facts, write_markdown
 from hepascope.bench.variant import Variant
 from hepascope.core.errors import ConfigError, DataError, guard_main
+from hepascope.core.export_format import SINGLE_FILE
 from hepascope.engines.onnxruntime import OnnxRuntimeEngine, OrtTuning, cpu_budget
 from hepascope.train.engine_build.calib import Samples, load_samples
 
@@ -211,7 +212,7 @@ def build_variants(ckpt: Path, work: Path, args: argparse.Namespace,
 
     model, meta = load_checkpoint(ckpt)
     export = export_checkpoint(model, meta, work / "onnx")
-    path = work / "onnx" / "model.onnx"
+    path = work / "onnx" / SINGLE_FILE
     labels = tuple(meta["labels"])
     test = load_samples(path, args.test)
     calib_data = args.calib or _default_calib(meta)

@@ -29,7 +29,7 @@ import numpy as np
 
 from hepascope.core.config import load_config
 from hepascope.core.errors import guard_main
-from hepascope.core.export_format import META_ROLE
+from hepascope.core.export_format import BIMODAL_GRAPHS, HEAD_FILE, META_ROLE, SINGLE_FILE
 from hepascope.engines.onnxruntime import OnnxRuntimeEngine
 
 LABELS = ["normal", "cyst", "hemangioma", "hcc", "metastasis", "fatty_sparing"]
@@ -87,8 +87,8 @@ def export(name: str, kwargs: dict[str, Any], out: Path) -> tuple[list[Path], in
             "preprocess": {"bmode": bspec.to_dict(), "ceus": cspec.to_dict()}}
     export_checkpoint(model, meta, out)
     # per frame the live path encodes the new B-mode and CEUS frames once, then fuses
-    paths = ([out / "bmode_encoder.onnx", out / "ceus_encoder.onnx", out / "head.onnx"]
-             if (out / "head.onnx").is_file() else [out / "model.onnx"])
+    paths = ([out / f for f in BIMODAL_GRAPHS]
+             if (out / HEAD_FILE).is_file() else [out / SINGLE_FILE])
     flops = 0
     for path in paths:
         eng = OnnxRuntimeEngine(path, threads=1)

@@ -24,6 +24,7 @@ from typing import Any
 from hepascope.bench.headline import headline
 from hepascope.bench.model_section import LIVE_MODELS, Budget, Graphs, export_random, from_export
 from hepascope.core.errors import guard_main
+from hepascope.core.export_format import HEAD_FILE
 from hepascope.core.logs import configure as configure_logging
 from hepascope.core.logs import error_line
 from hepascope.engines.onnxruntime import cpu_budget
@@ -241,7 +242,7 @@ def _pipeline_model(given: Path | None, graphs: list[Graphs], work: Path) -> Pat
     if given is not None:
         return given
     for g in graphs:
-        if g.paths[-1].name == "head.onnx":
+        if g.paths[-1].name == HEAD_FILE:
             return g.paths[0].parent
     return export_random("bimodal_resnet18_lite", work / "bimodal_resnet18_lite").paths[0].parent
 

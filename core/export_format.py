@@ -20,7 +20,8 @@ ROLES = (ROLE_BMODE, ROLE_CEUS, ROLE_HEAD, ROLE_IMAGE, ROLE_CLIP)
 BMODE_FILE, CEUS_FILE, HEAD_FILE = "bmode_encoder.onnx", "ceus_encoder.onnx", "head.onnx"
 BIMODAL_GRAPHS = (BMODE_FILE, CEUS_FILE, HEAD_FILE)
 SINGLE_FILE = "model.onnx"  # a single-graph export's file name in its directory
-WEIGHTS_FILES = ("model.safetensors", "model.json")  # the checkpoint beside the graphs
+CHECKPOINT_WEIGHTS, CHECKPOINT_META = "model.safetensors", "model.json"  # a checkpoint's files
+WEIGHTS_FILES = (CHECKPOINT_WEIGHTS, CHECKPOINT_META)  # the checkpoint kept beside the graphs
 REPORT_FILE = "export.json"  # the export's parity figures
 
 # metadata keys, required (stream/model_loader.py REQUIRED says which on which role)
