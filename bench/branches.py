@@ -1,4 +1,4 @@
-"""The bimodal model's two encoders per frame, three ways, for ``bench/engines.py``:
+"""The bimodal model's two encoders per frame, three ways, for ``bench/engine_compare.py``:
 ``sequential`` (one engine per branch, all cores each, one after the other: what
 ``BimodalStreamer`` does), ``parallel`` (one 1-thread engine per branch, run at once on
 two threads; ONNX Runtime releases the GIL) and ``merged`` (both encoders as one graph,
@@ -15,22 +15,23 @@ from typing import Any
 
 import numpy as np
 
+from hepascope.core.export_format import BMODE_FILE, CEUS_FILE, CHECKPOINT_META
 from hepascope.engines.onnxruntime import OnnxRuntimeEngine, OrtTuning, cpu_budget
 
-ENCODERS = ("bmode_encoder.onnx", "ceus_encoder.onnx")
+ENCODERS = (BMODE_FILE, CEUS_FILE)
 
 
 def export_branches(name_or_ckpt: str, out: Path) -> tuple[Path, str]:
     """Export the bimodal split of a checkpoint directory, or of registered model
     ``name_or_ckpt`` at its default sizes with random weights (speed does not depend on
     them); returns the directory and what was exported."""
-    from hepascope.stream.config import load_config
-    from hepascope.stream.preprocess import PreprocessSpec
+    from hepascope.core.config import load_config
+    from hepascope.core.preprocess import PreprocessSpec
     from hepascope.train.checkpoint import load_checkpoint
     from hepascope.train.export import export_bimodal
     from hepascope.train.models import create_model
 
-    if (Path(name_or_ckpt) / "model.json").is_file():
+    if (Path(name_or_ckpt) / CHECKPOINT_META).is_file():
         model, meta = load_checkpoint(name_or_ckpt)
         what = f"checkpoint {name_or_ckpt} ({meta['model']})"
     else:
@@ -112,7 +113,7 @@ def _ignore_input(f: Callable[[], dict[str, np.ndarray]]) -> Callable[[np.ndarra
 def branch_rows(d: Path, runs: int, chunk: int, time_fn: Callable[..., dict[str, np.ndarray]]
                 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """p50/p99 (ms) of each mode, its speed-up over sequential and max |feature diff|."""
-    from hepascope.bench.engines import Variant
+    from hepascope.bench.variant import Variant
 
     modes, close, facts = branch_modes(d)
     try:
@@ -136,8 +137,9 @@ def branch_table(res: dict[str, Any]) -> list[str]:
     """The markdown section of the two-branch rows."""
     b = res["branches"]
     out = ["", "## Two branches per frame (bimodal encoders)", "",
-           f"{b['model']}; inputs {json.dumps(b['facts']['inputs'])}. " + __doc__.split(
-               "per frame, three ways, for ``bench/engines.py``:")[1].strip().replace("\n", " "),
+           f"{b['model']}; inputs {json.dumps(b['facts']['inputs'])}. "
+           + __doc__.split("per frame, three ways, for ``bench/engine_compare.py``:")[1]
+           .strip().replace("\n", " "),
            "", "| mode | p50 ms | p99 ms | speed-up vs sequential | max abs Δfeature |",
            "|---|---|---|---|---|"]
     out += [f"| {r['mode']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['speedup']:.2f} "

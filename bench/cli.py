@@ -4,47 +4,10 @@ bench (and torch) only when it runs."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
-from hepascope.stream.cli import positive
+from hepascope.bench.options import add_arguments
 from hepascope.train.commands import needs_torch
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        out = tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"not a list of integers: {text!r}") from e
-    if not out or min(out) < 1:
-        raise argparse.ArgumentTypeError(f"need integers >= 1, got {text!r}")
-    return out
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The bench's options (shared by ``hepascope bench`` and ``python -m
-    hepascope.bench.run``)."""
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
-                   help="where the models run (default cpu); cuda: torch fp16 + CUDA graph "
-                   "and TensorRT where importable, ONNX Runtime on the host CPU beside them")
-    p.add_argument("--models", help="comma-separated registered model names (default: the "
-                   "live ones: bimodal_resnet18_lite, resnet18, c3d)")
-    p.add_argument("--model", type=Path, metavar="DIR", help="an export (e.g. the demo's) "
-                   "to time instead of a random-weights bimodal_resnet18_lite; the pipeline "
-                   "sections run it too")
-    p.add_argument("--streams", type=_ints, default=(1, 2, 4), metavar="1,2,4",
-                   help="stream counts for the scaling section (default 1,2,4)")
-    p.add_argument("--seconds", type=positive(float), metavar="N",
-                   help="seconds per pipeline section (default 30; --quick 8)")
-    p.add_argument("--quick", action="store_true",
-                   help="small budgets: every section, in under 5 minutes on 2 cores")
-    p.add_argument("--no-int8", action="store_true", help="skip the ONNX Runtime INT8 variant")
-    p.add_argument("--out", type=Path, metavar="DIR",
-                   help="results directory (default bench/results/<machine>/<date>)")
-    # budgets for tests and quick looks
-    p.add_argument("--runs", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--batches", type=_ints, help=argparse.SUPPRESS)
-    p.add_argument("--peak-sizes", type=_ints, help=argparse.SUPPRESS)
 
 
 @needs_torch
@@ -54,7 +17,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench_exit(run_from_args(args))
 
 
-def add_subcommand(sub: Any) -> None:
+def add_subcommands(sub: Any) -> None:
     p = sub.add_parser("bench", help="benchmark the models and the live pipeline on this machine",
                        description="Per model and engine: params, FLOPs, latency p50/p95/p99, "
                        "throughput, GFLOP/s against a peak measured in the same run; the live "

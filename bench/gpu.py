@@ -27,9 +27,10 @@ from typing import Any
 
 import numpy as np
 
+from hepascope.core.config import load_config
+from hepascope.core.errors import guard_main
+from hepascope.core.export_format import BIMODAL_GRAPHS, HEAD_FILE, META_ROLE, SINGLE_FILE
 from hepascope.engines.onnxruntime import OnnxRuntimeEngine
-from hepascope.stream.config import load_config
-from hepascope.stream.errors import guard_main
 
 LABELS = ["normal", "cyst", "hemangioma", "hcc", "metastasis", "fatty_sparing"]
 # name -> constructor kwargs (the live models at their paper sizes)
@@ -86,12 +87,12 @@ def export(name: str, kwargs: dict[str, Any], out: Path) -> tuple[list[Path], in
             "preprocess": {"bmode": bspec.to_dict(), "ceus": cspec.to_dict()}}
     export_checkpoint(model, meta, out)
     # per frame the live path encodes the new B-mode and CEUS frames once, then fuses
-    paths = ([out / "bmode_encoder.onnx", out / "ceus_encoder.onnx", out / "head.onnx"]
-             if (out / "head.onnx").is_file() else [out / "model.onnx"])
+    paths = ([out / f for f in BIMODAL_GRAPHS]
+             if (out / HEAD_FILE).is_file() else [out / SINGLE_FILE])
     flops = 0
     for path in paths:
         eng = OnnxRuntimeEngine(path, threads=1)
-        role = eng.metadata["hepascope.role"]
+        role = eng.metadata[META_ROLE]
         xs = tuple(torch.zeros(1, *(int(d) for d in s.shape[1:]))
                    for s in eng.inputs)
         eng.close()
@@ -233,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
                                    "engines": bench_chain(paths, args.runs, args.batch)}
             print(name, json.dumps(res["models"][name]["engines"]), flush=True)
     try:
-        from hepascope.engines.gpu_preprocess import bench as pre_bench
+        from hepascope.bench.preprocess_gpu import rows as pre_bench
 
         res["preprocess"] = pre_bench()
     except Exception as e:  # reported, not hidden: the engines' figures stand without it

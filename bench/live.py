@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 
+from hepascope.core.config import load_config
+from hepascope.core.errors import guard_main
+from hepascope.core.logs import configure as configure_logging
 from hepascope.engines import CHOICES
 from hepascope.stream.app import RunRequest, run_pipeline
-from hepascope.stream.config import load_config
-from hepascope.stream.errors import guard_main
-from hepascope.stream.logs import configure as configure_logging
 from hepascope.stream.sources import SourceOptions
 
 

@@ -13,13 +13,22 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from hepascope.core.config import Config
+from hepascope.core.errors import ModelError
+from hepascope.core.export_format import (
+    HEAD_FILE,
+    META_LABELS,
+    META_MODEL,
+    META_PREPROCESS,
+    META_ROLE,
+    META_WINDOW,
+    ROLE_BMODE,
+    ROLE_CEUS,
+)
+from hepascope.core.preprocess import spec_from_dict
 from hepascope.engines import open_engine
-from hepascope.stream.bimodal import ROLE_BMODE, ROLE_CEUS, BimodalStreamer, describe_parts
+from hepascope.stream.bimodal_streamer import BimodalStreamer, describe_parts
 from hepascope.stream.classifier import Classifier, FrameClassifier
-from hepascope.stream.config import Config
-from hepascope.stream.errors import ModelError
-from hepascope.stream.models import HEAD_FILE
-from hepascope.stream.preprocess import spec_from_dict
 from hepascope.stream.sources import SourceOptions
 from hepascope.stream.sources.file import FileSource
 
@@ -71,22 +80,22 @@ def open_torch_cpu(model: Path, config: Config, *, threads: int | None = None) -
         return TorchEngine(path, device="cpu", threads=threads)
 
     first = engine(head)
-    if first.metadata.get("hepascope.role") != "head":
+    if first.metadata.get(META_ROLE) != "head":
         return FrameClassifier(first, config, model_name=first.metadata.get(
-            "hepascope.model", head.stem))
+            META_MODEL, head.stem))
     meta = first.metadata
     parts = describe_parts(meta, head.parent)
     bmode, ceus = engine(parts[ROLE_BMODE]), engine(parts[ROLE_CEUS])
-    window = _json(meta, "hepascope.window", head)
-    labels = _json(meta, "hepascope.labels", head)
+    window = _json(meta, META_WINDOW, head)
+    labels = _json(meta, META_LABELS, head)
     if not isinstance(window, dict) or not isinstance(labels, list):
         raise ModelError(f"{head.name}: invalid window or labels metadata")
     return BimodalStreamer(
         bmode, ceus, first, labels=tuple(str(x) for x in labels),
-        bmode_spec=spec_from_dict(_json(bmode.metadata, "hepascope.preprocess", head)),
-        ceus_spec=spec_from_dict(_json(ceus.metadata, "hepascope.preprocess", head)),
+        bmode_spec=spec_from_dict(_json(bmode.metadata, META_PREPROCESS, head)),
+        ceus_spec=spec_from_dict(_json(ceus.metadata, META_PREPROCESS, head)),
         window=int(window["frames"]), interval_s=float(window["interval_s"]),
-        model_name=meta.get("hepascope.model", "model"))
+        model_name=meta.get(META_MODEL, "model"))
 
 
 def write_slow_model(path: Path, convs: int, *, seed: int = 0) -> Path:
@@ -115,7 +124,7 @@ def write_slow_model(path: Path, convs: int, *, seed: int = 0) -> Path:
         [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1, k])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    helper.set_model_props(model, {"hepascope.labels": json.dumps(list(SLOW_LABELS))})
+    helper.set_model_props(model, {META_LABELS: json.dumps(list(SLOW_LABELS))})
     onnx.checker.check_model(model)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from hepascope.bench.pipeline_models import source_options
-from hepascope.stream.messages import TOPIC_RESULT
+from hepascope.core.messages import TOPIC_RESULT
 from hepascope.stream.publish import Subscriber
 from hepascope.stream.sources import open_source
 

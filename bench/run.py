@@ -4,8 +4,8 @@
         [--streams 1,2,4] [--seconds N] [--quick] [--out DIR]
 
 Sections: the peak (a large matmul, measured first, in the same run); the models (see
-``bench/models.py``); the live pipeline, a naive loop, their ratio, stream scaling and a
-slow model (``bench/pipeline.py``: "not available" where that module is missing); the seed
+``bench/model_section.py``); the live pipeline, a naive loop, their ratio, stream scaling and a
+slow model (``bench/pipeline_sections.py``: "not available" where that module is missing); the seed
 paper's figures beside ours. Results go to ``bench/results/<machine>/<date>/`` by default,
 with the command, library versions and the CPU / GPU model."""
 
@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from hepascope.bench.headline import headline
-from hepascope.bench.models import LIVE_MODELS, Budget, Graphs, export_random, from_export
+from hepascope.bench.model_section import LIVE_MODELS, Budget, Graphs, export_random, from_export
+from hepascope.core.errors import guard_main
+from hepascope.core.export_format import HEAD_FILE
+from hepascope.core.logs import configure as configure_logging
+from hepascope.core.logs import error_line
 from hepascope.engines.onnxruntime import cpu_budget
-from hepascope.stream.errors import guard_main
-from hepascope.stream.logs import configure as configure_logging
-from hepascope.stream.logs import error_line
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ def facts(device: str, command: str, quick: bool) -> dict[str, Any]:
     import matplotlib
     import onnx
 
-    from hepascope.bench.engines_md import machine_facts
+    from hepascope.bench.engine_compare_md import machine_facts
 
     m = machine_facts()
     out: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M"), "command": command,
@@ -82,7 +83,7 @@ def facts(device: str, command: str, quick: bool) -> dict[str, Any]:
 def peaks(device: str, sizes: tuple[int, ...]) -> dict[str, Any]:
     """The CPU's fp32 sgemm peak (``bench.engines.measure_peak``) and, on CUDA, the GPU's
     fp16 / fp32 matmul peaks (``bench.gpu.matmul_peak``), in GFLOP/s."""
-    from hepascope.bench.engines import measure_peak
+    from hepascope.bench.engine_compare import measure_peak
 
     out: dict[str, Any] = {"cpu_gflops": measure_peak(cpu_budget(), sizes, reps=3),
                            "cpu_sizes": list(sizes)}
@@ -134,14 +135,14 @@ def failed_sections(res: dict[str, Any]) -> list[str]:
 
 def pipeline_sections(model: Path, *, device: str, seconds: float, streams: tuple[int, ...],
                       work: Path, steps: Steps | None = None) -> dict[str, Any]:
-    """The live-pipeline sections of ``bench/pipeline.py``, each {"not_available": why}
+    """The live-pipeline sections of ``bench/pipeline_sections.py``, each {"not_available": why}
     where the module is missing, {"error": ...} where it failed (logged)."""
     names = ("pipeline", "naive", "baseline_ratio", "pipeline_60fps", "naive_60fps",
              "baseline_ratio_60fps", "scaling", "slow_model")
     try:
-        from hepascope.bench import pipeline as pl
+        from hepascope.bench import pipeline_sections as pl
     except ImportError as e:
-        return {n: {"not_available": f"bench/pipeline.py: {e}"} for n in names}
+        return {n: {"not_available": f"bench/pipeline_sections.py: {e}"} for n in names}
     engine = "onnxruntime" if device == "cpu" else "auto"
     out: dict[str, Any] = {}
     calls: dict[str, Any] = {
@@ -222,7 +223,7 @@ def run_bench(args: argparse.Namespace, command: str, work: Path) -> dict[str, A
 def _model_entry(g: Graphs, args: argparse.Namespace, work: Path, budget: Budget,
                  per_engine: dict[str, float]) -> dict[str, Any]:
     """One model's section, or its facts and ``error`` when timing it failed."""
-    from hepascope.bench.models import model_section
+    from hepascope.bench.model_section import model_section
 
     try:
         return model_section(g, device=args.device, work=work / f"{g.name}-q", budget=budget,
@@ -241,14 +242,14 @@ def _pipeline_model(given: Path | None, graphs: list[Graphs], work: Path) -> Pat
     if given is not None:
         return given
     for g in graphs:
-        if g.paths[-1].name == "head.onnx":
+        if g.paths[-1].name == HEAD_FILE:
             return g.paths[0].parent
     return export_random("bimodal_resnet18_lite", work / "bimodal_resnet18_lite").paths[0].parent
 
 
 def seed_paper(res: dict[str, Any]) -> dict[str, Any]:
     """S1's published figures (theirs) beside ours from the pipeline section."""
-    from hepascope.bench.report import find_value
+    from hepascope.bench.results_report import find_value
 
     pl = res.get("pipeline", {})
     return {"theirs": SEED_PAPER,
@@ -264,7 +265,7 @@ def default_out(machine: str) -> Path:
 
 def run_from_args(args: argparse.Namespace, command: str | None = None) -> Path:
     """Run the bench and write its results; return the results directory."""
-    from hepascope.bench.report import write_all
+    from hepascope.bench.results_report import write_all
 
     command = command or "hepascope bench " + " ".join(sys.argv[2:] if len(sys.argv) > 1
                                                        and sys.argv[1] == "bench"
@@ -278,7 +279,7 @@ def run_from_args(args: argparse.Namespace, command: str | None = None) -> Path:
 
 @guard_main
 def main(argv: list[str] | None = None) -> int:
-    from hepascope.bench.cli import add_arguments
+    from hepascope.bench.options import add_arguments
 
     p = argparse.ArgumentParser(prog="python -m hepascope.bench.run",
                                 description=__doc__.split("\n\n")[0])

@@ -36,8 +36,9 @@ from typing import Any
 
 import numpy as np
 
-from hepascope.stream.errors import guard_main
-from hepascope.stream.logs import configure as configure_logging
+from hepascope.core.errors import guard_main
+from hepascope.core.export_format import META_LABELS
+from hepascope.core.logs import configure as configure_logging
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +154,7 @@ def make_model(path: Path) -> Path:
         [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1, 6])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    helper.set_model_props(model, {"hepascope.labels": json.dumps(labels)})
+    helper.set_model_props(model, {META_LABELS: json.dumps(labels)})
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path
@@ -171,13 +172,44 @@ class _Count:
         self.first.set()
 
 
+def _kill_cycle(server: Any, runner: threading.Thread, count: _Count, box: dict[str, Any], *,
+                minutes: float, kill_every_s: float, outage_s: float, sample_s: float
+                ) -> tuple[list[Sample], int, float, int]:
+    """Wait for the first result, then SIGKILL the server every ``kill_every_s`` (restarted
+    ``outage_s`` later) for ``minutes``, sampling every ``sample_s``: (samples, kills, run
+    seconds, results counted)."""
+    samples: list[Sample] = []
+    kills = 0
+    if not count.first.wait(30.0):
+        raise RuntimeError(f"no result within 30 s of starting: {box.get('error')!r}")
+    t0 = time.monotonic()
+    n0 = count.n
+    samples.append(sample(t0))
+    next_kill, next_sample, restart_at = t0 + kill_every_s, t0 + sample_s, None
+    end = t0 + minutes * 60.0
+    while runner.is_alive() and (now := time.monotonic()) < end:
+        if now >= next_kill:
+            server.kill()  # SIGKILL: the camera loses power
+            kills += 1
+            restart_at, next_kill = now + outage_s, next_kill + kill_every_s
+        if restart_at is not None and now >= restart_at:
+            server.start()  # same port
+            restart_at = None
+        if now >= next_sample:
+            samples.append(sample(t0))
+            next_sample += sample_s
+        time.sleep(max(0.0, min(next_sample, next_kill, restart_at or end, end)
+                       - time.monotonic()))
+    return samples, kills, time.monotonic() - t0, count.n - n0
+
+
 def run_soak(*, minutes: float, kill_every_s: float, out: Path, clip: Path | None = None,
              model: Path | None = None, outage_s: float = 1.0, limits: Limits | None = None,
              sample_s: float = 1.0) -> dict[str, Any]:
     """Run the soak (module docstring); write ``soak.json`` and a ``soak.md`` line to ``out``
     and return the report (``ok`` False when a limit was breached, listed in ``breaches``)."""
-    from hepascope.stream.config import load_config
-    from hepascope.stream.models import open_model
+    from hepascope.core.config import load_config
+    from hepascope.stream.model_loader import open_model
     from hepascope.stream.pipeline import compose
     from hepascope.stream.publish import Publisher
     from hepascope.stream.rtsp_serve import RtspServer
@@ -208,32 +240,11 @@ def run_soak(*, minutes: float, kill_every_s: float, out: Path, clip: Path | Non
             box["error"] = e
 
     runner = threading.Thread(target=run, name="soak-pipeline", daemon=True)
-    samples: list[Sample] = []
-    kills = 0
     try:
         runner.start()
-        if not count.first.wait(30.0):
-            raise RuntimeError(f"no result within 30 s of starting: {box.get('error')!r}")
-        t0 = time.monotonic()
-        n0 = count.n
-        samples.append(sample(t0))
-        next_kill, next_sample, restart_at = t0 + kill_every_s, t0 + sample_s, None
-        end = t0 + minutes * 60.0
-        while runner.is_alive() and (now := time.monotonic()) < end:
-            if now >= next_kill:
-                server.kill()  # SIGKILL: the camera loses power
-                kills += 1
-                restart_at, next_kill = now + outage_s, next_kill + kill_every_s
-            if restart_at is not None and now >= restart_at:
-                server.start()  # same port
-                restart_at = None
-            if now >= next_sample:
-                samples.append(sample(t0))
-                next_sample += sample_s
-            time.sleep(max(0.0, min(next_sample, next_kill, restart_at or end, end)
-                           - time.monotonic()))
-        run_s = time.monotonic() - t0
-        results = count.n - n0
+        samples, kills, run_s, results = _kill_cycle(
+            server, runner, count, box, minutes=minutes, kill_every_s=kill_every_s,
+            outage_s=outage_s, sample_s=sample_s)
     finally:
         pipe.stop()
         source.close()  # cuts a reconnect backoff short

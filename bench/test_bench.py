@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from hepascope.bench.models import feeds
+from hepascope.bench.model_section import feeds
 from hepascope.engines.onnxruntime import OnnxRuntimeEngine
 
 LABELS = ["a", "b", "c", "d", "e", "f"]
@@ -23,7 +23,7 @@ FAMILIES = {"image": ("resnet18", (64, 64), None), "clip": ("c3d", (32, 32), 8),
 
 def _export(family: str, out: Path) -> list[Path]:
     """The family's model exported at its small size: the train stack's own exporters."""
-    from hepascope.bench.models import export_random
+    from hepascope.bench.model_section import export_random
     from hepascope.train.export import export_single
     from hepascope.train.models import create_model
 

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from hepascope.stream.errors import ModelError
+from hepascope.core.errors import ModelError
 
 T = TypeVar("T")
 CAPTURE_THREAD_LOCAL = 1  # CU_STREAM_CAPTURE_MODE_THREAD_LOCAL: other threads may use CUDA

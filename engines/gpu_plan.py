@@ -1,6 +1,6 @@
 """Host side of GPU preprocessing: every number OpenCV derives on the CPU (in double, or
 from the installed cv2) that the CUDA kernels (kernels/preprocess.cu) need to reproduce
-``stream.preprocess.preprocess`` bit for bit. Pure numpy: no GPU, no pycuda.
+``core.preprocess.preprocess`` bit for bit. Pure numpy: no GPU, no pycuda.
 
 - grey: cv2's fixed-point BGR2GRAY coefficients (OpenCV 4 rounds at 14 bits, 5 at 15);
 - INTER_AREA: which of cv::resize's paths applies, and its per-axis weight tables;
@@ -17,8 +17,8 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from hepascope.stream.errors import ConfigError, ModelError
-from hepascope.stream.preprocess import PreprocessSpec
+from hepascope.core.errors import ConfigError, ModelError
+from hepascope.core.preprocess import PreprocessSpec
 
 # (blue, green, red, shift) of cv2's fixed-point BGR2GRAY: OpenCV 5, then OpenCV 4
 GREY_CANDIDATES = ((3735, 19235, 9798, 15), (1868, 9617, 4899, 14))

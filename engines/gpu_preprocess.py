@@ -1,4 +1,4 @@
-"""GPU preprocessing: ``stream.preprocess.preprocess`` as CUDA kernels (kernels/preprocess.cu)
+"""GPU preprocessing: ``core.preprocess.preprocess`` as CUDA kernels (kernels/preprocess.cu)
 writing each view straight into an engine's input buffer on the device.
 
 The kernels reproduce OpenCV bit for bit (grey, Gaussian, CLAHE, INTER_AREA, then the same
@@ -11,16 +11,14 @@ beside this module in ``kernels/``, or in the directory ``HEPASCOPE_CUDA_KERNELS
 else pycuda compiles ``kernels/preprocess.cu`` with nvcc. Without pycuda or a GPU the
 constructor raises ``ModelError``; ``import`` needs neither.
 
-    python -m hepascope.engines.gpu_preprocess --bench   # per-frame GPU vs CPU time
+    python -m hepascope.bench.preprocess_gpu --bench   # per-frame GPU vs CPU time
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import threading
 import time
-from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -28,10 +26,10 @@ from typing import Any
 import cv2
 import numpy as np
 
+from hepascope.core.errors import ModelError, ModelInputError
+from hepascope.core.preprocess import PreprocessSpec
 from hepascope.engines.cuda import CudaContext, check, driver
 from hepascope.engines.gpu_plan import ViewPlan, gaussian_taps, grey_coefficients, plan_views
-from hepascope.stream.errors import ModelError, ModelInputError, guard_main
-from hepascope.stream.preprocess import PreprocessSpec
 
 KERNELS = Path(__file__).parent / "kernels"
 FATBIN = "preprocess.fatbin"
@@ -276,7 +274,7 @@ class GpuPreprocessor:
 def _bench_one(label: str, spec: PreprocessSpec, frame: np.ndarray, n: int) -> str:
     """Median per-frame times: the CPU function, the GPU by CUDA events (upload + kernels)
     and the GPU by wall clock (run + synchronize, Python overhead included)."""
-    from hepascope.stream.preprocess import preprocess
+    from hepascope.core.preprocess import preprocess
 
     cpu, dev, wall = [], [], []
     for _ in range(n):
@@ -300,12 +298,11 @@ def _bench_one(label: str, spec: PreprocessSpec, frame: np.ndarray, n: int) -> s
             f"gpu wall {wall_ms:6.3f} ms  [{source}]")
 
 
-def bench(n: int = 200) -> list[str]:
-    """CPU function vs GPU on the packaged layouts (a phantom frame)."""
-    from hepascope.stream.config import load_config
-    from hepascope.stream.phantom import Phantom, make_case
+def bench(frame: np.ndarray, n: int = 200) -> list[str]:
+    """CPU function vs GPU on the packaged layouts, ``frame`` resized to each (the bench
+    passes a phantom frame: ``hepascope.bench.preprocess_gpu``)."""
+    from hepascope.core.config import load_config
 
-    frame = Phantom(make_case(0)).render(0)[0]
     rows = []
     for name, shape in ((None, frame.shape), ("single_view", (768, 1024, 3))):
         cfg = load_config(name)
@@ -316,26 +313,3 @@ def bench(n: int = 200) -> list[str]:
         fused = replace(cfg.preprocess, gaussian_sigma=0.0, clahe_clip=0.0)
         rows.append(_bench_one(f"{label}, fused", replace(spec, params=fused), img, n))
     return rows
-
-
-@guard_main
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m hepascope.engines.gpu_preprocess",
-                                 description="GPU preprocessing kernels")
-    ap.add_argument("--bench", action="store_true", help="time GPU vs CPU per frame")
-    ap.add_argument("--frames", type=int, default=200, help="frames timed per case")
-    args = ap.parse_args(argv)
-    if not args.bench:
-        ap.print_help()
-        return 0
-    try:
-        for line in bench(max(1, args.frames)):
-            print(line)
-    except ModelError as e:
-        print(f"hepascope: {e}")
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -2,7 +2,7 @@
 
 ``OrtTuning`` holds every setting that changes speed; ``OrtTuning.plain()`` is what ONNX
 Runtime does when asked nothing. What each setting does to ResNet-18 at 224x224 on 2 cores
-(``python -m hepascope.bench.engines --knobs --neighbour``, results in
+(``python -m hepascope.bench.engine_compare --knobs --neighbour``, results in
 ``bench/results/cpu-2core/*/engines/``): the "all" graph level (NCHWc blocked
 convolutions) is 1.6x faster than "extended"/"basic"; 2 threads 1.6-1.75x faster than 1;
 spinning threads are 2-6% faster on an idle machine but 15% slower (up to 1.6x under
@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from hepascope.engines.base import Dim, TensorSpec, check_feeds
-from hepascope.stream.errors import ModelError
+from hepascope.core.errors import ModelError
+from hepascope.engines.interface import Dim, TensorSpec, check_feeds
 
 _ORT_TYPES: dict[str, np.dtype] = {
     "tensor(float)": np.dtype(np.float32),

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from hepascope.stream.errors import ModelError
+from hepascope.core.errors import ModelError
 
 SIDECAR_VERSION = 1
 PRECISIONS = ("fp32", "fp16", "int8", "qdq")

@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from hepascope.engines.base import Dim, TensorSpec, check_feeds
+from hepascope.core.errors import ModelError
 from hepascope.engines.cuda import BufferSpec, CudaContext, CudaError, CudaGraph, DeviceBuffers
 from hepascope.engines.cuda import check as cuda_check
+from hepascope.engines.interface import Dim, TensorSpec, check_feeds
 from hepascope.engines.plan import check_plan, read_sidecar
-from hepascope.stream.errors import ModelError
 
 log = logging.getLogger("hepascope.tensorrt")
 PLAN_SUFFIX = ".plan"

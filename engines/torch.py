@@ -9,18 +9,17 @@ behind the same name-keyed interface (specs and metadata read from the graph its
   Inputs go through pinned host buffers into static device tensors, outputs come back
   into pinned host tensors: all allocated once per input shape, by tensor name.
 
-On both, BatchNorm is folded into the convolution before it (as ONNX Runtime and
-TensorRT do) and the pooling matrices of ``StaticAdaptiveAvgPool`` stay on the device.
-fp16 keeps two things in fp32: SimAM (its squared deviations overflow fp16 once an
-activation is 256 from its channel's mean) and the fusion head (a few small matrix
-products: fp16 saves nothing there). ``FP16_TOL`` is the agreement with fp32 that
-``tests/test_fp16.py`` proves on every model family (measured on CPU: 2.6e-3 at most).
+The module comes from ``hepascope.train.torch_module`` (rebuilt from the checkpoint,
+BatchNorm folded, pooling matrices on the device; in fp16 SimAM stays fp32), imported
+when an engine is built: the one import of ``train/`` outside it, listed in
+``.importlinter``. The fusion head stays fp32 (a few small matrix products: fp16 saves
+nothing there). ``FP16_TOL`` is the agreement with fp32 that ``tests/test_fp16.py`` proves
+on every model family (measured on CPU: 2.6e-3 at most).
 
 Imported only when the torch backend is asked for: ``stream/`` never imports torch."""
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -32,16 +31,14 @@ import onnx
 import torch
 from torch import nn
 
-from hepascope.engines.base import WEIGHTS_FILES, Dim, TensorSpec, check_feeds, weights_dir
-from hepascope.stream.errors import ModelError
-from hepascope.train.models.layers import SimAM, StaticAdaptiveAvgPool, _pool_matrix
+from hepascope.core.errors import ModelError
+from hepascope.core.export_format import META_ROLE, ROLE_HEAD
+from hepascope.engines.interface import Dim, TensorSpec, check_feeds
 
 log = logging.getLogger(__name__)
 
 FP16_TOL = 1e-2  # max |fp16 - fp32| on probabilities (and relative to max |feature|)
 WARMUP = 3  # eager runs before capture: cuDNN/cuBLAS pick and set up their kernels
-HEAD_ROLE = "head"
-ROLES = ("bmode_encoder", "ceus_encoder", HEAD_ROLE, "image", "clip")
 _TORCH_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float16): torch.float16,
                  np.dtype(np.float64): torch.float64, np.dtype(np.int64): torch.int64,
                  np.dtype(np.int32): torch.int32, np.dtype(np.uint8): torch.uint8,
@@ -72,96 +69,6 @@ def read_graph(path: Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ..
     return (tuple(spec(v) for v in g.input if v.name not in inits),
             tuple(spec(v) for v in g.output),
             {p.key: p.value for p in model.metadata_props})
-
-
-class _Fp32(nn.Module):
-    """Runs ``inner`` in fp32 inside a half-precision model, returning the input's dtype."""
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner.float()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inner(x.float()).to(x.dtype)
-
-
-class _DevicePool(nn.Module):
-    """``StaticAdaptiveAvgPool`` (same bins, same products) with its averaging matrices
-    kept on the activations' device. The layer builds them on the CPU and copies them over
-    on every call: a blocking host copy each frame, which a CUDA graph cannot capture.
-    Here they are made during warm-up and reused."""
-
-    def __init__(self, pool: StaticAdaptiveAvgPool) -> None:
-        super().__init__()
-        self.output_size: tuple[int, ...] = pool.output_size
-        self._mats: dict[tuple[int, int, torch.device, torch.dtype], torch.Tensor] = {}
-
-    def _matrix(self, n_in: int, n_out: int, x: torch.Tensor) -> torch.Tensor:
-        key = (n_in, n_out, x.device, x.dtype)
-        if key not in self._mats:
-            self._mats[key] = _pool_matrix(n_in, n_out).to(x.device, x.dtype).t().contiguous()
-        return self._mats[key]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        last, k = x.dim() - 1, len(self.output_size)
-        for i, n_out in enumerate(self.output_size):
-            d = last - k + 1 + i
-            n_in = int(x.shape[d])
-            if n_in != n_out:
-                x = torch.matmul(x.transpose(d, last), self._matrix(n_in, n_out, x)
-                                 ).transpose(d, last)
-        return x
-
-
-def _replace(module: nn.Module, kind: type[nn.Module], make: Any) -> None:
-    """Every ``kind`` child anywhere in ``module`` replaced by ``make(child)``."""
-    for parent in list(module.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, kind):
-                setattr(parent, name, make(child))
-
-
-def _channels_last(module: nn.Module) -> None:
-    """NHWC (NDHWC) weights for every 2-D (3-D) convolution: what cuDNN's tensor-core
-    kernels read. ``Module.to(memory_format=...)`` refuses models with both ranks."""
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d | nn.Conv3d):
-            fmt = torch.channels_last if isinstance(m, nn.Conv2d) else torch.channels_last_3d
-            m.weight.data = m.weight.data.contiguous(memory_format=fmt)
-
-
-def fold_batchnorm(module: nn.Module) -> int:
-    """Fold each BatchNorm that directly follows a convolution in a ``Sequential`` into
-    that convolution's weights (eval mode), as ONNX Runtime and TensorRT do: the same
-    function, one kernel and one pass over the activations fewer. Returns how many."""
-    folded = 0
-    for seq in [m for m in module.modules() if isinstance(m, nn.Sequential)]:
-        for i in range(len(seq) - 1):
-            conv, bn = seq[i], seq[i + 1]
-            if (isinstance(conv, nn.Conv2d | nn.Conv3d)
-                    and isinstance(bn, nn.BatchNorm2d | nn.BatchNorm3d)
-                    and bn.track_running_stats):
-                seq[i] = nn.utils.fuse_conv_bn_eval(conv, bn)
-                seq[i + 1] = nn.Identity()
-                folded += 1
-    return folded
-
-
-def prepare_module(module: nn.Module, *, device: str, fp16: bool,
-                   channels_last: bool) -> nn.Module:
-    """``module`` in eval mode on ``device``, BatchNorm folded, pooling matrices kept on
-    the device; with ``fp16``, in half precision except SimAM, which stays fp32 (see the
-    module doc)."""
-    module = module.eval()
-    fold_batchnorm(module)
-    _replace(module, StaticAdaptiveAvgPool, _DevicePool)
-    module = module.to(device)
-    if fp16:
-        module.half()
-        _replace(module, SimAM, _Fp32)
-    if channels_last:
-        _channels_last(module)
-    return module
 
 
 def _memory_format(x: torch.Tensor) -> torch.memory_format:
@@ -210,16 +117,21 @@ class TorchEngine:
             raise ValueError("cuda_graph needs device='cuda'")
         self.device = device
         self.inputs, self.outputs, self.metadata = read_graph(self.path)
-        self.role = self.metadata.get("hepascope.role", "")
+        self.role = self.metadata.get(META_ROLE, "")
         self.fp16 = cuda if fp16 is None else fp16
-        if self.role == HEAD_ROLE:
+        if self.role == ROLE_HEAD:
             self.fp16 = False  # the fusion head stays fp32 (module doc)
         self.channels_last = cuda if channels_last is None else channels_last
         self.cuda_graph = cuda if cuda_graph is None else cuda_graph
         self._threads = threads or torch.get_num_threads()
         self._tls = threading.local()
-        self._module: nn.Module | None = prepare_module(
-            self._rebuild(), device=device, fp16=self.fp16, channels_last=self.channels_last)
+        # the one import of train/ outside it (.importlinter): the module this graph was
+        # exported from, rebuilt from the checkpoint beside it
+        from hepascope.train.torch_module import export_module
+
+        self._module: nn.Module | None = export_module(
+            self.path, self.role, self.metadata, device=device, fp16=self.fp16,
+            channels_last=self.channels_last)
         self._out_dtypes = tuple(_TORCH_DTYPES[s.dtype] for s in self.outputs)
         self._plans: dict[tuple[tuple[int, ...], ...], _Plan] = {}
         self._stream: Any = torch.cuda.Stream() if cuda else None
@@ -237,32 +149,6 @@ class TorchEngine:
     def _batch_one(self) -> tuple[TensorSpec, ...]:
         """The inputs' specs at batch 1."""
         return tuple(TensorSpec(s.name, (1, *s.shape[1:]), s.dtype) for s in self.inputs)
-
-    def _rebuild(self) -> nn.Module:
-        """The traced module, from the checkpoint beside the graph; refused if absent or
-        not the model the graph was exported from."""
-        from hepascope.train.checkpoint import load_checkpoint
-        from hepascope.train.export import graph_module
-
-        if self.role not in ROLES:
-            raise ModelError(f"{self.path.name}: not a hepascope export graph (role "
-                             f"{self.role or None!r}); the torch engine runs exports only")
-        d = weights_dir(self.path)
-        if d is None:
-            raise ModelError(f"{self.path.name}: no torch weights ({' + '.join(WEIGHTS_FILES)})"
-                             " beside it; re-export with hepascope export")
-        model, meta = load_checkpoint(d)
-        try:
-            labels = json.loads(self.metadata.get("hepascope.labels", "null"))
-        except json.JSONDecodeError as e:
-            raise ModelError(f"{self.path.name}: 'hepascope.labels' is not JSON") from e
-        want = (self.metadata.get("hepascope.model"), labels)
-        got = (meta.get("model"), meta.get("labels"))
-        if want != got:
-            raise ModelError(f"{self.path.name}: the weights beside it are {got[0]} "
-                             f"{got[1]}, the graph is {want[0]} {want[1]}; re-export with "
-                             "hepascope export")
-        return graph_module(model, self.role)
 
     # ----------------------------------------------------------------- running
 

@@ -3,7 +3,7 @@
 Imports and runs without torch: an inference box needs no training stack.
 """
 
-from hepascope.stream.errors import (
+from hepascope.core.errors import (
     ConfigError,
     HepascopeError,
     ModelError,
@@ -12,7 +12,7 @@ from hepascope.stream.errors import (
     SourceNotFoundError,
     SourceTimeoutError,
 )
-from hepascope.stream.frame import Frame
+from hepascope.core.frame import Frame
 
 __all__ = [
     "ConfigError",

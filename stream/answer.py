@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from hepascope.stream.messages import STATUSES
+from hepascope.core.messages import STATUSES
 
 UNCERTAIN = "uncertain"
 

@@ -13,13 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hepascope.core.config import Config
 from hepascope.engines import resolve_backend
-from hepascope.stream.config import Config
 from hepascope.stream.igtl_out import serve_igtl
-from hepascope.stream.models import open_clip_model
-from hepascope.stream.pipeline import ResultListener, SideModel, compose
+from hepascope.stream.model_loader import open_clip_model
+from hepascope.stream.pipeline import ResultListener, compose
 from hepascope.stream.publish import Publisher
 from hepascope.stream.record import SessionRecorder
+from hepascope.stream.results import SideModel
 from hepascope.stream.security import ServerKeys
 from hepascope.stream.sources import SourceOptions, open_source
 from hepascope.stream.supervisor import open_inference

@@ -19,21 +19,25 @@ from typing import Protocol
 
 import numpy as np
 
-from hepascope.engines.base import Engine, TensorSpec
-from hepascope.stream.config import Config
-from hepascope.stream.errors import ModelError, ModelInputError
-from hepascope.stream.frame import Frame
-from hepascope.stream.geometry import Rect
-from hepascope.stream.preprocess import PreprocessSpec, preprocess, spec_from_dict
+from hepascope.core.config import Config
+from hepascope.core.errors import ModelError, ModelInputError
+from hepascope.core.export_format import (
+    META_ABSTAIN,
+    META_INPUTS,
+    META_LABELS,
+    META_MODEL,
+    META_OUTPUT,
+    META_PREPROCESS,
+    META_TEMPERATURE,
+    META_WARMUP,
+)
+from hepascope.core.frame import Frame
+from hepascope.core.geometry import Rect
+from hepascope.core.preprocess import PreprocessSpec, preprocess, spec_from_dict
+from hepascope.engines.interface import Engine, TensorSpec
 
 log = logging.getLogger(__name__)
 
-# Calibration metadata (written by train/export.py), JSON numbers; absent: T = 1, no abstention
-META_TEMPERATURE = "hepascope.temperature"  # > 0: the logits are divided by it
-META_ABSTAIN = "hepascope.abstain_threshold"  # [0, 1]: a smoothed confidence below it is uncertain
-# [0, 1]: a window model is warming_up after a scene cut until its window is this full (chosen
-# on validation: the share of new-scene frames from which it is as accurate as on full windows)
-META_WARMUP = "hepascope.warmup_fraction"
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,9 +145,9 @@ class FrameClassifier:
                  model_name: str | None = None) -> None:
         self.engine = engine
         meta = engine.metadata
-        views_meta = _json_meta(meta, "hepascope.inputs")  # {input name: view name}
+        views_meta = _json_meta(meta, META_INPUTS)  # {input name: view name}
         view_names = config.layout.view_names
-        meta_pre = _json_meta(meta, "hepascope.preprocess")
+        meta_pre = _json_meta(meta, META_PREPROCESS)
         meta_spec = spec_from_dict(meta_pre) if meta_pre is not None else None
         if meta_spec is not None:
             if len(engine.inputs) != 1:
@@ -176,7 +180,7 @@ class FrameClassifier:
             raise ModelError("model has no outputs")
         out = engine.outputs[0]
         n_classes = out.shape[-1] if out.shape else None
-        meta_labels = _json_meta(meta, "hepascope.labels")
+        meta_labels = _json_meta(meta, META_LABELS)
         if labels is None and isinstance(meta_labels, list):
             labels = tuple(str(x) for x in meta_labels)
         if labels is None:
@@ -188,8 +192,8 @@ class FrameClassifier:
             raise ModelError(f"model has {n_classes} outputs but {len(labels)} labels")
         self.labels = labels
         self.output_name = out.name
-        self.output_kind = meta.get("hepascope.output", "auto")  # probs | logits | auto
-        self.model_name = model_name or meta.get("hepascope.model", "model")
+        self.output_kind = meta.get(META_OUTPUT, "auto")  # probs | logits | auto
+        self.model_name = model_name or meta.get(META_MODEL, "model")
 
     @property
     def scene_rect(self) -> Rect:

@@ -1,10 +1,5 @@
-"""The ``hepascope`` command. Each subcommand has ``--help``. Exit status: 0 done; 1 ``eval
---check`` found a figure of report.json that its predictions.csv does not give; 2 any
-``HepascopeError`` (one line on stderr, never a traceback) or a bad argument (argparse's
-usage line); 3 ``run``/``replay`` whose source ended while the model was down, so that its
-last frames got no result (one line on stderr; the summary is still printed and written);
-1 ``bench`` with a failed section (named in one line on stderr; the results still written);
-130 interrupted by Ctrl-C outside a run (a run stops cleanly on SIGINT/SIGTERM: 0)."""
+"""CLI registration of the live path: ``hepascope run``, ``replay`` and ``overlay`` (the
+command's root and exit statuses: ``hepascope.cli``). Handlers import what they run."""
 
 from __future__ import annotations
 
@@ -13,35 +8,17 @@ import json
 import logging
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from hepascope.stream.errors import ConfigError, HepascopeError
-from hepascope.stream.logs import LEVELS, error_line
-from hepascope.stream.logs import configure as configure_logging
+from hepascope.core.argtypes import positive
+from hepascope.core.errors import ConfigError, HepascopeError
 
 log = logging.getLogger("hepascope")
 
-EXIT_ERROR = 2         # a HepascopeError (or argparse's usage error)
 EXIT_RESULTS_LOST = 3  # the source ended while the model was down: frames without result
-EXIT_INTERRUPTED = 130
-
-
-def positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
-    """argparse type: a number of ``kind`` that must be > 0."""
-
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError as e:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from e
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return value
-
-    return parse
 
 
 def _source_args(p: argparse.ArgumentParser) -> None:
@@ -88,8 +65,8 @@ def _pipeline_args(p: argparse.ArgumentParser) -> None:
 
 
 def _request(args: argparse.Namespace, source: str, model: Path) -> Any:
+    from hepascope.core.config import load_config
     from hepascope.stream.app import RunRequest
-    from hepascope.stream.config import load_config
     from hepascope.stream.sources import SourceOptions
 
     opts = SourceOptions(speed=args.speed, max_rate=args.max_rate, loop=args.loop,
@@ -97,7 +74,7 @@ def _request(args: argparse.Namespace, source: str, model: Path) -> Any:
                          reconnect=not args.no_reconnect, watchdog_s=args.watchdog)
     labels = tuple(x.strip() for x in args.labels.split(",")) if args.labels else None
     if getattr(args, "igtl_serve", None) is not None:
-        from hepascope.stream.igtl_out import parse_bind
+        from hepascope.core.config import parse_bind
 
         parse_bind(args.igtl_serve)  # a bad value fails before anything starts
     config = load_config(args.config)
@@ -175,7 +152,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def _replay_lockstep(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from hepascope.stream.config import load_config
+    from hepascope.core.config import load_config
     from hepascope.stream.replay import ENGINE, THREADS, replay_deterministic
 
     clash = [flag for flag, bad in (
@@ -206,8 +183,8 @@ def _replay_lockstep(args: argparse.Namespace) -> int:
 
 
 def cmd_overlay(args: argparse.Namespace) -> int:
+    from hepascope.core.config import load_config
     from hepascope.stream.app import stop_on_signals
-    from hepascope.stream.config import load_config
     from hepascope.stream.overlay import run_overlay
     from hepascope.stream.security import ClientKeys
     from hepascope.stream.sources import open_source
@@ -234,14 +211,8 @@ def cmd_overlay(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="hepascope",
-        description="Real-time AI pipeline for live liver ultrasound.")
-    parser.add_argument("--version", action="version", version=f"hepascope {_version()}")
-    add_log_args(parser)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def add_subcommands(sub: argparse._SubParsersAction) -> None:
+    """Register ``run``, ``replay`` and ``overlay`` on the ``hepascope`` command."""
     p = sub.add_parser("run", help="run the live pipeline: source -> model -> results channel",
                        description="Capture frames from SPEC, classify the newest one "
                        "continuously, publish results and telemetry over ZeroMQ.")
@@ -300,76 +271,3 @@ def build_parser() -> argparse.ArgumentParser:
                    "publisher's clients/ allow-list)")
     p.add_argument("--config", type=Path, help="YAML config (default: the packaged one)")
     p.set_defaults(func=cmd_overlay)
-
-    from hepascope.bench.cli import add_subcommand as add_bench
-    from hepascope.engines.cli import add_subcommand as add_build
-    from hepascope.stream.keys_cli import add_subcommand as add_keys
-    from hepascope.stream.phantom.cli import add_subcommand as add_phantom
-    from hepascope.train.cli import add_subcommands as add_train
-    from hepascope.train.commands import add_subcommands as add_export_demo
-
-    add_phantom(sub)
-    add_keys(sub)
-    add_train(sub)  # registration is torch-free; the handlers import the training stack
-    add_export_demo(sub)
-    add_build(sub)  # TensorRT is imported by the handler, not here
-    add_bench(sub)
-    _log_args_everywhere(parser)
-    return parser
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("hepascope")
-    except PackageNotFoundError:  # a source tree that was never installed
-        return "unknown"
-
-
-def add_log_args(p: argparse.ArgumentParser, *, root: bool = True) -> None:
-    """``-v``, ``--log-level``, ``--log-json``. On a subcommand their defaults are
-    SUPPRESS, so that ``hepascope -v run`` and ``hepascope run -v`` mean the same."""
-    d: dict[str, Any] = {} if root else {"default": argparse.SUPPRESS}
-    g = p.add_argument_group("logging")
-    g.add_argument("-v", "--verbose", action="store_true", help="log more (= --log-level info)",
-                   **d)
-    g.add_argument("--log-level", choices=LEVELS, type=str.lower, metavar="LEVEL",
-                   help=f"one of {', '.join(LEVELS)} (default warning; -v: info)", **d)
-    g.add_argument("--log-json", action="store_true",
-                   help="log lines as JSON objects (time, level, logger, message), one per "
-                   "line on stderr, for a log collector", **d)
-
-
-def _log_args_everywhere(parser: argparse.ArgumentParser) -> None:
-    """Add the logging options to every subcommand, nested ones (``phantom session``)
-    included."""
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for child in dict.fromkeys(action.choices.values()):
-                add_log_args(child, root=False)
-                _log_args_everywhere(child)
-
-
-def _log_level(args: argparse.Namespace) -> str:
-    if args.log_level:
-        return str(args.log_level)
-    return "info" if args.verbose else "warning"
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    configure_logging(_log_level(args), json_lines=args.log_json)
-    # which engine runs, and why (--engine auto), is worth a line even without -v
-    logging.getLogger("hepascope.engines.base").setLevel(logging.INFO)
-    try:
-        return int(args.func(args))
-    except HepascopeError as e:
-        print(error_line(str(e)), file=sys.stderr)
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -20,11 +20,11 @@ import time
 
 import numpy as np
 
-from hepascope.engines.base import Engine
-from hepascope.stream.bimodal import _media_time
-from hepascope.stream.errors import ModelError, ModelInputError
-from hepascope.stream.frame import Frame
-from hepascope.stream.preprocess import PreprocessSpec, preprocess_view
+from hepascope.core.errors import ModelError, ModelInputError
+from hepascope.core.frame import Frame
+from hepascope.core.preprocess import PreprocessSpec, preprocess_view
+from hepascope.engines.interface import Engine
+from hepascope.stream.bimodal_streamer import media_time
 
 # Media times within this of the interval count as a full interval: 60 frames at 30 fps
 # are 2 s apart even when their float timestamps differ by 1e-15 less.
@@ -74,7 +74,7 @@ class ClipStreamer:
 
     def observe(self, frame: Frame) -> bool:
         """Add ``frame`` to the window if a slot is due; True if it was kept."""
-        t = _media_time(frame)
+        t = media_time(frame)
         if self._t_seen is not None and t < self._t_seen:
             self.reset()
         self._t_seen = t

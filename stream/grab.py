@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from hepascope.stream.frame import Frame
+from hepascope.core.frame import Frame
 from hepascope.stream.ring import RingWriter
 from hepascope.stream.ring_owner import sweep_stale
 from hepascope.stream.sources.base import Source

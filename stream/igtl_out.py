@@ -26,7 +26,8 @@ import threading
 from collections import deque
 from typing import Any
 
-from hepascope.stream.errors import ConfigError, PublishError
+from hepascope.core.config import parse_bind
+from hepascope.core.errors import PublishError
 from hepascope.stream.security import InsecureBindError, is_loopback
 from hepascope.stream.sources.igtl import require_pyigtl
 
@@ -35,23 +36,6 @@ log = logging.getLogger(__name__)
 DEVICE = "hepascope"
 QUEUE_MESSAGES = 8  # unsent results kept per client; older ones are dropped (counted)
 SEND_BUFFER_BYTES = 16 << 10  # per client (the kernel doubles it): ~150 results in flight
-
-
-def parse_bind(value: int | str, name: str = "--igtl-serve") -> tuple[str, int]:
-    """(host, port) of ``PORT`` or ``HOST:PORT`` (loopback when no host is given; port 0:
-    any free one); ``name`` says where the value came from in the error."""
-    text = str(value).strip()
-    host, sep, port_text = text.rpartition(":")
-    host = host.strip("[]") if sep else "127.0.0.1"
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise ConfigError(f"{name}: {text!r} is not PORT or HOST:PORT") from None
-    if not 0 <= port <= 65535:
-        raise ConfigError(f"{name}: port {port} is not in 0-65535")
-    if not host:
-        raise ConfigError(f"{name}: {text!r} has an empty host")
-    return host, port
 
 
 def _value(v: object) -> str:

@@ -12,9 +12,9 @@ import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from hepascope.stream.errors import ModelOutputError
-from hepascope.stream.frame import Frame
-from hepascope.stream.messages import MODEL_FAULT
+from hepascope.core.errors import ModelOutputError
+from hepascope.core.frame import Frame
+from hepascope.core.messages import MODEL_FAULT
 from hepascope.stream.progress import FINISHING, RUNNING, Progress
 from hepascope.stream.ring import RingReader
 from hepascope.stream.stats import ModelTally

@@ -6,7 +6,7 @@ this child, restarts it when it dies, and publishes what it sends.
 The child opens the model itself (``ModelSpec``: what ``open_model`` needs, the engine
 already resolved by the parent), attaches the parent's frame ring by name and runs the
 pipeline's own newest-frame-wins loop (``inference_loop.infer_loop``) and result
-construction (``pipeline.main_step``). That loop beats in a shared-memory ``Progress``
+construction (``results.main_step``). That loop beats in a shared-memory ``Progress``
 block the parent reads without the child's help (``stream/progress.py``): a stopped or
 stuck child is found hung and killed. It speaks tuples over two one-way pipes:
 
@@ -33,10 +33,11 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from hepascope.stream.config import Config
-from hepascope.stream.errors import HepascopeError
+from hepascope.core.config import Config
+from hepascope.core.errors import HepascopeError
 from hepascope.stream.inference_loop import infer_loop
 from hepascope.stream.progress import Progress
+from hepascope.stream.results import main_step
 from hepascope.stream.stats import ModelTally
 
 log = logging.getLogger(__name__)
@@ -132,10 +133,10 @@ def child_main(spec: ModelSpec, out: Connection, ctl: Connection, log_level: int
     # Ctrl-C in a terminal signals the whole process group: the parent decides when the
     # child stops (STOP), so that results already made are still sent
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from hepascope.stream.logs import configure
+    from hepascope.core.logs import configure
 
     configure(log_level, name=f"hepascope[inference {os.getpid()}]")  # text or JSON: as the parent
-    from hepascope.stream.models import open_model
+    from hepascope.stream.model_loader import open_model
 
     try:
         classifier = open_model(spec.path, spec.config, backend=spec.backend,
@@ -156,9 +157,6 @@ def child_main(spec: ModelSpec, out: Connection, ctl: Connection, log_level: int
 
 def _serve(classifier: Any, out: Connection, ctl: Connection, progress: Progress,
            max_invalid: int) -> None:
-    # imported here, not at the top: pipeline imports the supervisor, which imports us
-    from hepascope.stream.pipeline import main_step
-
     control = _Control(ctl)
     threading.Thread(target=control.run, name="hepascope-infer-control", daemon=True).start()
     infer_loop(partial(main_step, classifier), ModelTally(classifier.model_name), control,

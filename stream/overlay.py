@@ -25,14 +25,14 @@ from typing import IO, Any
 import cv2
 import numpy as np
 
+from hepascope.core.errors import ConfigError, HepascopeError, RingError
+from hepascope.core.messages import TOPIC_RESULT, TOPIC_TELEMETRY
+from hepascope.core.video import Mp4Writer
 from hepascope.stream.draw import STATUS_COLOURS, OverlayView, draw_overlay
-from hepascope.stream.errors import ConfigError, HepascopeError, RingError
-from hepascope.stream.messages import TOPIC_RESULT, TOPIC_TELEMETRY
 from hepascope.stream.publish import Subscriber
 from hepascope.stream.ring import RingReader
 from hepascope.stream.security import ClientKeys
 from hepascope.stream.sources.base import Source
-from hepascope.stream.video import Mp4Writer
 
 log = logging.getLogger(__name__)
 

@@ -27,21 +27,17 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, Protocol
 
-import numpy as np
-
-from hepascope.stream.classifier import Classifier
-from hepascope.stream.config import PipelineConfig
-from hepascope.stream.frame import Frame
-from hepascope.stream.grab import LazyRing, grab_loop, source_health
-from hepascope.stream.inference_loop import Step, infer_loop
-from hepascope.stream.messages import (
-    MODEL_FAULT,
+from hepascope.core.config import PipelineConfig
+from hepascope.core.messages import (
     SCHEMA_VERSION,
     TOPIC_RESULT,
     TOPIC_TELEMETRY,
     RunStamp,
-    output_fault,
 )
+from hepascope.stream.classifier import Classifier
+from hepascope.stream.grab import LazyRing, grab_loop, source_health
+from hepascope.stream.inference_loop import Step, infer_loop
+from hepascope.stream.results import SideModel, main_step, side_step
 from hepascope.stream.sources.base import Source
 from hepascope.stream.stats import ModelTally, RunStats
 from hepascope.stream.supervisor import InferenceProcess
@@ -65,20 +61,6 @@ class ResultListener(Protocol):
     """Told of every published result (the session recorder)."""
 
     def on_result(self, msg: dict[str, Any]) -> None: ...
-
-
-class SideModel(Protocol):
-    """A model run beside the main one on its own cadence (``ClipStreamer``): ``step`` sees
-    every frame its thread takes and returns probabilities and stage times (ms) only for
-    the frames it ran on. A ``result_fields()`` method, if any, adds optional result fields
-    (and may give the result's ``status``)."""
-
-    labels: tuple[str, ...]
-    model_name: str
-
-    def step(self, frame: Frame) -> tuple[np.ndarray, dict[str, float]] | None: ...
-
-    def close(self) -> None: ...
 
 
 class Pipeline:
@@ -164,7 +146,7 @@ def compose(source: Source, classifier: Classifier | InferenceProcess, sink: Sin
                      config.ring_slots, on_ring)
     main: Step | InferenceProcess = (classifier if isinstance(classifier, InferenceProcess)
                                      else partial(main_step, classifier))
-    steps = [main, *(partial(_side_step, m) for m in side)]
+    steps = [main, *(partial(side_step, m) for m in side)]
     finished = [threading.Event() for _ in steps]
     where = classifier.telemetry if isinstance(classifier, InferenceProcess) else _in_thread
 
@@ -220,52 +202,6 @@ def _lower_priority(nice: int) -> None:
         os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + nice)
     except OSError as e:  # not fatal: the side model then competes on equal terms
         log.warning("could not lower a side model's priority: %s", e)
-
-
-def main_step(classifier: Classifier, frame: Frame, t_read: int) -> dict[str, Any]:
-    """The main model's step: its result for ``frame`` (a model fault if the output is
-    not a probability distribution)."""
-    return result_message(classifier, frame, t_read, classifier.predict(frame))
-
-
-def _side_step(model: SideModel, frame: Frame, t_read: int) -> dict[str, Any] | None:
-    out = model.step(frame)
-    return None if out is None else result_message(model, frame, t_read, out)
-
-
-def result_message(model: Classifier | SideModel, frame: Frame, t_read: int,
-                   out: tuple[np.ndarray, dict[str, float]]) -> dict[str, Any]:
-    """The result map of ``model``'s output on ``frame``: its top class and the status the
-    model gives in ``result_fields()`` (``ok`` if none: a verdict is ``uncertain`` or
-    ``warming_up``, stream/verdict.py), or, for an output that is not probabilities (NaN,
-    Inf, out of range, wrong count), status ``model_fault`` with no probabilities, no class
-    and the reason. The publish loop adds the run's id and the publish and UTC times."""
-    probs, stages = out
-    t_inf = time.monotonic_ns()
-    values = [float(p) for p in np.asarray(probs, dtype=np.float64).ravel()]
-    fault = output_fault(values, len(model.labels))
-    fields_of = getattr(model, "result_fields", None)  # optional schema fields, status
-    fields: dict[str, Any] = dict(fields_of()) if callable(fields_of) else {}
-    status = fields.pop("status", "ok")
-    msg: dict[str, Any] = {
-        "v": SCHEMA_VERSION,
-        "stream": frame.source_id,
-        "seq": int(frame.seq),
-        "model": model.model_name,
-        "labels": list(model.labels),
-        "status": status if fault is None else MODEL_FAULT,
-        "probs": values if fault is None else [],
-        "t_capture_ns": frame.t_capture_ns,
-        "pts_s": frame.pts_s,
-        "latency_ms": {"queue": (t_read - frame.t_capture_ns) * _MS, **stages},
-        "_t_infer_ns": t_inf,
-    }
-    if fault is None:
-        msg["top"] = model.labels[int(np.argmax(values))]
-    else:
-        msg["fault"] = fault
-    msg.update(fields)  # window_fill
-    return msg
 
 
 def _publish_loop(sink: Sink, results: queue.Queue[tuple[dict[str, Any], ModelTally]],

@@ -12,8 +12,8 @@ from typing import Any
 
 import zmq
 
-from hepascope.stream.errors import PublishError
-from hepascope.stream.messages import MessageError, encode, parse
+from hepascope.core.errors import PublishError
+from hepascope.core.messages import MessageError, encode, parse
 from hepascope.stream.security import (
     ClientKeys,
     ServerKeys,

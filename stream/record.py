@@ -39,8 +39,8 @@ from typing import Any
 import av
 import numpy as np
 
-from hepascope.stream.errors import DataError, SourceError
-from hepascope.stream.frame import Frame
+from hepascope.core.errors import DataError, SourceError
+from hepascope.core.frame import Frame
 from hepascope.stream.ring import RingReader
 
 log = logging.getLogger(__name__)

@@ -34,14 +34,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hepascope.core.config import Config, load_config
+from hepascope.core.errors import DataError, ModelError
+from hepascope.core.frame import Frame
+from hepascope.core.messages import RunStamp
 from hepascope.stream.answer import AnswerTally
 from hepascope.stream.classifier import Classifier
-from hepascope.stream.config import Config, load_config
-from hepascope.stream.errors import DataError, ModelError
-from hepascope.stream.frame import Frame
-from hepascope.stream.messages import RunStamp
-from hepascope.stream.models import open_model
-from hepascope.stream.pipeline import result_message
+from hepascope.stream.model_loader import open_model
 from hepascope.stream.record import (
     RESULTS_NAME,
     VIDEO_NAME,
@@ -50,6 +49,7 @@ from hepascope.stream.record import (
     read_results,
     read_session,
 )
+from hepascope.stream.results import result_message
 from hepascope.stream.sources.file import FileSource
 
 _MS = 1e-6  # ns -> ms

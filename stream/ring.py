@@ -13,9 +13,9 @@ the writer starts a new generation sized for them under the same name
 themselves: :meth:`RingReader.next` finishes the old generation first, then re-opens the
 name; nobody has to tell them. A reader that attaches later finds the newest generation.
 
-The work is done by the native module ``hepascope.stream._ring`` (C++20, nanobind, POSIX
-shared memory); this wrapper speaks :class:`~hepascope.stream.frame.Frame` and raises
-:class:`~hepascope.stream.errors.RingError`. Every frame a reader returns owns a fresh copy
+The work is done by the native module ``hepascope.stream.ring_native`` (C++20, nanobind, POSIX
+shared memory); this wrapper speaks :class:`~hepascope.core.frame.Frame` and raises
+:class:`~hepascope.core.errors.RingError`. Every frame a reader returns owns a fresh copy
 of the pixels: it never aliases shared memory, so keeping it is always safe.
 
 Example::
@@ -39,14 +39,14 @@ from collections.abc import Callable
 from functools import partial
 from typing import Literal, TypeVar
 
-from hepascope.stream.errors import RingError
-from hepascope.stream.frame import Frame
+from hepascope.core.errors import RingError
+from hepascope.core.frame import Frame
 from hepascope.stream.ring_owner import owner_alive, this_process
 
 try:
-    from hepascope.stream import _ring
+    from hepascope.stream import ring_native
 except ImportError as exc:  # not built: import still works, using a ring says how to fix
-    _ring = None
+    ring_native = None
     _IMPORT_ERROR: ImportError | None = exc
 else:
     _IMPORT_ERROR = None
@@ -84,9 +84,9 @@ _T = TypeVar("_T")
 
 
 def _require_native() -> None:
-    if _ring is None:
+    if ring_native is None:
         raise RingError(
-            "the native ring extension hepascope.stream._ring is not built "
+            "the native ring extension hepascope.stream.ring_native is not built "
             f"({_IMPORT_ERROR}); build it with CMake or pip install the package"
         )
 
@@ -130,11 +130,11 @@ class RingWriter:
         self._w = self._create(slots, slot_bytes, replace, 0)
         _OPEN_WRITERS.add(self)
 
-    def _create(self, slots: int, slot_bytes: int, replace: bool, gen: int) -> _ring.Writer:
+    def _create(self, slots: int, slot_bytes: int, replace: bool, gen: int) -> ring_native.Writer:
         start, pidns = this_process()
         before = self.written if gen else 0
         try:
-            return _ring.Writer(self._shm, slots, slot_bytes, replace, gen, before, start,
+            return ring_native.Writer(self._shm, slots, slot_bytes, replace, gen, before, start,
                                 pidns)
         except (RuntimeError, OSError) as exc:
             raise RingError(str(exc)) from None
@@ -246,11 +246,11 @@ class RingReader:
         self._before = int(self._r.frames_before)
         self._drops_before = self._torn_before = 0
         self._gone = False
-        self._held: _ring.FrameTuple | None = None  # see _follow()
+        self._held: ring_native.FrameTuple | None = None  # see _follow()
 
-    def _attach(self, from_oldest: bool) -> _ring.Reader:
+    def _attach(self, from_oldest: bool) -> ring_native.Reader:
         try:
-            return _ring.Reader(self._shm, from_oldest)
+            return ring_native.Reader(self._shm, from_oldest)
         except (RuntimeError, OSError) as exc:
             raise RingError(str(exc)) from None
 
@@ -263,8 +263,8 @@ class RingReader:
         if drain and int(r.cursor) < self._call(lambda: int(r.written)):
             return False  # frames of the old generation still to hand out, in order
         try:
-            new = _ring.Reader(self._shm, True)
-        except _ring.NotFoundError:  # the newer generation has ended and gone as well
+            new = ring_native.Reader(self._shm, True)
+        except ring_native.NotFoundError:  # the newer generation has ended and gone as well
             self._gone = True
             return False
         except (RuntimeError, OSError) as exc:
@@ -396,7 +396,7 @@ class RingReader:
         except RuntimeError as exc:
             raise RingError(f"ring {self._name!r}: {exc}") from None
 
-    def _frame(self, got: _ring.FrameTuple) -> Frame:
+    def _frame(self, got: ring_native.FrameTuple) -> Frame:
         try:
             return _to_frame(got)
         except (TypeError, ValueError) as exc:  # metadata that passed the native bounds
@@ -413,6 +413,6 @@ class RingReader:
         return f"RingReader({self._name!r}, slots={self.slots}, {state})"
 
 
-def _to_frame(got: _ring.FrameTuple) -> Frame:
+def _to_frame(got: ring_native.FrameTuple) -> Frame:
     image, seq, t_capture_ns, pts, source_id = got
     return Frame(image=image, seq=seq, t_capture_ns=t_capture_ns, source_id=source_id, pts_s=pts)

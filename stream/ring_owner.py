@@ -81,10 +81,10 @@ def owner_alive(pid: int, start: int = 0, pidns: int = 0) -> bool | None:
 
 def _native() -> ModuleType | None:
     try:
-        from hepascope.stream import _ring
+        from hepascope.stream import ring_native
     except ImportError:  # not built: ring.py says how to fix it when a ring is used
         return None
-    return _ring
+    return ring_native
 
 
 def _stale(ring: ModuleType, name: str) -> int | None:

@@ -40,7 +40,7 @@ import sys
 import threading
 import time
 
-from hepascope.stream.errors import guard_main
+from hepascope.core.errors import guard_main
 from hepascope.stream.rtsp_media import (
     CLOCK,
     HOST,

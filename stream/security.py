@@ -26,7 +26,7 @@ import zmq
 import zmq.auth
 from zmq.utils import z85
 
-from hepascope.stream.errors import ConfigError, HepascopeError
+from hepascope.core.errors import ConfigError, HepascopeError
 
 log = logging.getLogger(__name__)
 

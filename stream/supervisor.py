@@ -41,13 +41,13 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
+from hepascope.core.config import Config
+from hepascope.core.errors import ConfigError, HepascopeError, ModelOutputError
+from hepascope.core.messages import MODEL_FAULT
 from hepascope.stream import inference_proc as proto
 from hepascope.stream.classifier import Classifier
-from hepascope.stream.config import Config
-from hepascope.stream.errors import ConfigError, HepascopeError, ModelOutputError
 from hepascope.stream.inference_loop import RingHandle
 from hepascope.stream.inference_proc import ModelSpec
-from hepascope.stream.messages import MODEL_FAULT
 from hepascope.stream.progress import FINISHING, Progress, StallWatch
 from hepascope.stream.stats import ModelTally
 
@@ -358,7 +358,7 @@ def open_inference(mode: str, path: Path, config: Config, *, backend: str,
     if mode not in MODES:
         raise ConfigError(f"inference must be one of {', '.join(MODES)}, got {mode!r}")
     if mode == "thread":
-        from hepascope.stream.models import open_model
+        from hepascope.stream.model_loader import open_model
 
         return open_model(path, config, backend=backend, threads=threads, labels=labels)
     spec = ModelSpec(Path(path), config, backend, threads, labels)

@@ -37,12 +37,12 @@ from typing import Any
 import cv2
 import numpy as np
 
-from hepascope.stream.bimodal import media_time
+from hepascope.core.config import LayoutConfig, VerdictConfig
+from hepascope.core.frame import Frame
+from hepascope.core.geometry import Rect
+from hepascope.core.messages import output_fault
+from hepascope.stream.bimodal_streamer import media_time
 from hepascope.stream.classifier import Calibration, Classifier
-from hepascope.stream.config import LayoutConfig, VerdictConfig
-from hepascope.stream.frame import Frame
-from hepascope.stream.geometry import Rect
-from hepascope.stream.messages import output_fault
 
 OK, UNCERTAIN, WARMING_UP = "ok", "uncertain", "warming_up"
 THUMB = 16  # thumbnail side (px): speckle averages out in a cell, anatomy does not

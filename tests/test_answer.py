@@ -16,10 +16,10 @@ import pytest
 from support.models import make_clip_model
 from support.runs import free_port
 
+from hepascope.cli import main
+from hepascope.core.config import load_config
+from hepascope.core.preprocess import PreprocessSpec
 from hepascope.stream.answer import recording_answer, recording_answers
-from hepascope.stream.cli import main
-from hepascope.stream.config import load_config
-from hepascope.stream.preprocess import PreprocessSpec
 from hepascope.stream.record import RESULTS_NAME, read_results
 
 LABELS = ["cyst", "solid"]

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from hepascope.bench.cli import add_subcommand
+from hepascope.bench.cli import add_subcommands
 from hepascope.bench.headline import headline, headline_md
-from hepascope.bench.report import PLOTS, find_value, flatten, scaling_points
+from hepascope.bench.results_report import PLOTS, find_value, flatten, scaling_points
 from hepascope.bench.run import machine_slug, main
 
 SECTIONS = ("facts", "peak", "models", "pipeline", "naive", "baseline_ratio", "scaling",
@@ -26,7 +26,7 @@ def test_bench_registration_is_torch_free_and_parses() -> None:
             "assert 'torch' not in sys.modules, 'bench.cli imported torch'")
     subprocess.run([sys.executable, "-c", code], check=True)
     parser = argparse.ArgumentParser()
-    add_subcommand(parser.add_subparsers(dest="command"))
+    add_subcommands(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["bench", "--quick", "--streams", "1,3", "--device", "cpu"])
     assert args.streams == (1, 3) and args.quick and callable(args.func)
     with pytest.raises(SystemExit):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from support.models import BIMODAL_SMALL, shrink_kwargs, small_export_meta, small_model
 
-from hepascope.bench.pipeline import (
+from hepascope.bench.pipeline_sections import (
     baseline_ratio,
     naive_section,
     pipeline_section,

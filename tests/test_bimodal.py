@@ -16,12 +16,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from hepascope.stream.config import load_config  # noqa: E402
-from hepascope.stream.errors import ModelError, ModelInputError  # noqa: E402
-from hepascope.stream.frame import Frame  # noqa: E402
-from hepascope.stream.models import open_model  # noqa: E402
-from hepascope.stream.phantom import LESION_CLASSES, Phantom, make_case  # noqa: E402
-from hepascope.stream.preprocess import PreprocessSpec, preprocess_view  # noqa: E402
+from hepascope.core.config import load_config  # noqa: E402
+from hepascope.core.errors import ModelError, ModelInputError  # noqa: E402
+from hepascope.core.frame import Frame  # noqa: E402
+from hepascope.core.preprocess import PreprocessSpec, preprocess_view  # noqa: E402
+from hepascope.phantom import LESION_CLASSES, Phantom, make_case  # noqa: E402
+from hepascope.stream.model_loader import open_model  # noqa: E402
 from hepascope.train.export import export_bimodal  # noqa: E402
 from hepascope.train.models import create_model  # noqa: E402
 
@@ -142,7 +142,7 @@ def test_cli_refuses_a_bad_export_with_one_line(exported: tuple[Any, dict[str, A
     bad = tmp_path / "bad"
     shutil.copytree(exported[2], bad)
     _strip(bad / "head.onnx", "hepascope.labels")
-    res = subprocess.run([sys.executable, "-m", "hepascope.stream", "run", "--source",
+    res = subprocess.run([sys.executable, "-m", "hepascope.cli", "run", "--source",
                           "phantom:1", "--model", str(bad), "--publish", "tcp://127.0.0.1:*"],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and "Traceback" not in res.stderr

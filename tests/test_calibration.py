@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hepascope.stream.errors import DataError
+from hepascope.core.errors import DataError
 from hepascope.train.evaluation.calibration import (
     calibrate,
     calibration_fit,

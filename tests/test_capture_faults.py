@@ -17,14 +17,14 @@ from typing import Any
 import pytest
 from support.media import write_video
 
-from hepascope.stream.config import PipelineConfig, load_config
+from hepascope.core.config import PipelineConfig, load_config
+from hepascope.core.messages import TOPIC_RESULT, TOPIC_TELEMETRY
 from hepascope.stream.inference_proc import ModelSpec
-from hepascope.stream.messages import TOPIC_RESULT, TOPIC_TELEMETRY
 from hepascope.stream.pipeline import compose
 from hepascope.stream.sources.file import FileSource
 from hepascope.stream.supervisor import InferenceProcess
 
-CLI = [sys.executable, "-m", "hepascope.stream"]
+CLI = [sys.executable, "-m", "hepascope.cli"]
 SEGMENT = 45  # frames per size
 
 

@@ -25,7 +25,7 @@ import zmq
 from support import wire
 from support.budget import trials
 
-from hepascope.stream.messages import (
+from hepascope.core.messages import (
     SCHEMA_VERSION,
     TOPIC_RESULT,
     TOPIC_TELEMETRY,

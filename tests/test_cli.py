@@ -18,7 +18,7 @@ from support.models import make_classifier
 from hepascope.stream.draw import STATUS_COLOURS, status_badge_rect
 
 ROOT = Path(__file__).resolve().parents[1]
-CLI = [sys.executable, "-m", "hepascope.stream"]
+CLI = [sys.executable, "-m", "hepascope.cli"]
 
 
 def free_port() -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-CLI = [sys.executable, "-m", "hepascope.stream"]
+CLI = [sys.executable, "-m", "hepascope.cli"]
 STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z hepascope(\[inference \d+\])?: ")
 
 
@@ -41,7 +41,7 @@ def test_log_level_after_the_subcommand_gives_timestamped_lines(video30: Path,
     assert any(": INFO: " in ln for ln in lines), lines
     assert all(STAMP.match(ln) for ln in lines), [ln for ln in lines if not STAMP.match(ln)]
     quiet = _run(video30, small_model).stderr
-    assert ": INFO: " not in quiet.replace("engines.base", "")  # default level warning
+    assert ": INFO: " not in quiet.replace("engines.select", "")  # default level warning
 
 
 def test_log_json_is_one_object_per_line(video30: Path, small_model: Path) -> None:
@@ -63,7 +63,7 @@ def test_an_error_is_one_json_line_with_log_json(tmp_path: Path, small_model: Pa
     assert rec["level"] == "ERROR" and "no such file" in rec["message"].lower(), rec
 
 
-@pytest.mark.parametrize("tool", ["hepascope.bench.live", "hepascope.bench.pipeline"])
+@pytest.mark.parametrize("tool", ["hepascope.bench.live", "hepascope.bench.pipeline_sections"])
 def test_python_m_tools_turn_project_errors_into_one_line(tmp_path: Path, video30: Path,
                                                           tool: str) -> None:
     """The fault from outside: the model file named on the command line is not there."""

@@ -21,18 +21,18 @@ from support.models import make_clip_model
 
 pytest.importorskip("torch")
 
+from hepascope.core.config import load_config
+from hepascope.core.errors import ModelError, ModelInputError
+from hepascope.core.frame import Frame
+from hepascope.core.messages import TOPIC_RESULT, TOPIC_TELEMETRY
+from hepascope.core.preprocess import PreprocessSpec, preprocess_view
 from hepascope.stream import clip as clip_module
 from hepascope.stream.clip import ClipStreamer
-from hepascope.stream.config import load_config
-from hepascope.stream.errors import ModelError, ModelInputError
-from hepascope.stream.frame import Frame
-from hepascope.stream.messages import TOPIC_RESULT, TOPIC_TELEMETRY
-from hepascope.stream.models import open_clip_model, open_model
-from hepascope.stream.preprocess import PreprocessSpec, preprocess_view
+from hepascope.stream.model_loader import open_clip_model, open_model
 from hepascope.stream.publish import Subscriber
 
 T, INTERVAL_S, FPS = 4, 0.2, 30  # a kept frame every 6 frames at 30 fps
-CLI = [sys.executable, "-m", "hepascope.stream"]
+CLI = [sys.executable, "-m", "hepascope.cli"]
 
 
 def free_port() -> int:

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from hepascope.stream.config import config_from_dict, load_config
-from hepascope.stream.errors import ConfigError
+from hepascope.core.config import config_from_dict, load_config
+from hepascope.core.errors import ConfigError
 
 LAYOUT = {"views": {"b": [0, 0, 8, 8]}}
 
@@ -76,11 +76,11 @@ def test_ints_where_floats_are_expected_and_empty_sections_are_fine() -> None:
 
 def test_a_config_error_reaches_the_user_as_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
-    raw = yaml.safe_load(Path(__file__).parents[1].joinpath("stream", "default.yaml")
+    raw = yaml.safe_load(Path(__file__).parents[1].joinpath("core", "default.yaml")
                          .read_text())
     raw["publish"]["insecure"] = "false"
     bad.write_text(yaml.safe_dump(raw))
-    res = subprocess.run([sys.executable, "-m", "hepascope.stream", "overlay", "--config",
+    res = subprocess.run([sys.executable, "-m", "hepascope.cli", "overlay", "--config",
                           str(bad), "--duration", "0.1", "--out", str(tmp_path / "o.mp4")],
                          capture_output=True, text=True,
                          timeout=120)

@@ -7,18 +7,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hepascope.stream.config import config_from_dict, load_config
-from hepascope.stream.errors import ConfigError
-from hepascope.stream.frame import Frame
-from hepascope.stream.geometry import PHANTOM_SECTOR
-from hepascope.stream.messages import (
+from hepascope.core.config import config_from_dict, load_config
+from hepascope.core.errors import ConfigError
+from hepascope.core.frame import Frame
+from hepascope.core.geometry import PHANTOM_SECTOR
+from hepascope.core.messages import (
     MessageError,
     decode,
     encode,
     parse,
     validate_result,
 )
-from hepascope.stream.preprocess import PreprocessSpec, preprocess
+from hepascope.core.preprocess import PreprocessSpec, preprocess
 
 
 def test_frame_validates_on_construction() -> None:
@@ -140,8 +140,8 @@ def test_preprocessing_is_thread_safe() -> None:
     one thread: CLAHE's working buffers are per thread."""
     import threading
 
-    from hepascope.stream.config import load_config
-    from hepascope.stream.preprocess import PreprocessSpec, preprocess_view
+    from hepascope.core.config import load_config
+    from hepascope.core.preprocess import PreprocessSpec, preprocess_view
 
     cfg = load_config()
     spec = PreprocessSpec(cfg.layout, cfg.preprocess, (64, 64), 1, ("ceus",))

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from support.fuzz_sources import write_clip
 
-from hepascope.stream.errors import SourceError, SourceFormatError
+from hepascope.core.errors import SourceError, SourceFormatError
 from hepascope.stream.sources.file import FileSource
 
 BOUND_S = 1.0  # the spec: a typed error within 1 s

@@ -16,8 +16,8 @@ import zmq
 import zmq.auth
 from support import wire
 
-from hepascope.stream.cli import main
-from hepascope.stream.messages import TOPIC_RESULT, TOPIC_TELEMETRY
+from hepascope.cli import main
+from hepascope.core.messages import TOPIC_RESULT, TOPIC_TELEMETRY
 from hepascope.stream.publish import Publisher, Subscriber
 from hepascope.stream.security import (
     ZAP_DOMAIN,

@@ -24,7 +24,7 @@ from hepascope.stream.security import (
     write_keypair,
 )
 
-CLI = [sys.executable, "-m", "hepascope.stream"]
+CLI = [sys.executable, "-m", "hepascope.cli"]
 NOBODY = 65534
 
 

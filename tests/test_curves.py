@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from hepascope.stream.cli import main
+from hepascope.cli import main
 from hepascope.train.curves import write_png
 
 

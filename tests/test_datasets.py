@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from support.media import matches_pattern, write_video
 
-from hepascope.stream.config import config_from_dict, load_config, load_packaged_config
-from hepascope.stream.errors import ConfigError, DataError
-from hepascope.stream.geometry import Rect
-from hepascope.stream.phantom import make_case
-from hepascope.stream.preprocess import PreprocessSpec, preprocess_view, spec_from_dict
+from hepascope.core.config import config_from_dict, load_config, load_packaged_config
+from hepascope.core.errors import ConfigError, DataError
+from hepascope.core.geometry import Rect
+from hepascope.core.preprocess import PreprocessSpec, preprocess_view, spec_from_dict
+from hepascope.phantom import make_case
 from hepascope.train.datasets.folder import FolderWindow, folder_arrays, window_indices
 from hepascope.train.datasets.index import DatasetIndex, PatientLeakWarning, index_from
 from hepascope.train.datasets.io import (
@@ -384,7 +384,7 @@ def test_folder_clips_windows_match_direct_preprocessing(tmp_path: Path) -> None
 
 
 def test_phantom_dataset_cli_round_trip(tmp_path: Path) -> None:
-    from hepascope.stream.cli import main
+    from hepascope.cli import main
 
     out = tmp_path / "ds"
     assert main(["phantom", "dataset", "--task", "steatosis4", "--out", str(out),

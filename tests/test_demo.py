@@ -14,8 +14,8 @@ torch = pytest.importorskip("torch")
 
 from support.arrays import make_arrays  # noqa: E402
 
-from hepascope.stream.config import load_config  # noqa: E402
-from hepascope.stream.phantom import LESION_CLASSES, Phantom  # noqa: E402
+from hepascope.core.config import load_config  # noqa: E402
+from hepascope.phantom import LESION_CLASSES, Phantom  # noqa: E402
 from hepascope.train import data as data_mod  # noqa: E402
 from hepascope.train.data import (  # noqa: E402
     DATA_CODE,
@@ -104,7 +104,7 @@ def test_cache_keys_cover_the_code(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     from hepascope.train.demo_model import TRAIN_CODE
 
     made = {"train.trainer", "train.models", "train.export", "train.samples",
-            "train.augment", "stream.preprocess", "stream.phantom", "train.data"}
+            "train.augment", "core.preprocess", "phantom", "train.data"}
     assert made <= set(DATA_CODE) | set(TRAIN_CODE)
     kw = dict(n_cases_per_class=1, seconds_per_case=1.0, window=WindowSpec(window=2),
               specs=make_specs(load_config(), (32, 32), (16, 16)), seed=0,
@@ -146,9 +146,9 @@ def test_score_counts_abstentions_in_coverage_not_in_labelled_accuracy() -> None
 def test_the_shipped_model_loads_and_matches_its_manifest() -> None:
     """The demo model in the package: every graph's SHA-256 is the manifest's, the live
     loader opens it with the six classes, and a phantom frame gets probabilities."""
-    from hepascope.stream.frame import Frame
-    from hepascope.stream.models import open_model
-    from hepascope.stream.phantom import make_case
+    from hepascope.core.frame import Frame
+    from hepascope.phantom import make_case
+    from hepascope.stream.model_loader import open_model
     from hepascope.train.demo_model import GRAPHS, PACKAGED, file_sha256, verify_model
 
     manifest = verify_model(PACKAGED)
@@ -171,7 +171,7 @@ def test_the_shipped_model_loads_and_matches_its_manifest() -> None:
 def test_a_damaged_shipped_model_is_refused(tmp_path: Path) -> None:
     import shutil
 
-    from hepascope.stream.errors import ModelError
+    from hepascope.core.errors import ModelError
     from hepascope.train.demo_model import PACKAGED, verify_model
 
     copy = tmp_path / "model"

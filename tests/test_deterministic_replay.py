@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hepascope.stream.config import load_config
-from hepascope.stream.errors import DataError
-from hepascope.stream.frame import Frame
-from hepascope.stream.messages import validate_result
-from hepascope.stream.models import open_model
+from hepascope.core.config import load_config
+from hepascope.core.errors import DataError
+from hepascope.core.frame import Frame
+from hepascope.core.messages import validate_result
+from hepascope.stream.model_loader import open_model
 from hepascope.stream.record import (
     SESSION_NAME,
     VideoRecorder,
@@ -30,7 +30,7 @@ from hepascope.stream.record import (
 from hepascope.stream.replay import VirtualClock, recorded_frames, replay_deterministic
 from hepascope.stream.sources.phantom import PhantomSource
 
-CLI = [sys.executable, "-m", "hepascope.stream"]
+CLI = [sys.executable, "-m", "hepascope.cli"]
 FRAMES = 90  # 3 s of phantom at 30 fps
 ALTERED = 45
 SMOOTH_S = 1.0  # the default config's verdict.smooth_s

@@ -22,7 +22,7 @@ from support.dicom_media import (
     write_report,
 )
 
-from hepascope.stream.errors import SourceFormatError, SourceNotFoundError
+from hepascope.core.errors import SourceFormatError, SourceNotFoundError
 from hepascope.stream.sources import Source, SourceOptions, open_source
 from hepascope.stream.sources.dicom import DEFAULT_FPS, DicomCineSource
 
@@ -156,7 +156,7 @@ def test_cli_runs_a_dicom_cine_end_to_end(tmp_path: Path, small_model: Path) -> 
     # the default layout's views fit the 768x384 frames of the project's ultrasound feed
     clip = write_cine(tmp_path / "liver.dcm", us_frames(40, h=384, w=768), frame_time_ms=25.0)
     summary = tmp_path / "summary.json"
-    res = subprocess.run([sys.executable, "-m", "hepascope.stream", "run", "--source",
+    res = subprocess.run([sys.executable, "-m", "hepascope.cli", "run", "--source",
                           str(clip), "--model", str(small_model),
                           "--publish", f"tcp://127.0.0.1:{_free_port()}",
                           "--summary", str(summary)],

@@ -10,10 +10,10 @@ import onnx
 import pytest
 from support.models import make_classifier
 
+from hepascope.core.config import load_config
+from hepascope.core.errors import ConfigError, ModelError, ModelInputError
 from hepascope.engines import Engine, open_engine
 from hepascope.stream.classifier import FrameClassifier
-from hepascope.stream.config import load_config
-from hepascope.stream.errors import ConfigError, ModelError, ModelInputError
 
 
 def test_onnxruntime_engine_meets_the_interface(small_model: Path) -> None:

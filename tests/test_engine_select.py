@@ -20,16 +20,16 @@ torch = pytest.importorskip("torch")  # the exports are made with torch
 
 from test_torch_engine import one_torch_thread, small_export  # noqa: E402, F401
 
+from hepascope.cli import main  # noqa: E402
+from hepascope.core.config import load_config  # noqa: E402
+from hepascope.core.errors import ModelError  # noqa: E402
+from hepascope.core.export_format import WEIGHTS_FILES  # noqa: E402
 from hepascope.engines import Probes, choose_backend, open_engine  # noqa: E402
-from hepascope.engines.base import WEIGHTS_FILES  # noqa: E402
-from hepascope.stream.cli import main  # noqa: E402
-from hepascope.stream.config import load_config  # noqa: E402
-from hepascope.stream.errors import ModelError  # noqa: E402
-from hepascope.stream.models import open_model  # noqa: E402
+from hepascope.stream.model_loader import open_model  # noqa: E402
 
 BIMODAL = "bimodal_resnet18_lite"
 GRAPHS = ("bmode_encoder.onnx", "ceus_encoder.onnx", "head.onnx")
-LOGGER = "hepascope.engines.base"
+LOGGER = "hepascope.engines.select"
 NO_TRT = "tensorrt not importable (No module named 'tensorrt')"
 NO_GPU = "no CUDA driver (libcuda.so.1: cannot open shared object file)"
 NO_TORCH_CUDA = "torch CUDA not available (torch 2.13.0+cpu)"

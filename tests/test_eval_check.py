@@ -19,7 +19,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("skimage")
 
-from hepascope.stream.cli import main  # noqa: E402
+from hepascope.cli import main  # noqa: E402
 from hepascope.train.evaluation.check import recompute_report  # noqa: E402
 
 CLASSES = {"dark": 60, "mid": 128, "bright": 200}  # mean grey level per class

@@ -14,7 +14,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from hepascope.stream.cli import main  # noqa: E402
+from hepascope.cli import main  # noqa: E402
 from hepascope.train.crossval import cross_validate  # noqa: E402
 from hepascope.train.datasets.phantom import phantom_arrays  # noqa: E402
 from hepascope.train.tasks import get_task, list_tasks  # noqa: E402
@@ -105,9 +105,9 @@ def test_real_ultrasound_folder_trains_evaluates_and_exports(tmp_path: Path) -> 
     ck = tmp_path / "ck"
     assert main(["train", "--model", "resnet18", "--out", str(ck), "--quiet", *common]) == 0
     assert main(["export", "--checkpoint", str(ck)]) == 0
+    from hepascope.core.config import load_packaged_config
     from hepascope.engines import open_engine
     from hepascope.stream.classifier import FrameClassifier
-    from hepascope.stream.config import load_packaged_config
     from hepascope.train.datasets.io import read_image
 
     clf = FrameClassifier(open_engine(ck / "onnx" / "model.onnx"),

@@ -21,7 +21,7 @@ pytest.importorskip("skimage")
 
 from support.media import write_video  # noqa: E402
 
-from hepascope.stream.cli import main  # noqa: E402
+from hepascope.cli import main  # noqa: E402
 
 FRAMES, PER_CLIP = 9, 3  # 9-frame videos, 3 frames each: frames 0, 3 and 6
 TINY = ["--model-arg", "width=8", "--workers", "1", "--threads", "2", "--batch-size", "8"]
@@ -192,8 +192,8 @@ def test_time_cap_is_a_warning_at_the_end_and_beside_the_figures(
 def test_train_and_export_carry_the_calibration(tmp_path: Path) -> None:
     import onnx
 
+    from hepascope.core.export_format import META_CALIBRATION
     from hepascope.stream.classifier import read_calibration
-    from hepascope.train.export import META_CALIBRATION
 
     data = video_folder(tmp_path / "videos")
     ck = tmp_path / "ck"

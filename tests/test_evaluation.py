@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from hepascope.stream.errors import DataError
+from hepascope.core.errors import DataError
 from hepascope.train.evaluation import (
     FoldResult,
     PatientLeakWarning,

@@ -18,8 +18,9 @@ from test_torch_engine import (  # noqa: E402
 )
 
 from hepascope.engines import open_engine  # noqa: E402
-from hepascope.engines.torch import FP16_TOL, TorchEngine, prepare_module  # noqa: E402
+from hepascope.engines.torch import FP16_TOL, TorchEngine  # noqa: E402
 from hepascope.train.models.layers import SimAM  # noqa: E402
+from hepascope.train.torch_module import prepare_module  # noqa: E402
 
 FP16_MAX = 65504.0
 cuda = pytest.mark.skipif(not torch.cuda.is_available(),

@@ -20,11 +20,11 @@ from support.wire import fault as _fault
 from support.wire import result as _result
 from support.wire import telemetry as _telemetry
 
+from hepascope.core.config import PipelineConfig, load_config
+from hepascope.core.frame import Frame
+from hepascope.core.messages import TOPIC_RESULT, TOPIC_TELEMETRY
 from hepascope.engines import open_engine
 from hepascope.stream.classifier import FrameClassifier
-from hepascope.stream.config import PipelineConfig, load_config
-from hepascope.stream.frame import Frame
-from hepascope.stream.messages import TOPIC_RESULT, TOPIC_TELEMETRY
 from hepascope.stream.overlay import OverlayState, run_overlay
 from hepascope.stream.pipeline import compose
 from hepascope.stream.publish import Publisher

@@ -15,6 +15,10 @@ import cv2
 import numpy as np
 import pytest
 
+from hepascope.core.config import LayoutConfig, PreprocessConfig, load_config
+from hepascope.core.errors import ConfigError, ModelError, ModelInputError
+from hepascope.core.geometry import Rect, SectorGeometry
+from hepascope.core.preprocess import PreprocessSpec, preprocess
 from hepascope.engines.gpu_plan import (
     Clahe,
     area_mode,
@@ -24,11 +28,7 @@ from hepascope.engines.gpu_plan import (
     plan_views,
 )
 from hepascope.engines.gpu_preprocess import GpuPreprocessor
-from hepascope.stream.config import LayoutConfig, PreprocessConfig, load_config
-from hepascope.stream.errors import ConfigError, ModelError, ModelInputError
-from hepascope.stream.geometry import Rect, SectorGeometry
-from hepascope.stream.phantom import Phantom, make_case
-from hepascope.stream.preprocess import PreprocessSpec, preprocess
+from hepascope.phantom import Phantom, make_case
 
 # ----------------------------------------------------------------- numpy replicas of the kernels
 

@@ -21,14 +21,14 @@ import numpy as np
 import pytest
 from support.runs import free_port
 
-from hepascope.stream.errors import (
+from hepascope.core.errors import (
     ConfigError,
     HepascopeError,
     SourceError,
     SourceFormatError,
     SourceTimeoutError,
 )
-from hepascope.stream.frame import Frame
+from hepascope.core.frame import Frame
 from hepascope.stream.sources import SourceOptions, open_source
 
 pyigtl = pytest.importorskip("pyigtl", reason="pyigtl is not installed: pip install "

@@ -23,14 +23,14 @@ import av
 import pytest
 from support.runs import free_port
 
-from hepascope.stream.messages import STATUSES
+from hepascope.core.messages import STATUSES
 from hepascope.stream.sources.phantom import PhantomSource
 
 pyigtl = pytest.importorskip("pyigtl", reason="pyigtl is not installed: pip install "
                              "'hepascope[igtl]' (the igtl extra)")
 
 SERVER = Path(__file__).parent / "support" / "igtl_image_server.py"
-CLI = [sys.executable, "-m", "hepascope.stream"]
+CLI = [sys.executable, "-m", "hepascope.cli"]
 CLIP_FRAMES, FPS = 60, 30
 OUTAGE_S = 1.0
 STEADY = 30  # results received before the kill, and again after the restart

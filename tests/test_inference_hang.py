@@ -18,8 +18,8 @@ from support.fault_models import BRIGHT, DARK, make_tripwire, write_levels
 from support.models import make_classifier
 from support.runs import START_S, ListSink, Watcher, kill_run, start_run, stop_run, write_config
 
-from hepascope.stream.config import load_config
-from hepascope.stream.messages import TOPIC_RESULT
+from hepascope.core.config import load_config
+from hepascope.core.messages import TOPIC_RESULT
 from hepascope.stream.pipeline import compose
 from hepascope.stream.sources.file import FileSource
 from hepascope.stream.supervisor import open_inference

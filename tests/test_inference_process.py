@@ -15,8 +15,8 @@ import pytest
 from support.budget import trials
 from support.runs import START_S, Watcher, kill_run, start_run, stop_run, write_config
 
-from hepascope.stream.config import load_config
-from hepascope.stream.errors import ModelError
+from hepascope.core.config import load_config
+from hepascope.core.errors import ModelError
 from hepascope.stream.supervisor import open_inference
 
 

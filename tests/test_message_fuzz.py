@@ -23,8 +23,8 @@ import numpy as np
 import zmq
 from support.wire import result, telemetry
 
+from hepascope.core.messages import SCHEMA_VERSION, TOPIC_RESULT, TOPIC_TELEMETRY
 from hepascope.stream.draw import draw_overlay
-from hepascope.stream.messages import SCHEMA_VERSION, TOPIC_RESULT, TOPIC_TELEMETRY
 from hepascope.stream.overlay import OverlayState, run_overlay
 from hepascope.stream.publish import Subscriber
 

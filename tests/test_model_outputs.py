@@ -12,8 +12,8 @@ from pathlib import Path
 from support.fault_models import BRIGHT, DARK, LABELS, make_tripwire, write_levels
 from support.runs import CLI, ListSink, free_port
 
-from hepascope.stream.config import load_config
-from hepascope.stream.messages import TOPIC_RESULT, TOPIC_TELEMETRY
+from hepascope.core.config import load_config
+from hepascope.core.messages import TOPIC_RESULT, TOPIC_TELEMETRY
 from hepascope.stream.pipeline import compose
 from hepascope.stream.sources.file import FileSource
 from hepascope.stream.supervisor import open_inference

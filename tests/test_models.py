@@ -23,7 +23,7 @@ from support.models import (  # noqa: E402
 from support.models import preprocess_spec as _spec  # noqa: E402
 from support.models import small_model as _small  # noqa: E402
 
-from hepascope.stream.errors import ModelError  # noqa: E402
+from hepascope.core.errors import ModelError  # noqa: E402
 from hepascope.train.cli import bimodal_models, registered_models  # noqa: E402
 from hepascope.train.export import (  # noqa: E402
     export_bimodal,

@@ -14,8 +14,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from hepascope.bench.engines import FIELDS, KNOBS, LOADED  # noqa: E402
-from hepascope.bench.engines import main as bench_main  # noqa: E402
+from hepascope.bench.engine_compare import FIELDS, KNOBS, LOADED  # noqa: E402
+from hepascope.bench.engine_compare import main as bench_main  # noqa: E402
 from hepascope.engines.onnxruntime import OnnxRuntimeEngine, OrtTuning  # noqa: E402
 from hepascope.train.checkpoint import save_model  # noqa: E402
 from hepascope.train.datasets.phantom import phantom_arrays  # noqa: E402

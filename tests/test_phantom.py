@@ -18,15 +18,15 @@ import cv2
 import numpy as np
 import pytest
 
-from hepascope.stream.frame import Frame
-from hepascope.stream.geometry import (
+from hepascope.core.frame import Frame
+from hepascope.core.geometry import (
     PHANTOM_BMODE,
     PHANTOM_CEUS,
     PHANTOM_SCREEN_H,
     PHANTOM_SCREEN_W,
     PHANTOM_SECTOR,
 )
-from hepascope.stream.phantom import (
+from hepascope.phantom import (
     LESION_CLASSES,
     Phantom,
     iter_samples,
@@ -35,11 +35,11 @@ from hepascope.stream.phantom import (
     write_image_dataset,
     write_session,
 )
-from hepascope.stream.phantom.ceus import ceus_phase, enhancement
-from hepascope.stream.phantom.overlay import TIMER_BOX, static_overlay
-from hepascope.stream.phantom.patient import PhantomCase
-from hepascope.stream.phantom.polar import polar_grid
-from hepascope.stream.phantom.speckle import SpeckleField, envelope
+from hepascope.phantom.annotations import TIMER_BOX, static_overlay
+from hepascope.phantom.ceus import ceus_phase, enhancement
+from hepascope.phantom.patient import PhantomCase
+from hepascope.phantom.polar import polar_grid
+from hepascope.phantom.speckle import SpeckleField, envelope
 from hepascope.stream.sources.phantom import PhantomSource
 
 MASK = PHANTOM_SECTOR.mask(PHANTOM_BMODE.h, PHANTOM_BMODE.w) > 0
@@ -261,7 +261,7 @@ def test_write_session_mp4_and_sidecar(session: Path) -> None:
                                                                     "late")
         assert (f["lesion"] is None) == (f["label"] == "normal")
     # a 60 s session cycles through every class
-    from hepascope.stream.phantom.session import plan_segment
+    from hepascope.phantom.session import plan_segment
     assert {plan_segment(5, k).label for k in range(6)} == set(LESION_CLASSES)
 
 
@@ -317,10 +317,10 @@ def test_clip_dataset(tmp_path: Path) -> None:
 
 
 def test_cli_registers_phantom(tmp_path: Path) -> None:
-    from hepascope.stream.phantom.cli import add_subcommand
+    from hepascope.phantom.cli import add_subcommands
 
     parser = argparse.ArgumentParser()
-    add_subcommand(parser.add_subparsers(dest="cmd"))
+    add_subcommands(parser.add_subparsers(dest="cmd"))
     args = parser.parse_args(["phantom", "images", "--out", str(tmp_path / "d"), "--patients",
                               "1", "--frames-per-patient", "1", "--seed", "2"])
     assert args.func(args) == 0
@@ -332,7 +332,7 @@ def test_cli_registers_phantom(tmp_path: Path) -> None:
 
 
 def test_phantom_does_not_import_torch() -> None:
-    code = ("import sys, hepascope.stream.phantom, hepascope.stream.sources.phantom; "
+    code = ("import sys, hepascope.phantom, hepascope.stream.sources.phantom; "
             "sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
@@ -356,7 +356,7 @@ def test_session_rendering_reports_progress_on_stderr(tmp_path: Path) -> None:
     """``hepascope phantom session`` (minutes for a demo session) says how far it is on
     stderr while its result line stays on stdout."""
     t0 = time.monotonic()
-    res = subprocess.run([sys.executable, "-m", "hepascope.stream", "phantom", "session",
+    res = subprocess.run([sys.executable, "-m", "hepascope.cli", "phantom", "session",
                           "--seconds", "3", "--fps", "10", "--out", str(tmp_path / "s.mp4")],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr

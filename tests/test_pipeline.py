@@ -12,10 +12,10 @@ import zmq
 from support.models import make_classifier
 from support.runs import ListSink
 
+from hepascope.core.config import PipelineConfig, load_config
+from hepascope.core.messages import TOPIC_RESULT, TOPIC_TELEMETRY, encode, validate_result
 from hepascope.engines import open_engine
 from hepascope.stream.classifier import FrameClassifier
-from hepascope.stream.config import PipelineConfig, load_config
-from hepascope.stream.messages import TOPIC_RESULT, TOPIC_TELEMETRY, encode, validate_result
 from hepascope.stream.pipeline import compose
 from hepascope.stream.publish import Publisher, Subscriber
 from hepascope.stream.sources.file import FileSource

@@ -14,6 +14,7 @@ import pytest
 from onnx import helper
 from support.models import make_classifier
 
+from hepascope.core.errors import ModelError
 from hepascope.engines.plan import (
     PlanSidecar,
     check_plan,
@@ -22,7 +23,6 @@ from hepascope.engines.plan import (
     sidecar_path,
     write_plan,
 )
-from hepascope.stream.errors import ModelError
 
 TRT, GPU, CC = "10.3.0", "NVIDIA H100 80GB HBM3", (9, 0)
 

@@ -15,21 +15,21 @@ onnx = pytest.importorskip("onnx")
 
 from support.models import make_classifier  # noqa: E402
 
-from hepascope.engines.calib import calibration_feeds, load_samples  # noqa: E402
+from hepascope.core.config import load_config  # noqa: E402
+from hepascope.core.errors import ConfigError, DataError, ModelError  # noqa: E402
+from hepascope.core.preprocess import preprocess_view, spec_from_dict  # noqa: E402
 from hepascope.engines.onnxruntime import OnnxRuntimeEngine  # noqa: E402
-from hepascope.engines.quantize import main as quantize_main  # noqa: E402
-from hepascope.engines.quantize import quantize_int8  # noqa: E402
-from hepascope.stream.config import load_config  # noqa: E402
-from hepascope.stream.errors import ConfigError, DataError, ModelError  # noqa: E402
-from hepascope.stream.models import open_model  # noqa: E402
-from hepascope.stream.phantom.patient import make_case  # noqa: E402
-from hepascope.stream.phantom.render import Phantom  # noqa: E402
-from hepascope.stream.preprocess import preprocess_view, spec_from_dict  # noqa: E402
+from hepascope.phantom.patient import make_case  # noqa: E402
+from hepascope.phantom.render import Phantom  # noqa: E402
+from hepascope.stream.model_loader import open_model  # noqa: E402
 from hepascope.train.datasets.phantom import (  # noqa: E402
     ClipWindow,
     phantom_arrays,
     write_task_dataset,
 )
+from hepascope.train.engine_build.calib import calibration_feeds, load_samples  # noqa: E402
+from hepascope.train.engine_build.quantize import main as quantize_main  # noqa: E402
+from hepascope.train.engine_build.quantize import quantize_int8  # noqa: E402
 from hepascope.train.export import export_bimodal, export_single  # noqa: E402
 from hepascope.train.models import create_model  # noqa: E402
 

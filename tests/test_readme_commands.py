@@ -112,12 +112,10 @@ def _intercept(self: argparse.ArgumentParser, args: Any = None, namespace: Any =
 
 def _main_and_argv(argv: list[str]) -> tuple[Any, list[str]]:
     if argv[0] == "hepascope":
-        module, rest = "hepascope.stream", argv[1:]
+        module, rest = "hepascope.cli", argv[1:]
     else:
         i = argv.index("-m")
         module, rest = argv[i + 1], argv[i + 2:]
-    if module == "hepascope.stream":
-        module = "hepascope.stream.cli"
     return importlib.import_module(module).main, rest
 
 
@@ -197,6 +195,6 @@ def test_a_flag_that_does_not_exist_is_caught(readme: str, complaint: str | None
 
 def test_every_python_m_tool_is_a_subcommand_or_the_readme_says_why_not() -> None:
     text = (ROOT / "README.md").read_text()
-    tools = set(re.findall(r"python -m (hepascope\.[a-z_.]+)", text)) - {"hepascope.stream"}
+    tools = set(re.findall(r"python -m (hepascope\.[a-z_.]+)", text)) - {"hepascope.cli"}
     why = text.split("<!-- python-m-tools -->", 1)[1].split("\n\n", 1)[0]
     assert len(tools) >= 5 and all(f"`{t}" in why for t in tools), tools

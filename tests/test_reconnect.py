@@ -17,11 +17,12 @@ import pytest
 from support.rtsp_server import RtspServer
 
 from hepascope.bench.soak import make_clip
-from hepascope.stream.cli import _request, build_parser
-from hepascope.stream.config import load_config
-from hepascope.stream.errors import ConfigError, SourceError
-from hepascope.stream.frame import Frame
-from hepascope.stream.models import open_model
+from hepascope.cli import build_parser
+from hepascope.core.config import load_config
+from hepascope.core.errors import ConfigError, SourceError
+from hepascope.core.frame import Frame
+from hepascope.stream.cli import _request
+from hepascope.stream.model_loader import open_model
 from hepascope.stream.overlay import OverlayState
 from hepascope.stream.pipeline import compose
 from hepascope.stream.publish import Publisher, Subscriber

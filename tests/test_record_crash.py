@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from support.budget import trials
 
-from hepascope.stream.errors import DataError, SourceError
-from hepascope.stream.frame import Frame
+from hepascope.core.errors import DataError, SourceError
+from hepascope.core.frame import Frame
 from hepascope.stream.record import (
     CLUSTER_MS,
     VIDEO_NAME,

@@ -22,7 +22,7 @@ torch = pytest.importorskip("torch")
 from support.media import write_video  # noqa: E402
 from support.runs import free_port  # noqa: E402
 
-from hepascope.stream.cli import main  # noqa: E402
+from hepascope.cli import main  # noqa: E402
 
 FRAMES, PER_CLIP, PATIENTS, VIDEOS = 12, 6, 3, 2  # per class: patients, videos per patient
 SIZE = (64, 64)

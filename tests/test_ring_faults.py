@@ -20,8 +20,8 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from hepascope.stream.errors import RingError
-from hepascope.stream.frame import Frame
+from hepascope.core.errors import RingError
+from hepascope.core.frame import Frame
 from hepascope.stream.ring import RingReader, RingWriter, slot_bytes_for
 
 pytest.importorskip("hepascope.stream._ring", reason="native ring extension not built")

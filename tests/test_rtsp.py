@@ -18,8 +18,8 @@ import pytest
 from support import rtsp_server
 from support.rtsp_server import RtspServer
 
-from hepascope.stream.errors import ConfigError, SourceError, SourceTimeoutError
-from hepascope.stream.frame import Frame
+from hepascope.core.errors import ConfigError, SourceError, SourceTimeoutError
+from hepascope.core.frame import Frame
 from hepascope.stream.sources.rtsp import RtspSource
 
 N_FRAMES, WIDTH, HEIGHT, FPS, GOP = 64, 320, 240, 30, 16

@@ -21,9 +21,9 @@ import pytest
 from support import indexed
 from support.gst_rtsp import GstRtspServer, missing
 
-from hepascope.stream.config import load_config
-from hepascope.stream.messages import TOPIC_RESULT
-from hepascope.stream.models import open_model
+from hepascope.core.config import load_config
+from hepascope.core.messages import TOPIC_RESULT
+from hepascope.stream.model_loader import open_model
 from hepascope.stream.pipeline import compose
 from hepascope.stream.publish import Publisher, Subscriber
 from hepascope.stream.rtsp_proc import RtspServer

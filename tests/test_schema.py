@@ -1,5 +1,5 @@
 """The results channel's schema (version 2): what each message may hold, and the JSON Schema
-published from the same definitions (``stream/messages.schema.json``)."""
+published from the same definitions (``core/messages.schema.json``)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from typing import Any
 
 from support.wire import fault, result, telemetry
 
-from hepascope.stream import messages
-from hepascope.stream.messages import MessageError, encode, parse
+from hepascope.core import messages
+from hepascope.core.messages import MessageError, encode, parse
 
-SCHEMA_FILE = Path(__file__).parents[1] / "stream" / "messages.schema.json"
+SCHEMA_FILE = Path(__file__).parents[1] / "core" / "messages.schema.json"
 RUN = uuid.uuid4().hex
 
 
@@ -65,9 +65,9 @@ def test_telemetry_fields() -> None:
 def test_the_published_json_schema_is_what_the_code_validates(tmp_path: Path) -> None:
     committed = json.loads(SCHEMA_FILE.read_text())
     assert committed == messages.json_schema(), \
-        "stream/messages.schema.json is out of date: python -m hepascope.stream.messages --schema"
+        "core/messages.schema.json is out of date: python -m hepascope.core.messages --schema"
     out = tmp_path / "s.json"
-    res = subprocess.run([sys.executable, "-m", "hepascope.stream.messages", "--schema",
+    res = subprocess.run([sys.executable, "-m", "hepascope.core.messages", "--schema",
                           str(out)], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert out.read_text() == SCHEMA_FILE.read_text()

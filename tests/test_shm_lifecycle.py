@@ -21,12 +21,12 @@ from pathlib import Path
 
 import pytest
 
-from hepascope.stream.errors import SourceError
+from hepascope.core.errors import SourceError
 
-pytest.importorskip("hepascope.stream._ring", reason="native ring extension not built")
+pytest.importorskip("hepascope.stream.ring_native", reason="native ring extension not built")
 pytestmark = pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="needs /dev/shm")
 
-CLI = [sys.executable, "-m", "hepascope.stream"]
+CLI = [sys.executable, "-m", "hepascope.cli"]
 
 
 def _segments(pid: int) -> list[str]:
@@ -141,7 +141,7 @@ def test_a_segment_whose_pid_was_reused_is_removed() -> None:
 WRITER = textwrap.dedent("""
     import sys, time
     import numpy as np
-    from hepascope.stream.frame import Frame
+    from hepascope.core.frame import Frame
     from hepascope.stream.ring import RingWriter
     w = RingWriter(sys.argv[1], slots=8, slot_bytes=48 * 64 * 3)
     print("ready", flush=True)

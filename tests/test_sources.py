@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from support.media import matches_pattern, write_video
 
-from hepascope.stream.errors import (
+from hepascope.core.errors import (
     ConfigError,
     SourceError,
     SourceFormatError,
@@ -134,7 +134,7 @@ def test_ring_source_reads_another_pipelines_frames() -> None:
     import threading
     import uuid
 
-    from hepascope.stream.frame import Frame
+    from hepascope.core.frame import Frame
     from hepascope.stream.ring import RingWriter, slot_bytes_for
     from hepascope.stream.sources.shm import RingSource
 

@@ -1,4 +1,4 @@
-"""The TensorRT path: ``hepascope build`` (engines/build.py, engines/cli.py), the engine
+"""The TensorRT path: ``hepascope build`` (train/engine_build/build.py, cli.py), the engine
 (engines/tensorrt.py) and its CUDA layer (engines/cuda.py).
 
 What needs no GPU runs everywhere, for real: the CLI's refusals, the static checks that
@@ -21,12 +21,12 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from support.models import make_classifier
 
-from hepascope.engines.build import CalibrationBatches, build_plan, simam_scopes
-from hepascope.engines.cli import add_subcommand
+from hepascope.core.errors import ModelError
 from hepascope.engines.cuda import CudaError, check, status_error
 from hepascope.engines.plan import sidecar_path
 from hepascope.engines.tensorrt import TrtEngine, plan_for
-from hepascope.stream.errors import ModelError
+from hepascope.train.engine_build.build import CalibrationBatches, build_plan, simam_scopes
+from hepascope.train.engine_build.cli import add_subcommand
 
 
 def importable(name: str) -> bool:
@@ -133,12 +133,12 @@ def test_build_without_tensorrt_is_one_error(tmp_path: Path) -> None:
 @without_trt
 def test_hepascope_build_exits_2_without_tensorrt(tmp_path: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    from hepascope.stream import cli
+    from hepascope import cli
 
     parser = cli.build_parser()
     subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     if "build" not in subs.choices:
-        pytest.skip("stream/cli.py does not register engines.cli's 'build' yet")
+        pytest.skip("hepascope.cli does not register the build command yet")
     model = make_classifier(tmp_path / "model.onnx")
     assert cli.main(["build", str(model)]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -22,14 +22,14 @@ from support.models import (  # noqa: E402
     small_model,
 )
 
+from hepascope.core.config import load_config  # noqa: E402
+from hepascope.core.errors import ModelError  # noqa: E402
+from hepascope.core.export_format import WEIGHTS_FILES  # noqa: E402
+from hepascope.core.frame import Frame  # noqa: E402
 from hepascope.engines import open_engine  # noqa: E402
-from hepascope.engines.base import WEIGHTS_FILES  # noqa: E402
 from hepascope.engines.torch import FP16_TOL, TorchEngine  # noqa: E402
-from hepascope.stream.config import load_config  # noqa: E402
-from hepascope.stream.errors import ModelError  # noqa: E402
-from hepascope.stream.frame import Frame  # noqa: E402
-from hepascope.stream.models import open_model  # noqa: E402
-from hepascope.stream.phantom import Phantom, make_case  # noqa: E402
+from hepascope.phantom import Phantom, make_case  # noqa: E402
+from hepascope.stream.model_loader import open_model  # noqa: E402
 from hepascope.train.export import export_checkpoint  # noqa: E402
 from hepascope.train.models import example_inputs, model_kind  # noqa: E402
 

@@ -12,9 +12,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from hepascope.stream.config import load_config  # noqa: E402
-from hepascope.stream.phantom import Phantom, make_case, plan_segment  # noqa: E402
-from hepascope.stream.preprocess import preprocess_view  # noqa: E402
+from hepascope.core.config import load_config  # noqa: E402
+from hepascope.core.preprocess import preprocess_view  # noqa: E402
+from hepascope.phantom import Phantom, make_case, plan_segment  # noqa: E402
 from hepascope.train.cli import bimodal_models  # noqa: E402
 from hepascope.train.data import (  # noqa: E402
     PhantomSet,

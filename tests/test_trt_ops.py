@@ -14,7 +14,13 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from support.models import make_classifier, small_export_meta, small_model
 
-from hepascope.engines.trt_ops import SUPPORTED, UNSUPPORTED, check_trt_ops, graph_ops, main
+from hepascope.train.engine_build.trt_ops import (
+    SUPPORTED,
+    UNSUPPORTED,
+    check_trt_ops,
+    graph_ops,
+    main,
+)
 
 # Exporting all 21 registered models takes ~75 s here; this subset (one per family and
 # kind, ~20 s) uses every op type the full set does (checked on 2026-11-23: the two-branch
@@ -145,16 +151,16 @@ def test_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert f"{bad}: 1 problem(s)\n  Unique: not supported" in out
     assert "missing.onnx: no such model file" in out
     # the module entry point, as documented
-    run = subprocess.run([sys.executable, "-m", "hepascope.engines.trt_ops", str(bad)],
+    run = subprocess.run([sys.executable, "-m", "hepascope.train.engine_build.trt_ops", str(bad)],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 1 and "Unique" in run.stdout
-    run = subprocess.run([sys.executable, "-m", "hepascope.engines.trt_ops", str(good)],
+    run = subprocess.run([sys.executable, "-m", "hepascope.train.engine_build.trt_ops", str(good)],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 0 and "OK" in run.stdout
 
 
 def test_engines_import_stays_light() -> None:
-    code = ("import sys, hepascope.engines.trt_ops; "
+    code = ("import sys, hepascope.train.engine_build.trt_ops; "
             "print('onnx' in sys.modules, 'torch' in sys.modules)")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60)

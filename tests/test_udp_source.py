@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from hepascope.stream.errors import SourceFormatError, SourceTimeoutError
-from hepascope.stream.frame import Frame
+from hepascope.core.errors import SourceFormatError, SourceTimeoutError
+from hepascope.core.frame import Frame
 from hepascope.stream.sources import SourceOptions, open_source
 from hepascope.stream.sources.reconnect import Reconnecting
 from hepascope.stream.sources.udp import DatagramSource

@@ -19,19 +19,19 @@ import pytest
 from support.models import make_bimodal_export, make_classifier, set_metadata
 from support.runs import START_S, Watcher, kill_run, start_run, stop_run
 
+from hepascope.core.config import load_config
+from hepascope.core.errors import ModelError
+from hepascope.core.frame import Frame
+from hepascope.core.messages import RunStamp, validate_result
 from hepascope.engines import open_engine
+from hepascope.phantom.session import iter_session
 from hepascope.stream.classifier import FrameClassifier
-from hepascope.stream.config import load_config
-from hepascope.stream.errors import ModelError
-from hepascope.stream.frame import Frame
-from hepascope.stream.messages import RunStamp, validate_result
-from hepascope.stream.models import open_model
+from hepascope.stream.model_loader import open_model
 from hepascope.stream.overlay import run_overlay
-from hepascope.stream.phantom.session import iter_session
 from hepascope.stream.replay import VirtualClock, lockstep_message
 from hepascope.stream.sources.file import FileSource
 
-CLI = [sys.executable, "-m", "hepascope.stream"]
+CLI = [sys.executable, "-m", "hepascope.cli"]
 TEMPERATURE, ABSTAIN = "hepascope.temperature", "hepascope.abstain_threshold"
 WINDOW, INTERVAL_S = 4, 0.25  # the bimodal test export: its window spans 0.75 s
 
@@ -297,7 +297,8 @@ def test_a_model_s_own_warmup_fraction_overrides_the_config() -> None:
     """``hepascope.warmup_fraction`` in a model's metadata (chosen on its validation
     windows) decides when a window model's results count after a scene cut; a model
     without it keeps the config's ``verdict.warmup_fraction``; out of range is refused."""
-    from hepascope.stream.classifier import META_WARMUP, Calibration, read_calibration
+    from hepascope.core.export_format import META_WARMUP
+    from hepascope.stream.classifier import Calibration, read_calibration
     from hepascope.stream.verdict import Judge
 
     cfg = load_config().verdict

@@ -16,7 +16,7 @@ import av
 import pytest
 from support.media import frame_pattern, matches_pattern
 
-from hepascope.stream.errors import ConfigError, SourceNotFoundError, SourceTimeoutError
+from hepascope.core.errors import ConfigError, SourceNotFoundError, SourceTimeoutError
 from hepascope.stream.sources import SourceOptions, open_source
 from hepascope.stream.sources.capture import CaptureSource
 from hepascope.stream.sources.watchdog import Watchdog

@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from hepascope.stream.errors import DataError
+from hepascope.core.errors import DataError
+from hepascope.core.export_format import CHECKPOINT_META
 from hepascope.train.checkpoint import atomic_json, load_checkpoint
 from hepascope.train.datasets.arrays import ArraySet
 from hepascope.train.evaluation.calibration import (
@@ -59,7 +60,7 @@ def calibrate_checkpoint(out_dir: str | Path, data: ArraySet, cfg: TrainConfig,
                    warmup_fraction=choose_warmup(acc, int(data.window["frames"])))
     record = calibration_record(fit)
     meta["calibration"] = record
-    atomic_json(out / "model.json", meta)
+    atomic_json(out / CHECKPOINT_META, meta)
     return record
 
 

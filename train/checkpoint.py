@@ -17,7 +17,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from hepascope.stream.errors import ModelError
+from hepascope.core.errors import ModelError
+from hepascope.core.export_format import CHECKPOINT_META, CHECKPOINT_WEIGHTS
 from hepascope.train.models import create_model
 
 CHECKPOINT_VERSION = 2
@@ -37,21 +38,21 @@ def _state(model: nn.Module) -> dict[str, torch.Tensor]:
 def save_model(out: Path, model: nn.Module, meta: dict[str, Any]) -> None:
     """Write ``model.safetensors`` then ``model.json`` (the JSON last: it marks completion)."""
     out.mkdir(parents=True, exist_ok=True)
-    save_file(_state(model), str(out / "model.safetensors"))
-    atomic_json(out / "model.json", {"version": CHECKPOINT_VERSION, **meta})
+    save_file(_state(model), str(out / CHECKPOINT_WEIGHTS))
+    atomic_json(out / CHECKPOINT_META, {"version": CHECKPOINT_VERSION, **meta})
 
 
 def load_checkpoint(out_dir: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """(model in eval mode, model.json as a dict) from a directory ``train`` wrote."""
     d = Path(out_dir)
-    if not (d / "model.json").is_file():
+    if not (d / CHECKPOINT_META).is_file():
         raise ModelError(f"{d}: no model.json; train one with 'hepascope train'")
-    meta = json.loads((d / "model.json").read_text())
+    meta = json.loads((d / CHECKPOINT_META).read_text())
     if meta.get("version") != CHECKPOINT_VERSION:
         raise ModelError(f"{d}/model.json: checkpoint version {meta.get('version')!r}, "
                          f"expected {CHECKPOINT_VERSION}")
     model = create_model(meta["model"], **meta["kwargs"])
-    model.load_state_dict(load_file(str(d / "model.safetensors")))
+    model.load_state_dict(load_file(str(d / CHECKPOINT_WEIGHTS)))
     return model.eval(), meta
 
 

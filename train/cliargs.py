@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from hepascope.stream.cli import positive
+from hepascope.core.argtypes import positive
 from hepascope.train.datasets.probe import INPUT_SIZE_RANGE
 from hepascope.train.demo import cache_dir
 
@@ -118,7 +118,7 @@ def _fraction(text: str) -> float:
 
 def _model_args(pairs: list[str]) -> tuple[tuple[str, Any], ...]:
     """``KEY=VALUE`` strings as constructor kwargs (int, float, true/false or text)."""
-    from hepascope.stream.errors import ConfigError
+    from hepascope.core.errors import ConfigError
 
     out: list[tuple[str, Any]] = []
     for pair in pairs:
@@ -175,7 +175,7 @@ def train_config(args: argparse.Namespace, model: str, data: Any = None,
                            device=args.device, amp=not args.no_amp,
                            model_args=_model_args(args.model_arg))
     except ValueError as e:
-        from hepascope.stream.errors import ConfigError
+        from hepascope.core.errors import ConfigError
 
         raise ConfigError(str(e)) from e
 
@@ -189,7 +189,7 @@ def _note(args: argparse.Namespace, key: str, value: Any) -> None:
 
 def resolve_config(spec: str | None) -> Any:
     """The config named by ``--config``: a YAML path, a packaged name, or the default."""
-    from hepascope.stream.config import load_config
+    from hepascope.core.config import load_config
 
     return load_config(spec)
 
@@ -205,7 +205,7 @@ def _progress(console: Any, what: str) -> tuple[Any, Any]:
 def _live_task_set(args: argparse.Namespace, kind: str, config: Any, workers: int,
                    console: Any) -> Any:
     """The live product's classes from the streaming-faithful phantom set (the demo's)."""
-    from hepascope.stream.errors import ConfigError
+    from hepascope.core.errors import ConfigError
     from hepascope.train.data import WindowSpec, cached_phantom_set, make_specs, phantom_set_arrays
 
     if kind == "clip":
@@ -266,7 +266,7 @@ def data_defaults(args: argparse.Namespace, index: Any, config: Any, console: An
 def build_sets(args: argparse.Namespace, kinds: set[str], console: Any) -> dict[str, Any]:
     """One ``ArraySet`` per data kind the models need, all of the same patients: from
     ``--data`` (folders or a manifest) or a phantom ``--task``."""
-    from hepascope.stream.errors import ConfigError
+    from hepascope.core.errors import ConfigError
     from hepascope.train.datasets.folder import FolderWindow, folder_arrays
     from hepascope.train.datasets.index import index_from
     from hepascope.train.datasets.phantom import (

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hepascope.stream.errors import HepascopeError
+from hepascope.core.errors import HepascopeError
 
 
 def needs_torch(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:

@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from hepascope.stream.errors import DataError
+from hepascope.core.errors import DataError
+from hepascope.core.export_format import CHECKPOINT_META
 from hepascope.train.checkpoint import atomic_json
 from hepascope.train.datasets.arrays import ArraySet
 from hepascope.train.evaluation.calibration import (
@@ -116,7 +117,7 @@ def _network_fold(name: str, f: int, data: ArraySet, idx: Split, cfg: TrainConfi
     # a kept fold's checkpoint exports with the calibration its test figures were scored
     # with (as ``hepascope train`` stores its own): the live path then answers as the report
     meta["calibration"] = calibration_record(r.calibration or {})
-    atomic_json(out / "model.json", meta)
+    atomic_json(out / CHECKPOINT_META, meta)
     return r
 
 

@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from hepascope.stream.config import Config
-from hepascope.stream.phantom import LESION_CLASSES, Phantom, PhantomCase, make_case
-from hepascope.stream.preprocess import PreprocessSpec, preprocess_view
+from hepascope.core.config import Config
+from hepascope.core.preprocess import PreprocessSpec, preprocess_view
+from hepascope.phantom import LESION_CLASSES, Phantom, PhantomCase, make_case
 from hepascope.train.datasets.arrays import ArraySet, load_pair, save_pair
 from hepascope.train.datasets.phantom import phantom_version
 from hepascope.train.datasets.pool import Progress, map_pool
@@ -50,7 +50,7 @@ def source_digest(*modules: str) -> str:
     return h.hexdigest()[:16]
 
 
-DATA_CODE = ("train.data", "train.tasks", "stream.preprocess", "stream.phantom")
+DATA_CODE = ("train.data", "train.tasks", "core.preprocess", "phantom")
 
 
 @dataclass(frozen=True)

@@ -18,12 +18,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hepascope.stream.errors import HepascopeError
+from hepascope.core.errors import HepascopeError
 
 SESSION_SEEDS = (7, 8, 9)  # scored sessions; training cases come from a disjoint seed space
 SEGMENT_S = 6.0         # one patient every 6 s (training cases match it: data.LIVE_SEGMENT_S)
 SEGMENTS = 6            # each lesion class once per session: 36 s at 30 fps
-SESSION_CODE = ("stream.phantom", "stream.video")  # what makes a session file
+SESSION_CODE = ("phantom", "core.video")  # what makes a session file
 
 
 def cache_dir() -> Path:
@@ -43,7 +43,7 @@ class ResultLog:
 
 def _write_session_job(job: tuple[str, int, float]) -> str:
     """Worker: write one session (path, seed, segment seconds)."""
-    from hepascope.stream.phantom.session import print_progress, write_session
+    from hepascope.phantom.session import print_progress, write_session
 
     path, seed, segment_s = job
     tmp = Path(path).with_name(f".{Path(path).name}.{os.getpid()}.tmp.mp4")
@@ -96,8 +96,8 @@ def _live_run(session: Path, model: Path, out: Path, console: Any) -> tuple[dict
                                                                           list[dict[str, Any]]]:
     """Replay ``session`` at its own 30 fps through the full pipeline with the overlay
     subscribed over loopback; (pipeline summary + overlay figures, published results)."""
+    from hepascope.core.config import load_config
     from hepascope.stream.app import RunRequest, run_pipeline
-    from hepascope.stream.config import load_config
     from hepascope.stream.overlay import run_overlay
 
     log = ResultLog()
@@ -138,7 +138,7 @@ def _lockstep_scores(sessions: Sequence[Path], model: Path, labels: Sequence[str
                      console: Any) -> tuple[list[Any], dict[str, Any]]:
     """Every frame of every session through the model in lockstep; (all frame scores,
     figures per session)."""
-    from hepascope.stream.config import load_config
+    from hepascope.core.config import load_config
     from hepascope.train.demo_score import frame_scores, load_truth, lockstep_session, score
 
     rows: list[Any] = []

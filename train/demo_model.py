@@ -17,13 +17,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from hepascope.core.errors import ModelError
+from hepascope.core.export_format import BIMODAL_GRAPHS, CHECKPOINT_META, CHECKPOINT_WEIGHTS
 from hepascope.engines.plan import sha256_file as file_sha256  # the one file hash
-from hepascope.stream.errors import ModelError
 
 PACKAGED = Path(__file__).resolve().parent / "demo_model"
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
-GRAPHS = ("bmode_encoder.onnx", "ceus_encoder.onnx", "head.onnx")
+GRAPHS = BIMODAL_GRAPHS
 TRAIN_CODE = ("train.trainer", "train.steps", "train.samples", "train.augment", "train.models",
               "train.export", "train.checkpoint", "train.demo_model", "train.datasets")
 RETRAIN_COMMAND = "hepascope demo --retrain"
@@ -81,7 +82,7 @@ def model_key(recipe: Recipe) -> str:
 def _training_arrays(recipe: Recipe, cache: Path) -> Any:
     """The recipe's phantom set (cached) as the trainer's windows (the frame set itself is
     dropped on return: the windows are what training holds in memory)."""
-    from hepascope.stream.config import load_config
+    from hepascope.core.config import load_config
     from hepascope.train.data import (
         WindowSpec,
         cached_phantom_set,
@@ -99,7 +100,7 @@ def _training_arrays(recipe: Recipe, cache: Path) -> Any:
 def _train_and_export(ckpt: Path, recipe: Recipe, cache: Path, console: Any) -> Path:
     """Build the phantom set, train, calibrate on the validation patients, export (the
     temperature and abstention threshold ride in the graphs' metadata), write the manifest."""
-    from hepascope.stream.config import load_config
+    from hepascope.core.config import load_config
     from hepascope.train.calibrate import calibrate_checkpoint
     from hepascope.train.export import export_checkpoint
     from hepascope.train.trainer import TrainConfig, load_checkpoint, train
@@ -124,8 +125,8 @@ def _train_and_export(ckpt: Path, recipe: Recipe, cache: Path, console: Any) -> 
     onnx_dir = ckpt / "onnx"
     with console.status("exporting ONNX graphs and checking parity..."):
         report = export_checkpoint(model, meta, onnx_dir)
-    (onnx_dir / "model.safetensors").unlink(missing_ok=True)  # the graphs are what ships
-    (onnx_dir / "model.json").unlink(missing_ok=True)
+    (onnx_dir / CHECKPOINT_WEIGHTS).unlink(missing_ok=True)  # the graphs are what ships
+    (onnx_dir / CHECKPOINT_META).unlink(missing_ok=True)
     write_manifest(onnx_dir, recipe, meta, calibration, report["max_abs_diff"])
     return onnx_dir
 
@@ -133,7 +134,7 @@ def _train_and_export(ckpt: Path, recipe: Recipe, cache: Path, console: Any) -> 
 def _finished(ckpt: Path) -> bool:
     """Whether ``ckpt`` holds a training run that used its whole step budget."""
     try:
-        return bool(json.loads((ckpt / "model.json").read_text())["train"]["stopped"]
+        return bool(json.loads((ckpt / CHECKPOINT_META).read_text())["train"]["stopped"]
                     == "epochs")
     except (OSError, ValueError, KeyError, TypeError):
         return False

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from hepascope.stream.errors import DataError
+from hepascope.core.errors import DataError
 
 OK = "ok"
 CUT_BINS_S = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)  # seconds since a patient change
@@ -56,8 +56,8 @@ class FrameScore:
 def lockstep_session(session: Path, model: Path, config: Any) -> list[dict[str, Any]]:
     """The result maps of every frame of ``session`` (an MP4), replayed in lockstep with
     ``stream.replay``'s deterministic model (capture times = the frames' pts)."""
-    from hepascope.stream.frame import Frame
-    from hepascope.stream.messages import RunStamp
+    from hepascope.core.frame import Frame
+    from hepascope.core.messages import RunStamp
     from hepascope.stream.replay import VirtualClock, lockstep_message, open_deterministic
     from hepascope.stream.sources.file import FileSource
 

@@ -26,21 +26,41 @@ import onnx
 import torch
 from torch import nn
 
-from hepascope.stream.bimodal import ROLE_BMODE, ROLE_CEUS, ROLE_HEAD
-from hepascope.stream.classifier import META_ABSTAIN, META_TEMPERATURE, META_WARMUP
-from hepascope.stream.errors import ModelError
-from hepascope.stream.models import HEAD_FILE, META_VERSION
+from hepascope.core.errors import ModelError
+from hepascope.core.export_format import (
+    BMODE_FILE,
+    CEUS_FILE,
+    FORMAT_VERSION,
+    HEAD_FILE,
+    META_ABSTAIN,
+    META_CALIBRATION,
+    META_INPUTS,
+    META_LABELS,
+    META_MODEL,
+    META_OUTPUT,
+    META_PARTS,
+    META_PREPROCESS,
+    META_ROLE,
+    META_TEMPERATURE,
+    META_VERSION,
+    META_WARMUP,
+    META_WINDOW,
+    REPORT_FILE,
+    ROLE_BMODE,
+    ROLE_CEUS,
+    ROLE_CLIP,
+    ROLE_HEAD,
+    ROLE_IMAGE,
+    SINGLE_FILE,
+)
 
 OPSET = 17
-# Optional metadata, beside the required hepascope.* keys (stream/models.py REQUIRED), on the
-# graph that outputs "probs" (model.onnx, or head.onnx of the streaming split): what the live
-# path applies (stream/classifier.py names them: META_TEMPERATURE, META_ABSTAIN), and the
+# Optional metadata (core/export_format.py), beside the required keys (stream/model_loader.py
+# REQUIRED), on the graph that outputs "probs" (model.onnx, or head.onnx of the streaming
+# split): what the live path applies (META_TEMPERATURE, META_ABSTAIN, META_WARMUP), and the
 # whole record of evaluation.calibration.calibration_record (how they were fitted, on which
 # validation patients) under META_CALIBRATION. Absent: not calibrated (T 1, no abstention).
-META_CALIBRATION = "hepascope.calibration"
 PARITY_TOL = 1e-4  # max |torch - onnxruntime| on probabilities
-ROLE_IMAGE, ROLE_CLIP = "image", "clip"  # single-graph models: the role is the input's name
-SINGLE_FILE = "model.onnx"
 VIEW_OF = {ROLE_IMAGE: "bmode", ROLE_CLIP: "ceus"}  # which preprocessed view each reads
 
 
@@ -167,27 +187,26 @@ def export_bimodal(model: nn.Module, meta: dict[str, Any], out_dir: str | Path) 
     }
     names = {ROLE_BMODE: (["bmode"], ["bmode_feat"]), ROLE_CEUS: (["ceus"], ["ceus_feat"]),
              ROLE_HEAD: (["bmode_feat", "ceus_feats"], ["probs"])}
-    files = {ROLE_BMODE: "bmode_encoder.onnx", ROLE_CEUS: "ceus_encoder.onnx",
-             ROLE_HEAD: HEAD_FILE}
-    common = {"hepascope.version": META_VERSION, "hepascope.model": str(meta["model"]),
-              "hepascope.labels": json.dumps(labels)}
+    files = {ROLE_BMODE: BMODE_FILE, ROLE_CEUS: CEUS_FILE, ROLE_HEAD: HEAD_FILE}
+    common = {META_VERSION: FORMAT_VERSION, META_MODEL: str(meta["model"]),
+              META_LABELS: json.dumps(labels)}
     report: dict[str, Any] = {"opset": OPSET, "parts": {}}
     for role, args in examples.items():
         ins, outs = names[role]
         path = out / files[role]
         _export_graph(_Part(m, role), args, path, ins, outs)
-        part_meta = {**common, "hepascope.role": role}
+        part_meta = {**common, META_ROLE: role}
         if role == ROLE_HEAD:
             part_meta.update(calibration_metadata(meta))
-            part_meta["hepascope.window"] = json.dumps(
+            part_meta[META_WINDOW] = json.dumps(
                 {"frames": t_win, "interval_s": float(meta["interval_s"])})
-            part_meta["hepascope.parts"] = json.dumps(
+            part_meta[META_PARTS] = json.dumps(
                 {ROLE_BMODE: files[ROLE_BMODE], ROLE_CEUS: files[ROLE_CEUS]})
-            part_meta["hepascope.output"] = "probs"
+            part_meta[META_OUTPUT] = "probs"
         else:
             view = "bmode" if role == ROLE_BMODE else "ceus"
-            part_meta["hepascope.preprocess"] = json.dumps(meta["preprocess"][view])
-            part_meta["hepascope.inputs"] = json.dumps({ins[0]: view})
+            part_meta[META_PREPROCESS] = json.dumps(meta["preprocess"][view])
+            part_meta[META_INPUTS] = json.dumps({ins[0]: view})
         _set_metadata(path, part_meta)
         report["parts"][role] = {"file": path.name,
                                 "max_abs_diff": _parity(path, _Part(m, role), args)}
@@ -195,7 +214,7 @@ def export_bimodal(model: nn.Module, meta: dict[str, Any], out_dir: str | Path) 
     report["max_abs_diff"] = worst
     if report["parts"][ROLE_HEAD]["max_abs_diff"] > PARITY_TOL:
         raise ModelError(f"ONNX parity failed: head max |diff| {worst:.2e} > {PARITY_TOL:.0e}")
-    (out / "export.json").write_text(json.dumps(report, indent=2))
+    (out / REPORT_FILE).write_text(json.dumps(report, indent=2))
     return report
 
 
@@ -258,13 +277,13 @@ def export_single(model: nn.Module, *, kind: str, labels: list[str], preprocess:
     path = out / SINGLE_FILE
     args = (torch.randn(*shape, generator=torch.Generator().manual_seed(0)),)
     _export_graph(_Single(m, kind), args, path, [kind], ["probs"])
-    meta = {"hepascope.version": META_VERSION, "hepascope.model": model_name,
-            "hepascope.role": kind, "hepascope.labels": json.dumps(list(labels)),
-            "hepascope.preprocess": json.dumps(preprocess),
-            "hepascope.inputs": json.dumps({kind: VIEW_OF[kind]}), "hepascope.output": "probs",
+    meta = {META_VERSION: FORMAT_VERSION, META_MODEL: model_name,
+            META_ROLE: kind, META_LABELS: json.dumps(list(labels)),
+            META_PREPROCESS: json.dumps(preprocess),
+            META_INPUTS: json.dumps({kind: VIEW_OF[kind]}), META_OUTPUT: "probs",
             **(extra_meta or {})}
     if kind == ROLE_CLIP and window is not None:  # a clip without window: refused above
-        meta["hepascope.window"] = json.dumps(
+        meta[META_WINDOW] = json.dumps(
             {"frames": int(window["frames"]), "interval_s": float(window["interval_s"])})
     _set_metadata(path, meta)
     diff = _parity(path, _Single(m, kind), args)
@@ -272,7 +291,7 @@ def export_single(model: nn.Module, *, kind: str, labels: list[str], preprocess:
                               "parts": {kind: {"file": SINGLE_FILE, "max_abs_diff": diff}}}
     if diff > PARITY_TOL:
         raise ModelError(f"ONNX parity failed: max |diff| {diff:.2e} > {PARITY_TOL:.0e}")
-    (out / "export.json").write_text(json.dumps(report, indent=2))
+    (out / REPORT_FILE).write_text(json.dumps(report, indent=2))
     return report
 
 

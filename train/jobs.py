@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hepascope.stream.cli import positive
+from hepascope.core.argtypes import positive
 from hepascope.train.cliargs import (
     add_data_args,
     add_train_args,
@@ -36,7 +36,7 @@ def _console() -> Any:
 
 
 def _check_models(names: list[str]) -> list[str]:
-    from hepascope.stream.errors import ConfigError
+    from hepascope.core.errors import ConfigError
     from hepascope.train.models import list_models
 
     unknown = [n for n in names if n not in list_models()]
@@ -131,7 +131,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     """``eval --check DIR``: recompute a report's figures from its predictions.csv; one
     line per disagreement and exit 1, else one line and 0. Torch-free."""
-    from hepascope.stream.errors import ConfigError
+    from hepascope.core.errors import ConfigError
     from hepascope.train.evaluation.check import recompute_report
 
     if args.data is not None or args.task is not None:

@@ -18,8 +18,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from hepascope.stream.errors import ConfigError
-from hepascope.stream.phantom.patient import LESION_CLASSES
+from hepascope.core.errors import ConfigError
+from hepascope.phantom.patient import LESION_CLASSES
 
 FATTY = (1, 2, 3)  # the grades focal fatty sparing needs
 ANY_GRADE = (0, 1, 2, 3)

@@ -27,7 +27,8 @@ from rich.console import Console
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from hepascope.stream.errors import DataError
+from hepascope.core.errors import DataError
+from hepascope.core.export_format import CHECKPOINT_META
 from hepascope.train import distributed as ddp
 from hepascope.train.augment import Augment
 from hepascope.train.checkpoint import (
@@ -410,9 +411,9 @@ def _finish(out: Path, res: TrainResult, ctx: ddp.DistContext) -> None:
         (out / f"rank{ctx.rank}.sha256").write_text(res.weights_sha256 + "\n")
         torch.distributed.barrier()
     if ctx.is_main:
-        meta = json.loads((out / "model.json").read_text())
+        meta = json.loads((out / CHECKPOINT_META).read_text())
         meta["train"].update(seconds=round(res.seconds, 1), epochs_run=res.epochs_run,
                              best_epoch=res.best_epoch, stopped=res.stopped,
                              history=res.history, final_weights_sha256=res.weights_sha256)
-        atomic_json(out / "model.json", meta)
+        atomic_json(out / CHECKPOINT_META, meta)
     ddp.shutdown(ctx)

@@ -114,7 +114,7 @@ nb::object py_peek(const std::string &name) {
 
 }  // namespace
 
-NB_MODULE(_ring, m) {
+NB_MODULE(ring_native, m) {
     m.doc() = "Native shared-memory frame ring (one writer, many readers, seqlock slots).";
     m.attr("LAYOUT_VERSION") = kVersion;
     m.attr("SLOT_OVERHEAD") = sizeof(SlotHeader);

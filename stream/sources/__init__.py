@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hepascope.stream.errors import ConfigError
+from hepascope.core.errors import ConfigError
 from hepascope.stream.sources.base import Pacer, Source, SourceBase
 
 
@@ -32,59 +32,62 @@ class SourceOptions:
     watchdog_s: float | None = 2.0  # v4l2/cam: replace a grabber with no frame for this long
 
 
+def _network(spec: str, scheme: str, o: SourceOptions) -> Source:
+    """An ``rtsp://``, ``igtl://``, ``udp://`` or ``srt://`` source, reopened with backoff
+    when ``o.reconnect``."""
+    def stream() -> Source:
+        if scheme == "igtl":
+            from hepascope.stream.sources.igtl import IgtlSource
+
+            return IgtlSource(spec, open_timeout_s=o.open_timeout_s,
+                              read_timeout_s=o.read_timeout_s)
+        if scheme in ("udp", "srt"):
+            from hepascope.stream.sources.udp import DatagramSource
+
+            return DatagramSource(spec, open_timeout_s=o.open_timeout_s,
+                                  read_timeout_s=o.read_timeout_s)
+        from hepascope.stream.sources.rtsp import RtspSource
+
+        return RtspSource(spec, open_timeout_s=o.open_timeout_s,
+                          read_timeout_s=o.read_timeout_s)
+
+    if not o.reconnect:
+        return stream()
+    from hepascope.stream.sources.reconnect import Reconnecting
+
+    return Reconnecting(stream, backoff_initial_s=o.backoff_initial_s,
+                        backoff_max_s=o.backoff_max_s)
+
+
+def _capture(spec: str, scheme: str, rest: str, o: SourceOptions) -> Source:
+    """A ``v4l2:`` or ``cam:`` capture device, under a watchdog when ``o.watchdog_s``."""
+    from hepascope.stream.sources.capture import CaptureSource
+
+    device: str | int = int(rest) if rest.isdigit() else rest
+    if scheme == "cam" and not isinstance(device, int):
+        raise ConfigError(f"cam: takes a device index, got {rest!r} (use v4l2:/dev/...)")
+
+    def grabber() -> Source:
+        return CaptureSource(device, width=o.width, height=o.height, fps=o.fps,
+                             source_id=spec)
+
+    if o.watchdog_s is None:
+        return grabber()
+    from hepascope.stream.sources.watchdog import Watchdog
+
+    return Watchdog(grabber, stall_s=o.watchdog_s)
+
+
 def open_source(spec: str, options: SourceOptions | None = None) -> Source:
     """Build (not yet open) the source a spec names."""
     o = options or SourceOptions()
     if not spec:
         raise ConfigError("empty source spec")
     scheme, sep, rest = spec.partition(":")
-    if spec.startswith(("rtsp://", "rtsps://", "igtl://")):
-        def stream() -> Source:
-            if scheme == "igtl":
-                from hepascope.stream.sources.igtl import IgtlSource
-
-                return IgtlSource(spec, open_timeout_s=o.open_timeout_s,
-                                  read_timeout_s=o.read_timeout_s)
-            from hepascope.stream.sources.rtsp import RtspSource
-
-            return RtspSource(spec, open_timeout_s=o.open_timeout_s,
-                              read_timeout_s=o.read_timeout_s)
-
-        if not o.reconnect:
-            return stream()
-        from hepascope.stream.sources.reconnect import Reconnecting
-
-        return Reconnecting(stream, backoff_initial_s=o.backoff_initial_s,
-                            backoff_max_s=o.backoff_max_s)
-    if spec.startswith(("udp://", "srt://")):
-        from hepascope.stream.sources.udp import DatagramSource
-
-        def datagrams() -> Source:
-            return DatagramSource(spec, open_timeout_s=o.open_timeout_s,
-                                  read_timeout_s=o.read_timeout_s)
-
-        if not o.reconnect:
-            return datagrams()
-        from hepascope.stream.sources.reconnect import Reconnecting
-
-        return Reconnecting(datagrams, backoff_initial_s=o.backoff_initial_s,
-                            backoff_max_s=o.backoff_max_s)
+    if spec.startswith(("rtsp://", "rtsps://", "igtl://", "udp://", "srt://")):
+        return _network(spec, scheme, o)
     if sep and scheme in ("v4l2", "cam"):
-        from hepascope.stream.sources.capture import CaptureSource
-
-        device: str | int = int(rest) if rest.isdigit() else rest
-        if scheme == "cam" and not isinstance(device, int):
-            raise ConfigError(f"cam: takes a device index, got {rest!r} (use v4l2:/dev/...)")
-
-        def grabber() -> Source:
-            return CaptureSource(device, width=o.width, height=o.height, fps=o.fps,
-                                 source_id=spec)
-
-        if o.watchdog_s is None:
-            return grabber()
-        from hepascope.stream.sources.watchdog import Watchdog
-
-        return Watchdog(grabber, stall_s=o.watchdog_s)
+        return _capture(spec, scheme, rest, o)
     if sep and scheme == "phantom":
         from hepascope.stream.sources.phantom import PhantomSource
 

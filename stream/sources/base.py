@@ -15,7 +15,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from hepascope.stream.frame import Frame
+from hepascope.core.frame import Frame
 
 
 @runtime_checkable

@@ -9,7 +9,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from hepascope.stream.errors import SourceError, SourceNotFoundError
+from hepascope.core.errors import SourceError, SourceNotFoundError
 from hepascope.stream.sources.base import SourceBase
 
 # V4L2 for capture cards on Linux; FFMPEG lets the same code path read a file, which is how

@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from hepascope.core.errors import SourceError, SourceFormatError, SourceNotFoundError
 from hepascope.stream.dicom_pixels import to_uint8
-from hepascope.stream.errors import SourceError, SourceFormatError, SourceNotFoundError
 from hepascope.stream.sources.base import Pacer, SourceBase
 
 DEFAULT_FPS = 30.0  # when the file states no timing at all

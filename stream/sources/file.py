@@ -17,12 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from hepascope.stream.errors import (
+from hepascope.core.errors import (
     SourceFormatError,
     SourceNotFoundError,
     SourceTimeoutError,
 )
-from hepascope.stream.sources._pyav import (
+from hepascope.stream.sources.base import Pacer, SourceBase
+from hepascope.stream.sources.pyav_io import (
     MAX_PIXELS,
     READ_FAILURES,
     STARVED_FACTOR,
@@ -31,7 +32,6 @@ from hepascope.stream.sources._pyav import (
     open_container,
     video_stream,
 )
-from hepascope.stream.sources.base import Pacer, SourceBase
 
 log = logging.getLogger(__name__)
 

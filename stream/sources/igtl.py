@@ -34,7 +34,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
-from hepascope.stream.errors import (
+from hepascope.core.errors import (
     ConfigError,
     SourceError,
     SourceFormatError,

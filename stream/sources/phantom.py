@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from hepascope.stream.phantom.session import iter_session
+from hepascope.phantom.session import iter_session
 from hepascope.stream.sources.base import Pacer, SourceBase
 
 

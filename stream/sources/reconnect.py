@@ -48,13 +48,13 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
-from hepascope.stream.errors import (
+from hepascope.core.errors import (
     ConfigError,
     SourceError,
     SourceFormatError,
     SourceNotFoundError,
 )
-from hepascope.stream.frame import Frame
+from hepascope.core.frame import Frame
 from hepascope.stream.sources.base import Source
 from hepascope.stream.sources.outage import LossEstimator
 

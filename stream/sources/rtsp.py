@@ -38,9 +38,9 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from hepascope.stream.errors import ConfigError, SourceError
-from hepascope.stream.sources._pyav import check_timeout, decode_bgr, masked_url, open_live
+from hepascope.core.errors import ConfigError, SourceError
 from hepascope.stream.sources.base import SourceBase
+from hepascope.stream.sources.pyav_io import check_timeout, decode_bgr, masked_url, open_live
 
 SCHEMES = ("rtsp", "rtsps")
 TRANSPORTS = ("tcp", "udp")

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from hepascope.stream.errors import SourceWriterGoneError
-from hepascope.stream.frame import Frame
+from hepascope.core.errors import SourceWriterGoneError
+from hepascope.core.frame import Frame
 from hepascope.stream.ring import RingReader
 from hepascope.stream.sources.base import SourceBase
 

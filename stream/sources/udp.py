@@ -24,9 +24,9 @@ from urllib.parse import urlsplit
 import av
 import numpy as np
 
-from hepascope.stream.errors import ConfigError, SourceError, SourceFormatError
-from hepascope.stream.sources._pyav import check_timeout, decode_bgr, masked_url, open_live
+from hepascope.core.errors import ConfigError, SourceError, SourceFormatError
 from hepascope.stream.sources.base import SourceBase
+from hepascope.stream.sources.pyav_io import check_timeout, decode_bgr, masked_url, open_live
 
 SCHEMES = ("udp", "srt")
 UDP_FIFO_PACKETS = 8192  # FFmpeg's circular buffer of received datagrams (x 188 x 7 bytes)

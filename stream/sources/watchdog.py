@@ -24,8 +24,8 @@ from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any
 
-from hepascope.stream.errors import ConfigError, SourceError, SourceTimeoutError
-from hepascope.stream.frame import Frame
+from hepascope.core.errors import ConfigError, SourceError, SourceTimeoutError
+from hepascope.core.frame import Frame
 from hepascope.stream.sources.base import Source
 from hepascope.stream.sources.reconnect import Renumber
 

@@ -15,7 +15,7 @@ import sys
 import time
 import uuid
 
-from hepascope.stream.messages import SCHEMA_VERSION, TOPIC_RESULT, TOPIC_TELEMETRY
+from hepascope.core.messages import SCHEMA_VERSION, TOPIC_RESULT, TOPIC_TELEMETRY
 from hepascope.stream.publish import Publisher
 
 

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from support.dicom_media import jpeg_cine, us_frames, write_cine
 from support.media import write_video
 
-from hepascope.stream.errors import SourceError
+from hepascope.core.errors import SourceError
 from hepascope.stream.sources import SourceOptions, open_source
 
 MAX_FRAMES = 400  # a damaged file cannot yield more than its base had; a guard all the same

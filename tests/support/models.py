@@ -198,8 +198,8 @@ def shrink_kwargs(name: str) -> dict[str, object]:
 
 def preprocess_spec(size: tuple[int, int], view: str, chans: int = 1) -> dict[str, object]:
     """The default config's preprocessing spec of ``view`` at ``size``, as a dict."""
-    from hepascope.stream.config import load_config
-    from hepascope.stream.preprocess import PreprocessSpec
+    from hepascope.core.config import load_config
+    from hepascope.core.preprocess import PreprocessSpec
 
     c = load_config()
     return PreprocessSpec(c.layout, c.preprocess, size, chans, (view,)).to_dict()

@@ -10,8 +10,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from hepascope.stream.config import load_config
-from hepascope.stream.models import open_model
+from hepascope.core.config import load_config
+from hepascope.stream.model_loader import open_model
 from hepascope.stream.record import SessionRecorder
 from hepascope.stream.ring import RingWriter, slot_bytes_for
 from hepascope.stream.sources.phantom import PhantomSource

@@ -16,11 +16,11 @@ from typing import Any
 
 import yaml
 
-from hepascope.stream.messages import TOPIC_RESULT
+from hepascope.core.messages import TOPIC_RESULT
 from hepascope.stream.overlay import OverlayState
 from hepascope.stream.publish import Subscriber
 
-CLI = [sys.executable, "-m", "hepascope.stream"]
+CLI = [sys.executable, "-m", "hepascope.cli"]
 START_S = 60.0  # generous: two processes start on a loaded 2-core machine
 
 
@@ -127,7 +127,7 @@ def kill_run(proc: subprocess.Popen[str]) -> None:
 
 def write_config(tmp_path: Path, **pipeline: object) -> Path:
     """The packaged default config with ``pipeline`` keys replaced, as a file."""
-    raw = yaml.safe_load((Path(__file__).parents[2] / "stream" / "default.yaml").read_text())
+    raw = yaml.safe_load((Path(__file__).parents[2] / "core" / "default.yaml").read_text())
     raw["pipeline"].update(pipeline)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(raw))

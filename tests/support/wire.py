@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from hepascope.stream.messages import SCHEMA_VERSION
+from hepascope.core.messages import SCHEMA_VERSION
 
 MS = 1_000_000
 

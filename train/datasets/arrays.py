@@ -2,7 +2,7 @@
 evaluated on, whichever the data came from (a phantom task, class folders, a manifest).
 
 A sample is one patient's image or clip after the one preprocessing function of
-``stream/preprocess.py``: ``bmode`` the B-mode view of its newest (or only) frame,
+``core/preprocess.py``: ``bmode`` the B-mode view of its newest (or only) frame,
 ``ceus`` the CEUS view of a window of frames, oldest first. Image models read ``bmode``,
 clip models ``ceus`` (as (1, T, h, w)), bimodal models both. ``groups`` holds each
 sample's patient id: every split is made on it."""
@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from hepascope.stream.errors import DataError
+from hepascope.core.errors import DataError
 
 ARRAYS_VERSION = 1
 KINDS = ("image", "clip", "bimodal")

@@ -16,9 +16,9 @@ from typing import Literal
 
 import numpy as np
 
-from hepascope.stream.config import Config
-from hepascope.stream.errors import ConfigError, DataError
-from hepascope.stream.preprocess import PreprocessSpec, preprocess_view
+from hepascope.core.config import Config
+from hepascope.core.errors import ConfigError, DataError
+from hepascope.core.preprocess import PreprocessSpec, preprocess_view
 from hepascope.train.datasets.arrays import KINDS, ArraySet
 from hepascope.train.datasets.index import DatasetIndex, Item
 from hepascope.train.datasets.io import clip_length, media_kind, read_frames, read_image

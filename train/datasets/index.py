@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hepascope.stream.errors import DataError
+from hepascope.core.errors import DataError
 from hepascope.train.datasets.io import IMAGE_EXTS, folder_frames, is_media
 
 PATIENT_FILES = ("patients.csv", "manifest.csv")

@@ -17,8 +17,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from hepascope.core.errors import DataError
 from hepascope.stream.dicom_pixels import to_uint8
-from hepascope.stream.errors import DataError
 
 IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 DICOM_EXTS = frozenset({".dcm", ".dicom"})

@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from hepascope.stream.config import Config, load_config
-from hepascope.stream.errors import ConfigError
-from hepascope.stream.phantom.patient import make_case
-from hepascope.stream.phantom.render import Phantom
-from hepascope.stream.preprocess import PreprocessSpec, preprocess_view
+from hepascope.core.config import Config, load_config
+from hepascope.core.errors import ConfigError
+from hepascope.core.preprocess import PreprocessSpec, preprocess_view
+from hepascope.phantom.patient import make_case
+from hepascope.phantom.render import Phantom
 from hepascope.train.datasets.arrays import KINDS, ArraySet
 from hepascope.train.datasets.pool import Progress, map_pool
 from hepascope.train.tasks import Task, get_task
@@ -65,7 +65,7 @@ class ClipWindow:
 # S3: 30 CEUS frames, one per 2 s, the first minute after injection (real time)
 CLIP_WINDOW = ClipWindow(30, 2.0, (1.0, 1.0), (0.0, 5.0))
 # the live bimodal model's window: 6 frames 10 source frames apart at 30 fps; demo sessions
-# run the CEUS clock 3-4x real time (stream/phantom/session.py), so does this
+# run the CEUS clock 3-4x real time (phantom/session.py), so does this
 BIMODAL_WINDOW = ClipWindow(6, 1.0 / 3.0, (3.0, 4.0), (5.0, 120.0))
 
 
@@ -78,7 +78,7 @@ def default_window(kinds: set[str]) -> ClipWindow | None:
 
 def phantom_version() -> str:
     """Hash of the phantom's sources: a changed phantom is a different data set."""
-    from hepascope.stream import phantom
+    from hepascope import phantom
 
     h = hashlib.sha256()
     for f in sorted(Path(phantom.__file__).parent.glob("*.py")):

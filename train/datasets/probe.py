@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:  # light at import: the CLI reads INPUT_SIZE_RANGE when it registers
-    from hepascope.stream.config import Config
+    from hepascope.core.config import Config
     from hepascope.train.datasets.index import DatasetIndex
 
 PROBE_ITEMS = 48  # items read to learn the sizes (evenly spread over the index)

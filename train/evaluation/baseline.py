@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from hepascope.stream.errors import DataError
+from hepascope.core.errors import DataError
 from hepascope.train.datasets.arrays import ArraySet
 
 BASELINE = "texture_rf"  # its name in reports

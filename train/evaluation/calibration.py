@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from hepascope.stream.errors import DataError
+from hepascope.core.errors import DataError
 
 Sequence_ = tuple[np.ndarray, np.ndarray, float]  # (times s, scene ids, smoothing span s)
 LOG_FLOOR = 1e-6  # probabilities below this count as this before the log (random forests give 0)

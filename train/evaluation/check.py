@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from hepascope.stream.errors import DataError
+from hepascope.core.errors import DataError
 
 TOL = 2e-6
 _EDGE = 1e-8  # a confidence this close to the threshold: its status is not checked

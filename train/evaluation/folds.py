@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from hepascope.stream.errors import ConfigError, DataError
+from hepascope.core.errors import ConfigError, DataError
 from hepascope.train.datasets.index import PatientLeakWarning
 
 Fold = tuple[np.ndarray, np.ndarray]  # (train indices, test indices)

@@ -7,33 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-HEAD = ("Accuracy", "Sensitivity", "Specificity", "PPV", "NPV", "F1", "AUC")
-KEYS = ("accuracy", "sensitivity", "specificity", "ppv", "npv", "f1", "auc")
-NA = "n/a"
-
-
-def _cell(text: Any) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def _row(cells: Sequence[Any]) -> str:
-    return "| " + " | ".join(_cell(c) for c in cells) + " |"
-
-
-def _table(head: Sequence[str], rows: Sequence[Sequence[Any]], right_from: int = 1) -> list[str]:
-    align = [":---" if i < right_from else "---:" for i in range(len(head))]
-    return [_row(head), _row(align), *(_row(r) for r in rows)]
-
-
-def pct(v: float | None) -> str:
-    return NA if v is None else f"{100 * v:.1f}"
-
-
-def pm(stat: dict[str, Any] | None, scale: float = 100.0, digits: int = 1) -> str:
-    """ "mean ± SD" of a mean_sd dict; n/a when undefined in every fold."""
-    if not stat or stat.get("mean") is None:
-        return NA
-    return f"{scale * stat['mean']:.{digits}f} ± {scale * stat['sd']:.{digits}f}"
+from hepascope.train.evaluation.mdtable import HEAD, KEYS, NA, pct, pm, table
 
 
 def human(n: Any, unit: str = "") -> str:
@@ -67,7 +41,7 @@ def _data(name: str | None, data: dict[str, Any], classes: Sequence[str]) -> lis
             for c in classes]
     rows.append(["**Total**", data["samples"], data["patients"]])
     lines = [f"Model {name}:", ""] if name else []
-    lines += _table(("Class", "Samples", "Patients"), rows)
+    lines += table(("Class", "Samples", "Patients"), rows)
     if data["patients"] == data["samples"] and not data["unknown_patient_samples"]:
         lines += ["", "Every patient has exactly one sample. If these ids name images rather "
                   "than people (a data set without patient ids), one person's images may be "
@@ -100,7 +74,7 @@ def _per_class(rep: dict[str, Any]) -> list[str]:
     rows = [[c, *(pm(agg["per_class"][c][k]) for k in KEYS)] for c in agg["classes"]]
     rows.append(["**Macro**", *(pm(agg["macro"][k]) for k in KEYS)])
     lines = [f"Per class, one-vs-rest, mean ± SD over {agg['folds']} folds (%):", ""]
-    lines += _table(("Class", *HEAD), rows)
+    lines += table(("Class", *HEAD), rows)
     lines += ["", "Macro row: unweighted mean over classes, except Accuracy = top-1 accuracy. "
               f"{NA}: undefined in every fold (a class absent or never predicted).", ""]
     extra = [f"ECE (15 bins, calibrated): {pm(agg['ece'])} % over folds, "
@@ -128,7 +102,7 @@ def _per_fold(rep: dict[str, Any]) -> list[str]:
                  f"{rep['seconds']['mean']:.1f}"])
     rows.append(["**SD**", *(pct(s["sd"]) for s in stats), "", "", "",
                  f"{rep['seconds']['sd']:.1f}"])
-    return ["Per fold, macro (%):", "", *_table(head, rows), ""]
+    return ["Per fold, macro (%):", "", *table(head, rows), ""]
 
 
 def _confusion(rep: dict[str, Any]) -> list[str]:
@@ -139,7 +113,7 @@ def _confusion(rep: dict[str, Any]) -> list[str]:
         n = sum(counts)
         rows.append([c, *(f"{v} ({100 * v / n:.1f}%)" if n else "0" for v in counts), n])
     return ["Confusion matrix, pooled over folds (rows = true class, columns = predicted; "
-            "row %):", "", *_table(("True \\ Predicted", *classes, "Total"), rows), ""]
+            "row %):", "", *table(("True \\ Predicted", *classes, "Total"), rows), ""]
 
 
 def _comparison(rows: Sequence[dict[str, Any]], basis: str) -> list[str]:
@@ -155,7 +129,7 @@ def _comparison(rows: Sequence[dict[str, Any]], basis: str) -> list[str]:
             f"specificity, PPV, F1 and AUC are {of}; ECE after calibration unless marked "
             "before; coverage and selective accuracy at each fold's abstention threshold. "
             "⚠: a cap cut folds short.", "",
-            *_table(head, body), ""]
+            *table(head, body), ""]
 
 
 def render_markdown(report: dict[str, Any]) -> str:

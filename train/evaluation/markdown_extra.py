@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from hepascope.train.evaluation.markdown import HEAD, KEYS, NA, _table, pct, pm
+from hepascope.train.evaluation.mdtable import HEAD, KEYS, NA, pct, pm, table
 
 CAP_MARK = "⚠"
 
@@ -47,7 +47,7 @@ def versus_baseline(report: dict[str, Any]) -> list[str]:
                      pm(d["auc"]), ""])
         lines += [f"{name}{mark} vs {base}, macro (%); the network is ahead in "
                   f"{net['wins_accuracy']} of {len(net['folds'])} folds on accuracy:", "",
-                  *_table(("Fold", "Net acc", "Base acc", "Diff", "Net F1", "Base F1",
+                  *table(("Fold", "Net acc", "Base acc", "Diff", "Net F1", "Base F1",
                            "Net AUC", "Base AUC"), rows), ""]
         lines += _per_class_side(results[name], results[base], name, base)
     return lines
@@ -64,7 +64,7 @@ def _per_class_side(net: dict[str, Any], base: dict[str, Any], name: str,
     rows.append(["**Macro**", *(pm(a[k]) for k in keys), *(pm(b[k]) for k in keys)])
     head = ("Class", f"{name} precision", "recall", "F1", f"{bname} precision", "recall", "F1")
     return [f"Per class, mean ± SD over folds (%), {name} | {bname}:", "",
-            *_table(head, rows), ""]
+            *table(head, rows), ""]
 
 
 def calibration(rep: dict[str, Any]) -> list[str]:
@@ -77,7 +77,7 @@ def calibration(rep: dict[str, Any]) -> list[str]:
                  pm(cal["nll_after"], 1.0, 3), ""])
     return ["Calibration: a temperature per fold, fitted on the fold's validation part (NLL), "
             "applied to its test fold; ECE over 15 bins (%):", "",
-            *_table(("Fold", "Temperature", "ECE before", "ECE after", "NLL before",
+            *table(("Fold", "Temperature", "ECE before", "ECE after", "NLL before",
                      "NLL after", "Val samples"), rows), ""]
 
 
@@ -93,7 +93,7 @@ def abstention(rep: dict[str, Any]) -> list[str]:
     return [f"Abstention: per fold, the lowest threshold on the calibrated confidence whose "
             f"selective accuracy on the validation part reaches {pct(target)}%; below it a "
             "sample is `uncertain`. Test coverage and selective accuracy at it (%):", "",
-            *_table(("Fold", "Threshold", "Target met (val)", "Val coverage",
+            *table(("Fold", "Threshold", "Target met (val)", "Val coverage",
                      "Val sel. accuracy", "Test coverage", "Test sel. accuracy"), rows), "",
             f"Pooled over test folds: coverage {pc(pooled['coverage'])}, selective accuracy "
             f"{pc(pooled['selective_accuracy'])}.", ""]
@@ -109,7 +109,7 @@ def patients(rep: dict[str, Any]) -> list[str]:
               if n == rep["data"]["samples"] else "")
     return [f"Per patient ({n} test patients): a patient's answer is the mean of its samples' "
             f"calibrated probabilities; one-vs-rest, mean ± SD over folds (%).{single}", "",
-            *_table(("Class", *HEAD), rows), "",
+            *table(("Class", *HEAD), rows), "",
             f"Majority vote over a patient's samples: accuracy {pc(pt['vote_accuracy'])}. "
             f"Abstention per patient (the mean's confidence against the fold's threshold): "
             f"coverage {pc(pt['coverage'])}, selective accuracy "

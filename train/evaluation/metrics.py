@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from hepascope.stream.errors import DataError
+from hepascope.core.errors import DataError
 
 METRICS = ("accuracy", "sensitivity", "specificity", "ppv", "npv", "f1", "auc")
 ECE_BINS = 15

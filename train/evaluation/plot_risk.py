@@ -10,17 +10,17 @@ from pathlib import Path
 import numpy as np
 
 from hepascope.train.evaluation.calibration import risk_coverage, selective
-from hepascope.train.evaluation.plots import _colors, _figure, _save
+from hepascope.train.evaluation.plots import colors, figure, save
 
 
 def plot_risk_coverage(folds: Sequence[tuple[np.ndarray, np.ndarray, float]],
                        path: str | Path, *, title: str = "Risk-coverage",
                        target: float | None = None) -> Path:
     """``folds``: (labels, calibrated probabilities, threshold) of each test fold."""
-    fig = _figure(6.4, 4.8)
+    fig = figure(6.4, 4.8)
     ax = fig.add_subplot()
     top = 0.05
-    for k, ((y, p, t), color) in enumerate(zip(folds, _colors(len(folds)), strict=True)):
+    for k, ((y, p, t), color) in enumerate(zip(folds, colors(len(folds)), strict=True)):
         cov, acc, _ = risk_coverage(p, y)
         ax.plot(cov, 1 - acc, color=color, lw=1, alpha=0.7, label=f"fold {k}")
         top = max(top, float(np.max(1 - acc)))
@@ -42,4 +42,4 @@ def plot_risk_coverage(folds: Sequence[tuple[np.ndarray, np.ndarray, float]],
     ax.grid(alpha=0.3)
     ax.set_title(f"{title}\ndots: each fold's threshold, chosen on its validation part")
     ax.legend(loc="best", fontsize=8)
-    return _save(fig, path)
+    return save(fig, path)

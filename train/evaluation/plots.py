@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from hepascope.stream.errors import DataError
+from hepascope.core.errors import DataError
 from hepascope.train.evaluation.metrics import (
     check_predictions,
     ece_from_table,
@@ -24,7 +24,7 @@ COMPARED = (("accuracy", "Accuracy"), ("sensitivity", "Sensitivity"),
             ("specificity", "Specificity"), ("f1", "F1"), ("auc", "AUC"))
 
 
-def _figure(width: float, height: float, **kw: Any) -> Any:
+def figure(width: float, height: float, **kw: Any) -> Any:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -33,14 +33,14 @@ def _figure(width: float, height: float, **kw: Any) -> Any:
     return fig
 
 
-def _save(fig: Any, path: str | Path) -> Path:
+def save(fig: Any, path: str | Path) -> Path:
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=DPI, metadata={"Software": "hepascope"})
     return out
 
 
-def _colors(n: int) -> list[Any]:
+def colors(n: int) -> list[Any]:
     from matplotlib import colormaps
 
     cmap = colormaps["tab10"]
@@ -60,7 +60,7 @@ def plot_confusion(conf: np.ndarray | Sequence[Sequence[int]], classes: Sequence
     share = np.divide(m, rows, out=np.zeros(m.shape), where=rows > 0)
     shade = share if normalise else m / max(int(m.max()), 1)
     size = max(4.8, 1.0 * c + 2.6)
-    fig = _figure(size + 0.8, size)
+    fig = figure(size + 0.8, size)
     ax = fig.add_subplot()
     im = ax.imshow(shade, cmap="Blues", vmin=0.0, vmax=1.0)
     for i in range(c):
@@ -76,7 +76,7 @@ def plot_confusion(conf: np.ndarray | Sequence[Sequence[int]], classes: Sequence
     ax.set_title(f"{title}\nN = {int(m.sum())}" + (", row %" if normalise else ""))
     bar = fig.colorbar(im, ax=ax, shrink=0.8)
     bar.set_label("share of true class" if normalise else "count / max count")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def _roc_curves(y: np.ndarray, p: np.ndarray, classes: Sequence[str]
@@ -102,10 +102,10 @@ def plot_roc(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str], path
     (``classes[1]``) only. Pass the pooled out-of-fold predictions of all folds."""
     y, p = check_predictions(y_true, probs, len(classes))
     curves = _roc_curves(y, p, classes)
-    fig = _figure(6.4, 6.0)
+    fig = figure(6.4, 6.0)
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], ls="--", color="0.6", lw=1, label="chance, AUC 0.500")
-    for (name, fpr, tpr, auc), color in zip(curves, _colors(len(curves)), strict=True):
+    for (name, fpr, tpr, auc), color in zip(curves, colors(len(curves)), strict=True):
         ax.plot(fpr, tpr, lw=1.6, color=color, label=f"{name}, AUC {auc:.3f}")
     if len(curves) > 1:
         grid = np.unique(np.concatenate([fpr for _, fpr, _, _ in curves]))
@@ -125,7 +125,7 @@ def plot_roc(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str], path
         sub += f"; {skipped} class(es) without positives not drawn"
     ax.set_title(f"{title}\n{sub}")
     ax.legend(loc="lower right", fontsize=8.5)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_reliability(y_true: np.ndarray, probs: np.ndarray, path: str | Path, *,
@@ -138,7 +138,7 @@ def plot_reliability(y_true: np.ndarray, probs: np.ndarray, path: str | Path, *,
     lo = np.array([b["lo"] for b in table])
     width = float(table[0]["hi"] - table[0]["lo"])
     full = [b for b in table if b["count"]]
-    fig = _figure(6.0, 6.6)
+    fig = figure(6.0, 6.6)
     top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1.2]})
     top.plot([0, 1], [0, 1], ls="--", color="0.4", lw=1, label="perfect calibration")
     top.bar([b["lo"] for b in full], [b["accuracy"] for b in full], width=width, align="edge",
@@ -167,7 +167,7 @@ def plot_reliability(y_true: np.ndarray, probs: np.ndarray, path: str | Path, *,
     bottom.set_xlabel("Top-1 confidence")
     bottom.set_ylabel("Predictions")
     bottom.legend(loc="upper left", fontsize=8)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_comparison(table: Mapping[str, Mapping[str, Mapping[str, Any]]], path: str | Path, *,
@@ -183,9 +183,9 @@ def plot_comparison(table: Mapping[str, Mapping[str, Mapping[str, Any]]], path: 
                if any(table[m].get(k, {}).get("mean") is not None for m in models)]
     x = np.arange(len(metrics))
     width = 0.8 / len(models)
-    fig = _figure(max(7.0, 1.1 * len(metrics) * max(2, len(models)) * 0.55 + 2.5), 4.8)
+    fig = figure(max(7.0, 1.1 * len(metrics) * max(2, len(models)) * 0.55 + 2.5), 4.8)
     ax = fig.add_subplot()
-    for i, (model, color) in enumerate(zip(models, _colors(len(models)), strict=True)):
+    for i, (model, color) in enumerate(zip(models, colors(len(models)), strict=True)):
         stats = [table[model].get(k, {}) for k, _ in metrics]
         mean = np.array([100 * s["mean"] if s.get("mean") is not None else np.nan
                          for s in stats])
@@ -207,4 +207,4 @@ def plot_comparison(table: Mapping[str, Mapping[str, Mapping[str, Any]]], path: 
     ax.set_title(f"{title}\n{sub}")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=min(len(models), 5),
               fontsize=9, frameon=False)
-    return _save(fig, path)
+    return save(fig, path)

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from hepascope.stream.errors import DataError
+from hepascope.core.errors import DataError
 from hepascope.train.evaluation import summaries
 from hepascope.train.evaluation.baseline_compare import versus_baseline
 from hepascope.train.evaluation.folds import leak_check

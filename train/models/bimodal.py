@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hepascope.stream.errors import ConfigError, ModelError
+from hepascope.core.errors import ConfigError, ModelError
 from hepascope.train.models.layers import BasicBlock, CoordAttention, ParallelBlock, SimAM
 from hepascope.train.models.registry import register_model
 from hepascope.train.models.resnet import ResNet

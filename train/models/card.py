@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hepascope.stream.errors import guard_main
+from hepascope.core.errors import guard_main
 from hepascope.train.flops import count_flops, count_params
 from hepascope.train.models import create_model, example_inputs, list_models
 
@@ -67,8 +67,8 @@ def _size_text(model: Any) -> str:
 
 
 def _parity(model: Any, name: str) -> float:
-    from hepascope.stream.config import load_config
-    from hepascope.stream.preprocess import PreprocessSpec
+    from hepascope.core.config import load_config
+    from hepascope.core.preprocess import PreprocessSpec
     from hepascope.train.export import export_checkpoint
 
     cfg = load_config()

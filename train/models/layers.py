@@ -89,7 +89,7 @@ class SEModule(nn.Module):
 
 
 @lru_cache(maxsize=64)
-def _pool_matrix(n_in: int, n_out: int) -> torch.Tensor:
+def pool_matrix(n_in: int, n_out: int) -> torch.Tensor:
     """(n_out, n_in) averaging matrix with ``adaptive_avg_pool``'s bins:
     [floor(i * n_in / n_out), ceil((i + 1) * n_in / n_out))."""
     m = torch.zeros(n_out, n_in)
@@ -120,7 +120,7 @@ class StaticAdaptiveAvgPool(nn.Module):
             d = last - k + 1 + i  # non-negative axes: the exporter mangles negative ones
             n_in = int(x.shape[d])  # a constant in the exported graph: sizes are fixed there
             if n_in != n_out:
-                p = _pool_matrix(n_in, n_out).to(x.device, x.dtype)
+                p = pool_matrix(n_in, n_out).to(x.device, x.dtype)
                 x = torch.matmul(x.transpose(d, last), p.t()).transpose(d, last)
         return x
 

@@ -1,0 +1,362 @@
+"""Full-pipeline sections of the benchmark report: the live path against a naive loop,
+concurrent streams, and a model slower than its source. Each function returns a JSON-able
+dict (units in the key names) that ``hepascope bench`` puts in its report.
+
+* ``pipeline_section``: ``run_pipeline`` on a paced source with a real ZeroMQ subscriber
+  (the overlay's receive side) in a thread: per-stage p50/p99, capture->publish and
+  capture->overlay, results/s, drops, CPU and RSS.
+* ``naive_section``: decode a frame, run the torch model eagerly on CPU, print; one thread.
+* ``scaling_section``: 1, 2, 4 pipelines at once, one process per stream.
+* ``slow_model_section``: inference slower than the source; latency per window against drops.
+
+Run one stream's section from a shell (what ``scaling_section`` starts per stream):
+
+    python -m hepascope.bench.pipeline_sections --model DIR --fps 30 --seconds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hepascope.bench.pipeline_models import (
+    calibrate_slow_model,
+    open_torch_cpu,
+    source_options,
+)
+from hepascope.bench.pipeline_probes import (
+    OverlayProbe,
+    Resources,
+    ResultLog,
+    decode_cost_ms,
+    p50_p99,
+    pct,
+    windows_table,
+)
+from hepascope.core.config import load_config
+from hepascope.core.errors import guard_main
+from hepascope.stream.app import RunRequest, run_pipeline
+from hepascope.stream.sources import open_source
+
+_MS = 1e-6  # ns -> ms
+
+
+def _stage_table(rows: list[dict[str, Any]], rx: dict[tuple[str, int], int],
+                 decode_ms: list[float]) -> dict[str, dict[str, float | None]]:
+    """p50/p99 per stage; ``queue`` is reported as ``ring`` (capture -> inference read)."""
+    names: list[str] = []
+    for r in rows:
+        names += [k for k in r["latency_ms"] if k not in names and k != "total"]
+    table: dict[str, dict[str, float | None]] = {"capture_decode": p50_p99(decode_ms)}
+    for k in names:
+        table["ring" if k == "queue" else k] = p50_p99(
+            [r["latency_ms"][k] for r in rows if k in r["latency_ms"]])
+    table["overlay_receive"] = p50_p99(
+        [(rx[(r["model"], r["seq"])] - r["t_publish_ns"]) * _MS
+         for r in rows if (r["model"], r["seq"]) in rx])
+    return table
+
+
+def pipeline_section(model: Path, *, source: str = "phantom:7", fps: float, seconds: float,
+                     engine: str = "onnxruntime", threads: int | None = None,
+                     wait_start: Callable[[], None] | None = None) -> dict[str, Any]:
+    """The live path on ``source`` paced at ``fps`` for ``seconds``, with a subscriber
+    measuring capture->overlay. ``wait_start`` (scaling) is called once everything is
+    open, just before frames flow. Figures are the main model's."""
+    if fps <= 0 or seconds <= 0:
+        raise ValueError(f"fps and seconds must be > 0, got {fps}, {seconds}")
+    decode_ms = decode_cost_ms(source, fps)
+    listener, probe = ResultLog(), OverlayProbe()
+
+    def bound(endpoint: str) -> None:
+        probe.connect(endpoint)
+        if wait_start is not None:
+            wait_start()
+
+    res = Resources()
+    try:
+        summary = run_pipeline(RunRequest(
+            source=source, model=model, config=load_config(), publish="tcp://127.0.0.1:*",
+            options=source_options(source, fps), duration_s=seconds, engine=engine,
+            threads=threads, listeners=(listener,), on_bound=bound))
+    finally:
+        probe.close()
+    usage = res.finish()
+    rows = [r for r in listener.rows if r["model"] == summary["model"]]
+    c2p = [(r["t_publish_ns"] - r["t_capture_ns"]) * _MS for r in rows]
+    matched = [r for r in rows if (r["model"], r["seq"]) in probe.rx]
+    c2o = [(probe.rx[(r["model"], r["seq"])] - r["t_capture_ns"]) * _MS for r in matched]
+    c2p_matched = [(r["t_publish_ns"] - r["t_capture_ns"]) * _MS for r in matched]
+    return {
+        "source": summary["source"], "model": summary["model"], "engine": summary["engine"],
+        "fps_target": fps, "seconds": summary["seconds"], "threads": threads,
+        "frames_in": summary["frames_in"], "frames_out": summary["frames_out"],
+        "dropped": summary["dropped"], "fps_in": summary["fps_in"],
+        "results_per_s": summary["results_per_s"],
+        "stage_ms": _stage_table(rows, probe.rx, decode_ms),
+        "capture_to_publish_p50_ms": pct(c2p, 50), "capture_to_publish_p99_ms": pct(c2p, 99),
+        "capture_to_overlay_p50_ms": pct(c2o, 50), "capture_to_overlay_p99_ms": pct(c2o, 99),
+        # the same results' capture->publish, so the two can be compared one to one
+        "matched_capture_to_publish_p50_ms": pct(c2p_matched, 50),
+        "matched_capture_to_publish_p99_ms": pct(c2p_matched, 99),
+        "overlay_received": probe.received, "overlay_matched": len(matched),
+        "publish_dropped": summary["publish_dropped"],
+        **usage,
+        "notes": "stage_ms.capture_decode is timed unpaced on the same source before the run "
+                 "(the grab thread's per-frame cost); ring = capture -> inference read; "
+                 "overlay_receive = subscriber receive - publish (same host clock); "
+                 "cpu_pct: 100 = one core",
+    }
+
+
+def naive_section(model: Path, *, source: str, fps: float, seconds: float,
+                  threads: int | None = None, out: Any = None) -> dict[str, Any]:
+    """The naive synchronous loop: take the next frame, preprocess (the one preprocessing
+    function), run the torch model eagerly on CPU, print a line; repeat in one thread.
+
+    Frame k *arrives* at ``t0 + k / fps``, as from a device at that rate. Frames that
+    arrive while the loop is busy wait in an unbounded FIFO (a driver / demuxer buffer):
+    every frame is processed, in order, and none is dropped, so a loop slower than its
+    source falls further behind. The phantom's frame k is rendered (a file's decoded) when
+    the loop takes it, inside the loop, and is timed from its arrival time. One frame warms
+    the model up first, untimed (the pipeline gets no such help). ``out``: the
+    stream the lines go to (default: os.devnull; printing is part of the loop)."""
+    if fps <= 0 or seconds <= 0:
+        raise ValueError(f"fps and seconds must be > 0, got {fps}, {seconds}")
+    clf = open_torch_cpu(model, load_config(), threads=threads)
+    sink = out if out is not None else open(os.devnull, "w")  # noqa: SIM115 (closed below)
+    src = open_source(source, source_options(source, fps, max_rate=True))
+    lat_ms: list[float] = []
+    stages: dict[str, list[float]] = {"wait": [], "capture_decode": [], "preprocess": [],
+                                      "infer": [], "print": []}
+    period_ns = int(1e9 / fps)
+    res = Resources()
+    try:
+        with src:
+            frames = iter(src)
+            first = next(frames, None)  # warm-up, untimed: torch's first call sets up
+            if first is not None:
+                clf.predict(first)
+            t0 = time.monotonic_ns()
+            end = t0 + int(seconds * 1e9)
+            k = 0
+            while (now := time.monotonic_ns()) < end:
+                arrival = t0 + k * period_ns
+                if arrival > now:
+                    time.sleep((arrival - now) / 1e9)
+                t_take = time.monotonic_ns()
+                frame = next(frames, None)
+                if frame is None:
+                    break
+                t_dec = time.monotonic_ns()
+                probs, times = clf.predict(frame)
+                t_inf = time.monotonic_ns()
+                i = int(np.argmax(probs))
+                print(f"{frame.seq} {clf.labels[i]} {probs[i]:.3f}", file=sink, flush=True)
+                t_done = time.monotonic_ns()
+                lat_ms.append((t_done - arrival) * _MS)
+                stages["wait"].append(max(t_take - arrival, 0) * _MS)
+                stages["capture_decode"].append((t_dec - t_take) * _MS)
+                stages["preprocess"].append(times.get("preprocess", 0.0))
+                stages["infer"].append((t_inf - t_dec) * _MS - times.get("preprocess", 0.0))
+                stages["print"].append((t_done - t_inf) * _MS)
+                k += 1
+            t_end = time.monotonic_ns()
+    finally:
+        clf.close()
+        if out is None:
+            sink.close()
+    usage = res.finish()
+    wall_s = max((t_end - t0) / 1e9, 1e-9)
+    arrived = int((t_end - t0) // period_ns) + 1  # frames that existed by the end
+    return {"source": source, "model": clf.model_name, "engine": "torch-cpu-eager",
+            "fps_target": fps, "seconds": round(wall_s, 3), "threads": threads,
+            **_naive_figures(lat_ms, stages, arrived, k, wall_s), **usage,
+            "notes": "frame k arrives at t0 + k/fps; late frames wait in an unbounded FIFO "
+                     "(no drops); capture->result = printed - arrival; one untimed warm-up "
+                     "frame"}
+
+
+def _naive_figures(lat_ms: list[float], stages: dict[str, list[float]], arrived: int,
+                   k: int, wall_s: float) -> dict[str, Any]:
+    """The naive loop's counts, latencies and per-stage times."""
+    half = len(lat_ms) // 2
+    return {
+        "frames_arrived": arrived, "frames_out": k, "backlog_frames": max(arrived - k, 0),
+        "results_per_s": round(k / wall_s, 2),
+        "capture_to_result_p50_ms": pct(lat_ms, 50), "capture_to_result_p99_ms": pct(lat_ms, 99),
+        "capture_to_result_first_half_p50_ms": pct(lat_ms[:half], 50),
+        "capture_to_result_second_half_p50_ms": pct(lat_ms[half:], 50),
+        # how late the last result was: grows without bound when the loop is slower
+        "behind_end_ms": round(lat_ms[-1], 3) if lat_ms else None,
+        "stage_ms": {name: p50_p99(v) for name, v in stages.items()},
+    }
+
+
+def baseline_ratio(pipeline: dict[str, Any], naive: dict[str, Any]) -> dict[str, Any]:
+    """The pipeline against the naive loop on the same source and pacing: results/s
+    (pipeline / naive: higher is better) and p50 latency (naive capture->result /
+    pipeline capture->publish: higher means the pipeline is that many times fresher)."""
+    rate = (pipeline["results_per_s"] / naive["results_per_s"]
+            if naive["results_per_s"] else math.inf)
+    p_lat, n_lat = pipeline["capture_to_publish_p50_ms"], naive["capture_to_result_p50_ms"]
+    lat = n_lat / p_lat if p_lat and n_lat is not None else None
+    return {"fps_target": pipeline["fps_target"],
+            "results_per_s_ratio": round(rate, 2),
+            "latency_p50_ratio": None if lat is None else round(lat, 2),
+            "at_least_2x_results_per_s": rate >= 2.0,
+            "at_least_2x_latency_p50": lat is not None and lat >= 2.0,
+            "definition": "results_per_s_ratio = pipeline results/s / naive results/s; "
+                          "latency_p50_ratio = naive capture->result p50 / pipeline "
+                          "capture->publish p50; same source kind, same fps, same seconds"}
+
+
+def _cpu_budget() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def _start_worker(model: Path, source: str, fps: float, seconds: float, engine: str,
+                  threads: int) -> subprocess.Popen[str]:
+    cmd = [sys.executable, "-m", "hepascope.bench.pipeline_sections", "--worker",
+           "--model", str(model), "--source", source, "--fps", str(fps), "--seconds", str(seconds),
+           "--engine", engine, "--threads", str(threads)]
+    return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _worker_failed(proc: subprocess.Popen[str], what: str) -> RuntimeError:
+    proc.kill()
+    _, err = proc.communicate()
+    return RuntimeError(f"scaling worker {what} (exit {proc.returncode}): {err.strip()[-2000:]}")
+
+
+def _run_streams(model: Path, n: int, fps: float, seconds: float, engine: str,
+                 threads: int) -> list[dict[str, Any]]:
+    """``n`` one-stream processes, each with its own phantom seed and endpoint; all open
+    their model and source first, then start together (each says READY, waits for GO)."""
+    procs = [_start_worker(model, f"phantom:{7 + i}", fps, seconds, engine, threads)
+             for i in range(n)]
+    try:
+        for p in procs:
+            assert p.stdout is not None
+            if p.stdout.readline().strip() != "READY":
+                raise _worker_failed(p, "did not get ready")
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write("GO\n")
+            p.stdin.flush()
+        out = []
+        for p in procs:
+            text, err = p.communicate(timeout=seconds + 120)
+            if p.returncode != 0:
+                raise RuntimeError(f"scaling worker failed (exit {p.returncode}): "
+                                   f"{err.strip()[-2000:]}")
+            out.append(json.loads(text.strip().splitlines()[-1]))
+        return out
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def scaling_section(model: Path, *, streams: tuple[int, ...] = (1, 2, 4), fps: float = 30,
+                    seconds: float, engine: str = "onnxruntime") -> dict[str, Any]:
+    """N concurrent live pipelines on one machine, one process per stream (as separate
+    devices would be), each with ``cpu_cores // N`` engine threads (at least 1)."""
+    if not streams or min(streams) < 1:
+        raise ValueError(f"streams must be counts >= 1, got {streams}")
+    budget = _cpu_budget()
+    runs = []
+    for n in streams:
+        threads = max(1, budget // n)
+        per = _run_streams(model, n, fps, seconds, engine, threads)
+        keep = ("source", "frames_in", "frames_out", "dropped", "results_per_s",
+                "capture_to_publish_p50_ms", "capture_to_publish_p99_ms",
+                "capture_to_overlay_p50_ms", "capture_to_overlay_p99_ms", "cpu_pct",
+                "rss_peak_mb")
+        rows = [{k: s[k] for k in keep} for s in per]
+        rates = [r["results_per_s"] for r in rows]
+        p99s = [r["capture_to_publish_p99_ms"] for r in rows
+                if r["capture_to_publish_p99_ms"] is not None]
+        runs.append({"streams": n, "threads_per_stream": threads,
+                     "total_results_per_s": round(sum(rates), 2),
+                     "per_stream_results_per_s_mean": round(sum(rates) / n, 2),
+                     "per_stream_results_per_s_min": min(rates),
+                     "worst_capture_to_publish_p99_ms": max(p99s) if p99s else None,
+                     "total_cpu_pct": round(sum(r["cpu_pct"] for r in rows), 1),
+                     "per_stream": rows})
+    return {"fps_target": fps, "seconds": seconds, "engine": engine, "cpu_cores": budget,
+            "runs": runs}
+
+
+def slow_model_section(*, fps: float, seconds: float, work_dir: Path,
+                       source: str = "phantom:7", windows: int = 4,
+                       slowdown: float = 3.0) -> dict[str, Any]:
+    """A model ``slowdown`` times slower than the frame period (calibrated here, one engine
+    thread) on a source at ``fps``: with newest-frame-wins the latency per window stays
+    flat (about one inference) while the frames dropped keep rising."""
+    if windows < 1 or slowdown <= 0:
+        raise ValueError(f"windows must be >= 1 and slowdown > 0, got {windows}, {slowdown}")
+    period_ms = 1000.0 / fps
+    path, convs, ms = calibrate_slow_model(work_dir, slowdown * period_ms)
+    listener = ResultLog()
+    summary = run_pipeline(RunRequest(
+        source=source, model=path, config=load_config(), publish="tcp://127.0.0.1:*",
+        options=source_options(source, fps), duration_s=seconds, threads=1,
+        listeners=(listener,)))
+    table = windows_table(listener.rows, seconds, windows)
+    filled = [w for w in table if w["results"]]
+    return {
+        "fps_target": fps, "seconds": summary["seconds"], "frame_period_ms": round(period_ms, 3),
+        "model_convs": convs, "model_infer_ms": round(ms, 3),
+        "frames_in": summary["frames_in"], "frames_out": summary["frames_out"],
+        "dropped": summary["dropped"], "results_per_s": summary["results_per_s"],
+        "latency_p50_ms": summary["latency_p50_ms"], "latency_p99_ms": summary["latency_p99_ms"],
+        "first_window_p50_ms": filled[0]["latency_p50_ms"] if filled else None,
+        "last_window_p50_ms": filled[-1]["latency_p50_ms"] if filled else None,
+        "windows": table,
+    }
+
+
+def _worker_main(args: argparse.Namespace) -> int:
+    """One stream of ``scaling_section``: READY once open, GO on stdin, JSON on stdout."""
+
+    def gate() -> None:
+        print("READY", flush=True)
+        if sys.stdin.readline().strip() != "GO":
+            raise RuntimeError("scaling worker: no GO on stdin")
+
+    result = pipeline_section(args.model, source=args.source, fps=args.fps,
+                              seconds=args.seconds, engine=args.engine, threads=args.threads,
+                              wait_start=gate if args.worker else None)
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+@guard_main
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m hepascope.bench.pipeline_sections",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, type=Path)
+    p.add_argument("--source", default="phantom:7")
+    p.add_argument("--fps", type=float, default=30.0)
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--engine", default="onnxruntime")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    return _worker_main(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,69 @@
+"""The engine interface every backend meets: ``TensorSpec``, the ``Engine`` protocol, the
+feed check, and where an export keeps the checkpoint the torch backend runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from hepascope.core.errors import ModelError
+from hepascope.core.export_format import WEIGHTS_FILES
+
+Dim = int | str | None  # a static size, or a symbolic / unknown one
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """Name, shape (ints where static) and dtype of one model input or output."""
+
+    name: str
+    shape: tuple[Dim, ...]
+    dtype: np.dtype
+
+    @property
+    def static(self) -> bool:
+        return all(isinstance(d, int) for d in self.shape)
+
+    def describe(self) -> str:
+        dims = ",".join(str(d) if isinstance(d, int) else "?" for d in self.shape)
+        return f"{self.name}[{dims}] {self.dtype}"
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """Maps named arrays to named arrays. Buffers are allocated once, by tensor name, when
+    the engine is built; ``close()`` releases them explicitly (nothing is left to __del__)."""
+
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    metadata: dict[str, str]
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def close(self) -> None: ...
+
+
+def check_feeds(inputs: tuple[TensorSpec, ...], feeds: dict[str, np.ndarray]) -> None:
+    """Raise ``ModelError`` unless ``feeds`` has exactly the inputs, with matching shapes."""
+    want = {s.name for s in inputs}
+    if set(feeds) != want:
+        raise ModelError(f"engine inputs are {sorted(want)}, got {sorted(feeds)}")
+    for spec in inputs:
+        arr = feeds[spec.name]
+        if arr.ndim != len(spec.shape) or any(
+            isinstance(d, int) and d != n for d, n in zip(spec.shape, arr.shape, strict=True)
+        ):
+            raise ModelError(f"input {spec.describe()} cannot take an array of shape {arr.shape}")
+
+
+def weights_dir(path: str | Path) -> Path | None:
+    """The directory holding the checkpoint (``model.safetensors`` + ``model.json``) beside
+    the graph at ``path`` (a graph file or its export directory), or None: an export made
+    before exports kept their weights, or a plain ONNX model."""
+    p = Path(path)
+    d = p if p.is_dir() else p.parent
+    return d if all((d / f).is_file() for f in WEIGHTS_FILES) else None
