@@ -147,3 +147,11 @@ def test_no_module_name_repeats_across_rooms_unless_it_means_the_same() -> None:
 def test_ci_runs_lint_imports_before_the_tests() -> None:
     ci = (ROOT / ".ci" / "run").read_text()
     assert "lint-imports" in ci and ci.index("lint-imports") < ci.index("pytest")
+
+
+def test_the_wheel_ships_every_room() -> None:
+    import tomllib
+
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = meta["tool"]["scikit-build"]["wheel"]["packages"]
+    assert packages == {f"hepascope/{r}": r for r in ROOMS}
