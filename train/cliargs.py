@@ -14,7 +14,6 @@ from hepascope.train.demo import cache_dir
 
 LIVE_TASK = "lesion6"  # the live product's classes, from the streaming-faithful phantom set
 PHANTOM_IMAGE_SIZE = 112  # B-mode input side for phantom tasks (S3)
-DATA_EMA_SPAN = 0.1  # --data: the weight average's time constant, share of all steps
 
 
 def add_data_args(p: argparse.ArgumentParser, *, default_task: str | None) -> None:
@@ -80,9 +79,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    default="balanced_accuracy",
                    help="validation score for best epoch and early stopping (default "
                    "balanced_accuracy, ties to the lower loss)")
-    g.add_argument("--ema-span", type=_unit, metavar="SHARE",
+    g.add_argument("--ema-span", type=_unit, metavar="SHARE", default=0.0,
                    help="validate and keep an average of the weights with this time constant "
-                   "(share of all steps; 0 off; default: --data 0.1, phantom 0)")
+                   "(share of all steps; default 0: off)")
     g.add_argument("--val-fraction", type=float, default=0.25,
                    help="share of patients held out for early stopping (default 0.25)")
     g.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
@@ -158,18 +157,11 @@ def train_config(args: argparse.Namespace, model: str, data: Any = None,
 
         patience = patience_for(epochs) if args.data is not None else 3
         _note(args, "patience", patience)
-    ema_span = args.ema_span
-    if ema_span is None:
-        # small real sets: the weight average makes the epoch early stopping picks less of
-        # a draw (a few dozen validation patients); phantom sets are large, off
-        ema_span = DATA_EMA_SPAN if args.data is not None else 0.0
-        if args.data is not None:
-            _note(args, "ema_span", ema_span)
     try:
         return TrainConfig(model=model, epochs=epochs, batch_size=args.batch_size,
                            lr=args.lr, weight_decay=args.weight_decay, optimizer=args.optimizer,
                            seed=args.seed, num_threads=args.threads, patience=patience,
-                           monitor=args.monitor, ema_span=ema_span,
+                           monitor=args.monitor, ema_span=args.ema_span,
                            max_minutes=args.max_minutes, val_fraction=args.val_fraction,
                            balanced=not args.no_balance, augment=not args.no_augment,
                            device=args.device, amp=not args.no_amp,
