@@ -17,6 +17,7 @@ from hepascope.train.datasets.probe import (
     input_size,
     patience_for,
     probe_sizes,
+    stem_stride,
 )
 
 
@@ -29,6 +30,33 @@ def test_input_size_follows_the_median_frame_within_bounds() -> None:
     assert input_size(probe(100, 100)) == 96
     assert input_size(probe(256, 256)) == 128
     assert input_size(probe(600, 800)) == 128  # full screen captures: the largest
+
+
+def test_stem_stride_keeps_the_last_stage_maps_at_least_3x3() -> None:
+    assert [stem_stride(s) for s in (128, 112, 96)] == [4, 4, 4]  # the paper's stem
+    assert [stem_stride(s) for s in (80, 64, 48)] == [2, 2, 2]  # a region of interest
+    assert stem_stride(32) == 1
+    for side in (32, 48, 64, 96, 128, 224):
+        assert side / (8 * stem_stride(side)) >= 3
+
+
+def test_eval_takes_the_stem_from_the_data_unless_told() -> None:
+    import argparse
+
+    from hepascope.train.jobs import DEFAULT_EVAL_MODEL, _stem_default
+
+    def args(model_arg: list[str]) -> argparse.Namespace:
+        return argparse.Namespace(model_arg=model_arg, data_defaults={"image_size": 64})
+
+    a = args(["width=32"])
+    _stem_default(a, [DEFAULT_EVAL_MODEL])
+    assert a.model_arg == ["width=32", "stem_stride=2"] and a.data_defaults["stem_stride"] == 2
+    told = args(["stem_stride=4"])
+    _stem_default(told, [DEFAULT_EVAL_MODEL])
+    assert told.model_arg == ["stem_stride=4"]  # what the user said wins
+    other = args([])
+    _stem_default(other, ["c3d"])
+    assert other.model_arg == []  # only the default ResNet has a stem to choose
 
 
 def test_clahe_tiles_are_never_smaller_than_32_source_pixels() -> None:

@@ -218,3 +218,24 @@ def test_models_card_rows() -> None:
     assert rows[0].gflops == pytest.approx(3.47, abs=0.01)
     table = format_table(rows, markdown=True).splitlines()
     assert len(table) == 4 and table[2].startswith("| resnet18 | image | 224x224 |")
+
+
+@pytest.mark.parametrize("stem", [1, 2, 4])
+def test_resnet_stem_stride_maps_and_onnx_parity(stem: int, tmp_path: Path) -> None:
+    """The small-input stems (eval's default on regions of interest) keep larger maps and
+    export like the paper's stem: ONNX Runtime gives torch's probabilities."""
+    import onnxruntime as ort
+
+    model = create_model("resnet18", num_classes=3, width=8, stem_stride=stem).eval()
+    x = torch.randn(2, 1, 64, 64)
+    assert model.forward_features(x).shape[-1] == 64 // (8 * stem)
+    kw: dict[str, Any] = {"labels": LABELS, "preprocess": _spec((64, 64), "bmode"),
+                          "window": None, "model_name": "resnet18"}
+    export_single(model, kind="image", out_dir=tmp_path, **kw)
+    sess = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        want = F.softmax(model(x), dim=1).numpy()  # the graph ends in its softmax
+    assert np.allclose(got, want, atol=1e-5)
+    with pytest.raises(ValueError, match="stem_stride"):
+        create_model("resnet18", stem_stride=3)
