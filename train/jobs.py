@@ -153,8 +153,9 @@ def _stem_default(args: argparse.Namespace, models: list[str]) -> None:
         return
     from hepascope.train.datasets.probe import stem_stride
 
-    args.model_arg = [*(args.model_arg or []), f"stem_stride={stem_stride(int(size))}"]
-    args.data_defaults["stem_stride"] = stem_stride(int(size))
+    stride = stem_stride(int(size))
+    args.model_arg = [*(args.model_arg or []), f"stem_stride={stride}"]
+    args.data_defaults["stem_stride"] = stride
 
 
 def _eval_or_check(args: argparse.Namespace) -> int:

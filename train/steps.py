@@ -4,6 +4,7 @@ states for resume."""
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from typing import Any
@@ -96,8 +97,6 @@ class WeightAverage:
     def __init__(self, model: nn.Module, span: float) -> None:
         if span < 1:
             raise ValueError(f"span must be >= 1 optimizer step, got {span}")
-        import copy
-
         self.module = copy.deepcopy(model).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
