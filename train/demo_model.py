@@ -34,15 +34,15 @@ RETRAIN_COMMAND = "hepascope demo --retrain"
 class Recipe:
     """Everything that decides the demo model's weights (with the code and torch build)."""
 
-    cases_per_class: int = 480
+    cases_per_class: int = 720
     seconds_per_case: float = 3.0
     data_seed: int = 0
     model: str = "bimodal_resnet18_lite"
-    steps: int = 4800
+    steps: int = 7200
     batch_size: int = 32
     lr: float = 2e-3
     seed: int = 0
-    threads: int = 1
+    threads: int = 2
     partial_window: float = 0.3
     val_fraction: float = 0.25
     # selective accuracy the abstention threshold is chosen for (validation windows)
