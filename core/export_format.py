@@ -4,10 +4,13 @@ graphs and the ``hepascope.*`` ONNX metadata keys. ``train/export.py`` writes it
 
 An export is a bimodal directory (``bmode_encoder.onnx``, ``ceus_encoder.onnx``,
 ``head.onnx``) or one graph ``model.onnx`` (role ``image`` or ``clip``: the input's
-name), with ``export.json`` (the parity figures) and the checkpoint the torch engine runs
-(``model.safetensors`` + ``model.json``)."""
+name), with ``export.json`` (the parity figures), beside each graph the ``torch.export`` program
+the torch engine runs (``<graph>.pt2``), and the checkpoint (``model.safetensors`` +
+``model.json``) when the model can be rebuilt from it."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 FORMAT_VERSION = "1"  # the value of META_VERSION that this code writes and accepts
 
@@ -23,6 +26,8 @@ SINGLE_FILE = "model.onnx"  # a single-graph export's file name in its directory
 CHECKPOINT_WEIGHTS, CHECKPOINT_META = "model.safetensors", "model.json"  # a checkpoint's files
 WEIGHTS_FILES = (CHECKPOINT_WEIGHTS, CHECKPOINT_META)  # the checkpoint kept beside the graphs
 REPORT_FILE = "export.json"  # the export's parity figures
+PROGRAM_SUFFIX = ".pt2"  # the torch.export program of a graph, beside it
+PROGRAM_META = "hepascope.json"  # a program's own record: model, labels, role
 
 # metadata keys, required (stream/model_loader.py REQUIRED says which on which role)
 META_VERSION = "hepascope.version"
@@ -41,3 +46,8 @@ META_WARMUP = "hepascope.warmup_fraction"  # [0, 1]: CEUS window fill before a c
 META_CALIBRATION = "hepascope.calibration"  # JSON: the fit's figures (patients, method)
 META_QUANTIZATION = "hepascope.quantization"  # JSON: how an INT8 graph was quantised
 CALIBRATION_KEYS = (META_TEMPERATURE, META_ABSTAIN, META_WARMUP)
+
+
+def program_file(graph: Path) -> Path:
+    """The ``torch.export`` program beside the graph at ``graph``."""
+    return graph.with_suffix(PROGRAM_SUFFIX)

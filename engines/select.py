@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hepascope.core.errors import ModelError
-from hepascope.core.export_format import BIMODAL_GRAPHS, WEIGHTS_FILES
-from hepascope.engines.interface import Engine, weights_dir
+from hepascope.core.export_format import BIMODAL_GRAPHS, program_file
+from hepascope.engines.interface import Engine
 
 log = logging.getLogger(__name__)
 
@@ -22,19 +22,32 @@ CHOICES = (*BACKENDS, "auto")
 PLAN_SUFFIX = ".plan"  # a TensorRT engine built for MODEL.onnx lies beside it as MODEL.plan
 
 
+def _export_graphs(p: Path) -> list[Path]:
+    """The graphs of the export at ``p`` (a graph, or its directory): all three of a
+    bimodal export, whichever of them ``p`` names."""
+    d = p if p.is_dir() else p.parent
+    graphs = [d / n for n in BIMODAL_GRAPHS] if (
+        p.is_dir() or p.name in BIMODAL_GRAPHS) else [p]
+    if p.is_dir() and not (d / BIMODAL_GRAPHS[-1]).is_file():
+        graphs = sorted(d.glob("*.onnx"))
+    return graphs
+
+
 def missing_plans(path: str | Path) -> list[str]:
     """Names of the TensorRT plans (``hepascope build``) that the export at ``path`` (a
     graph, or its directory) lacks: all three graphs' for a bimodal export."""
     p = Path(path)
     if p.suffix == PLAN_SUFFIX:
         return [] if p.is_file() else [p.name]
-    d = p if p.is_dir() else p.parent
-    graphs = [d / n for n in BIMODAL_GRAPHS] if (
-        p.is_dir() or p.name in BIMODAL_GRAPHS) else [p]
-    if p.is_dir() and not (d / BIMODAL_GRAPHS[-1]).is_file():
-        graphs = sorted(d.glob("*.onnx"))
-    return [g.with_suffix(PLAN_SUFFIX).name for g in graphs
+    return [g.with_suffix(PLAN_SUFFIX).name for g in _export_graphs(p)
             if not g.with_suffix(PLAN_SUFFIX).is_file()]
+
+
+def missing_programs(path: str | Path) -> list[str]:
+    """Names of the fp32 ``torch.export`` programs (written by ``hepascope export``) that
+    the export at ``path`` (a graph, or its directory) lacks."""
+    return [program_file(g).name for g in _export_graphs(Path(path))
+            if not program_file(g).is_file()]
 
 
 def probe_gpu() -> str | None:
@@ -101,16 +114,17 @@ def _why_not_tensorrt(path: Path, pr: Probes, gpu: str | None) -> str | None:
 def _why_not_torch(path: Path, pr: Probes, gpu: str | None) -> str | None:
     if gpu is not None:
         return f"torch CUDA: {gpu}"
-    if weights_dir(path) is None:  # checked before importing torch: that takes seconds
-        return (f"torch: no weights ({' + '.join(WEIGHTS_FILES)}) beside {path.name}; "
-                "re-export with hepascope export")
+    missing = missing_programs(path)  # checked before importing torch: that takes seconds
+    if missing:
+        return (f"torch: no torch.export program {', '.join(missing)} beside "
+                f"{path.name}; re-export with hepascope export")
     return pr.torch_cuda()
 
 
 def choose_backend(path: str | Path, probes: Probes | None = None) -> tuple[str, str]:
     """(backend, reason) for ``--engine auto`` on the model at ``path``: TensorRT where it and
     pycuda import, a CUDA GPU is present and the export has its plans (``hepascope
-    build``); else torch on CUDA where torch sees CUDA and the export has its weights;
+    build``); else torch on CUDA where torch sees CUDA and the export has its programs;
     else ONNX Runtime. Depends only on the machine and the export's directory, so the
     graphs of one bimodal export all get the same answer. Logged at INFO."""
     p = Path(path)
@@ -122,7 +136,7 @@ def choose_backend(path: str | Path, probes: Probes | None = None) -> tuple[str,
     else:
         no_torch = _why_not_torch(p, pr, gpu)
         if no_torch is None:
-            backend, reason = "torch", f"{no_trt}; torch sees CUDA and the export's weights"
+            backend, reason = "torch", f"{no_trt}; torch sees CUDA and the export's programs"
         else:
             backend, reason = "onnxruntime", f"{no_trt}; {no_torch}"
     log.info("engine auto -> %s: %s", backend, reason)
@@ -140,8 +154,8 @@ def open_engine(path: str | Path, backend: str = "onnxruntime", *,
                 threads: int | None = None, device: str | None = None) -> Engine:
     """Build an engine for the model at ``path``. Backends: ``onnxruntime`` (CPU, default),
     ``tensorrt`` (H100 / Jetson), ``torch`` (CUDA when ``device`` is None and torch sees
-    it, else CPU eager fp32; needs the weights an export keeps beside its graphs), ``auto``
-    (see ``choose_backend``). ``device`` applies to torch only."""
+    it, else CPU fp32; runs the ``torch.export`` programs an export writes beside its
+    graphs), ``auto`` (see ``choose_backend``). ``device`` applies to torch only."""
     p = Path(path)
     if not p.is_file():
         raise ModelError(f"{p}: no such model file")

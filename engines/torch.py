@@ -1,25 +1,28 @@
-"""PyTorch backend: the function each ONNX graph of an export computes, rebuilt from the
-checkpoint the export keeps beside its graphs (``model.safetensors`` + ``model.json``),
-behind the same name-keyed interface (specs and metadata read from the graph itself).
+"""PyTorch backend: the ``torch.export`` program the export step wrote beside each ONNX
+graph (``<graph>.pt2``), behind the same name-keyed interface (specs and metadata read
+from the graph itself). No model definition is needed: nothing from ``train/`` is imported.
 
 * CPU: eager fp32, the "torch eager" baseline.
-* CUDA: fp16 (``model.half()``), channels_last, and one CUDA graph per input shape,
+* CUDA: fp16 (half weights, autocast), channels_last, and one CUDA graph per input shape,
   captured after a warm-up on the engine's own stream and replayed by ``infer``; batch 1
   (the live path's) when the engine is built, so the first frame does not pay for it.
   Inputs go through pinned host buffers into static device tensors, outputs come back
   into pinned host tensors: all allocated once per input shape, by tensor name.
 
-The module comes from ``hepascope.train.torch_module`` (rebuilt from the checkpoint,
-BatchNorm folded, pooling matrices on the device; in fp16 SimAM stays fp32), imported
-when an engine is built: the one import of ``train/`` outside it, listed in
-``.importlinter``. The fusion head stays fp32 (a few small matrix products: fp16 saves
-nothing there). ``FP16_TOL`` is the agreement with fp32 that ``tests/test_fp16.py`` proves
-on every model family (measured on CPU: 2.6e-3 at most).
+The programs were exported in fp32 on the CPU with BatchNorm folded (``train/programs.py``);
+on CUDA they are moved to the device with ``torch.export.passes.move_to_device_pass``.
+fp16 runs the same program with half weights (norms' parameters stay fp32) under autocast,
+whose fp32 op list keeps SimAM's squares and sums in fp32 on CUDA (fp16 squares
+overflow). Each program carries a record (model, labels, role) checked against the
+graph's metadata: a program from another export is refused. The fusion head stays fp32
+(a few small matrix products: fp16 saves nothing there). ``FP16_TOL`` is the agreement
+with fp32 that ``tests/test_fp16.py`` proves on every model family.
 
 Imported only when the torch backend is asked for: ``stream/`` never imports torch."""
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -32,7 +35,15 @@ import torch
 from torch import nn
 
 from hepascope.core.errors import ModelError
-from hepascope.core.export_format import META_ROLE, ROLE_HEAD
+from hepascope.core.export_format import (
+    META_LABELS,
+    META_MODEL,
+    META_ROLE,
+    PROGRAM_META,
+    ROLE_HEAD,
+    ROLES,
+    program_file,
+)
 from hepascope.engines.interface import Dim, TensorSpec, check_feeds
 
 log = logging.getLogger(__name__)
@@ -69,6 +80,49 @@ def read_graph(path: Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ..
     return (tuple(spec(v) for v in g.input if v.name not in inits),
             tuple(spec(v) for v in g.output),
             {p.key: p.value for p in model.metadata_props})
+
+
+def load_program(path: Path, role: str, metadata: dict[str, str], *, device: str, fp16: bool,
+                 channels_last: bool) -> nn.Module:
+    """The module of the program beside the graph at ``path``, on ``device`` (half weights
+    with ``fp16``); refused (``ModelError``) if absent, damaged or written for another
+    model."""
+    if role not in ROLES:
+        raise ModelError(f"{path.name}: not a hepascope export graph (role "
+                         f"{role or None!r}); the torch engine runs exports only")
+    file = program_file(path)
+    if not file.is_file():
+        raise ModelError(f"{path.name}: no torch.export program ({file.name}) beside it; "
+                         "re-export with hepascope export")
+    extra = {PROGRAM_META: ""}
+    try:
+        program = torch.export.load(str(file), extra_files=extra)
+        record = json.loads(extra[PROGRAM_META] or "null")
+        labels = json.loads(metadata.get(META_LABELS, "null"))
+    except Exception as e:  # a damaged archive: zipfile, pickle, JSON errors
+        raise ModelError(f"{file.name}: not a loadable torch.export program ({e!r})") from e
+    want = (metadata.get(META_MODEL), labels, role)
+    got = (None, None, None) if not isinstance(record, dict) else (
+        record.get("model"), record.get("labels"), record.get("role"))
+    if want != got:
+        raise ModelError(f"{file.name}: the program beside it is {got[0]} {got[1]} "
+                         f"({got[2]}), the graph is {want[0]} {want[1]} ({want[2]}); "
+                         "re-export with hepascope export")
+    if device != "cpu":
+        from torch.export.passes import move_to_device_pass
+
+        program = move_to_device_pass(program, device)
+    module: nn.Module = program.module()
+    if fp16:  # the weights of convolutions and matrix products; norms' parameters stay fp32
+        for p in module.parameters():  # (mixed-precision BatchNorm: fp16 in, fp32 parameters)
+            if p.dim() >= 2:
+                p.data = p.data.half()
+    if channels_last:
+        for p in module.parameters():
+            fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(p.dim())
+            if fmt is not None:
+                p.data = p.data.contiguous(memory_format=fmt)
+    return module
 
 
 def _memory_format(x: torch.Tensor) -> torch.memory_format:
@@ -125,11 +179,7 @@ class TorchEngine:
         self.cuda_graph = cuda if cuda_graph is None else cuda_graph
         self._threads = threads or torch.get_num_threads()
         self._tls = threading.local()
-        # the one import of train/ outside it (.importlinter): the module this graph was
-        # exported from, rebuilt from the checkpoint beside it
-        from hepascope.train.torch_module import export_module
-
-        self._module: nn.Module | None = export_module(
+        self._module: nn.Module | None = load_program(
             self.path, self.role, self.metadata, device=device, fp16=self.fp16,
             channels_last=self.channels_last)
         self._out_dtypes = tuple(_TORCH_DTYPES[s.dtype] for s in self.outputs)
@@ -140,7 +190,7 @@ class TorchEngine:
                  self.path.name, device, self.fp16, self.channels_last, self.cuda_graph)
         if cuda and all(s.static for s in self._batch_one()):
             try:  # the live path's batch 1, warmed up (and captured) now, not on frame one
-                self.infer({s.name: np.zeros(s.shape, s.dtype)  # type: ignore[arg-type]
+                self.infer({s.name: np.zeros(s.shape, s.dtype)
                             for s in self._batch_one()})
             except BaseException:
                 self.close()
@@ -159,7 +209,12 @@ class TorchEngine:
         dtype = torch.float16 if self.fp16 else torch.float32
         ins = [x.to(dtype=dtype, memory_format=_memory_format(x)) if self.channels_last
                else x.to(dtype) for x in xs]
-        ys = self._module(*ins)
+        # fp16: autocast casts what the program made in fp32 (pooling matrices) to the
+        # weights' half, and runs its fp32 list (pow, sum: SimAM) in fp32; no weight cache,
+        # as CUDA graphs need
+        with torch.autocast(self.device, dtype=torch.float16, enabled=self.fp16,
+                            cache_enabled=False):
+            ys = self._module(*ins)
         ys = ys if isinstance(ys, tuple) else (ys,)
         if len(ys) != len(self.outputs):
             raise ModelError(f"{self.path.name}: module gives {len(ys)} outputs, the graph "

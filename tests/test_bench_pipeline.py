@@ -24,7 +24,7 @@ STAGES = {"capture_decode", "ring", "preprocess", "infer", "publish", "overlay_r
 
 @pytest.fixture(scope="module")
 def bimodal_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small bimodal export with its weights (the torch engine needs them)."""
+    """A small bimodal export with its programs (the torch engine runs them)."""
     import torch
 
     from hepascope.train.export import export_checkpoint

@@ -1,5 +1,5 @@
 """``--engine auto``: TensorRT where it and pycuda import, a GPU is present and the export
-has its plans; else torch on CUDA where torch sees CUDA and the export has its weights;
+has its plans; else torch on CUDA where torch sees CUDA and the export has its programs;
 else ONNX Runtime. Each branch is driven through injected probes (on a real export, whose
 files decide the rest); the real choice here is logged with its reason, is the same for
 the three graphs of a bimodal export, and is what ``hepascope run`` reports."""
@@ -23,7 +23,6 @@ from test_torch_engine import one_torch_thread, small_export  # noqa: E402, F401
 from hepascope.cli import main  # noqa: E402
 from hepascope.core.config import load_config  # noqa: E402
 from hepascope.core.errors import ModelError  # noqa: E402
-from hepascope.core.export_format import WEIGHTS_FILES  # noqa: E402
 from hepascope.engines import Probes, choose_backend, open_engine  # noqa: E402
 from hepascope.stream.model_loader import open_model  # noqa: E402
 
@@ -37,7 +36,7 @@ NO_TORCH_CUDA = "torch CUDA not available (torch 2.13.0+cpu)"
 
 @pytest.fixture
 def export(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of a real bimodal export (graphs + weights), free to add plans to or strip."""
+    """A copy of a real bimodal export (graphs + programs), free to add plans to or strip."""
     out = tmp_path / "export"
     shutil.copytree(small_export(BIMODAL, tmp_path_factory), out)
     return out
@@ -55,7 +54,7 @@ def _probes(calls: list[str], gpu: str | None, trt: str | None,
                   torch_cuda=probe("torch_cuda", torch_cuda))
 
 
-# gpu, tensorrt, torch_cuda probe results; plans (graphs given one); weights kept ->
+# gpu, tensorrt, torch_cuda probe results; plans (graphs given one); programs kept ->
 # backend, a part of the reason, whether torch had to be asked
 CASES = [
     (None, None, None, GRAPHS, True, "tensorrt", "CUDA GPU and plans present", False),
@@ -67,16 +66,16 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("gpu", "trt", "torch_cuda", "plans", "weights", "backend", "why",
+@pytest.mark.parametrize(("gpu", "trt", "torch_cuda", "plans", "programs", "backend", "why",
                           "asked_torch"), CASES)
 def test_each_branch_of_auto(export: Path, caplog: pytest.LogCaptureFixture, gpu: str | None,
                              trt: str | None, torch_cuda: str | None, plans: tuple[str, ...],
-                             weights: bool, backend: str, why: str, asked_torch: bool) -> None:
+                             programs: bool, backend: str, why: str, asked_torch: bool) -> None:
     for graph in plans:
         (export / graph).with_suffix(".plan").write_bytes(b"plan")  # presence is all auto reads
-    if not weights:
-        for f in WEIGHTS_FILES:
-            (export / f).unlink()
+    if not programs:
+        for f in export.glob("*.pt2"):
+            f.unlink()
     caplog.set_level(logging.INFO, logger=LOGGER)
     for target in (export, *(export / g for g in GRAPHS)):  # one answer for the whole export
         calls: list[str] = []
@@ -87,7 +86,7 @@ def test_each_branch_of_auto(export: Path, caplog: pytest.LogCaptureFixture, gpu
 
 
 def _expected_here() -> str:
-    """What auto must pick on this machine for a test export (weights, no TensorRT plans):
+    """What auto must pick on this machine for a test export (programs, no TensorRT plans):
     decided from torch itself, not from the probes under test."""
     return "torch" if torch.cuda.is_available() else "onnxruntime"
 
@@ -106,9 +105,9 @@ def test_auto_here_picks_and_logs_the_same_engine_for_every_graph(
         assert [e.name for e in clf.engines.values()] == [backend] * 3  # type: ignore[attr-defined]
     finally:
         clf.close()
-    # an export made before exports kept their weights: never torch, and says so
-    for f in WEIGHTS_FILES:
-        (export / f).unlink()
+    # an export made before exports wrote their torch.export programs: never torch, says so
+    for f in export.glob("*.pt2"):
+        f.unlink()
     backend, reason = choose_backend(export / "head.onnx")
     assert backend == "onnxruntime"
     if torch.cuda.is_available():

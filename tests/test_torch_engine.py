@@ -1,7 +1,7 @@
-"""The torch engine: each exported graph's function, rebuilt from the checkpoint the export
-keeps beside its graphs, agrees with ONNX Runtime on one model of every registered family;
-a bimodal export runs the live classifier through it; exports without (or with the wrong)
-weights are refused; on CUDA, the CUDA graph replays exactly what eager runs."""
+"""The torch engine: the torch.export program the export writes beside each graph agrees
+with ONNX Runtime on one model of every registered family; a bimodal export runs the live
+classifier through it; exports without (or with the wrong, or a damaged) program are
+refused; on CUDA, the CUDA graph replays exactly what eager runs."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from support.models import (  # noqa: E402
 
 from hepascope.core.config import load_config  # noqa: E402
 from hepascope.core.errors import ModelError  # noqa: E402
-from hepascope.core.export_format import WEIGHTS_FILES  # noqa: E402
+from hepascope.core.export_format import program_file  # noqa: E402
 from hepascope.core.frame import Frame  # noqa: E402
 from hepascope.engines import open_engine  # noqa: E402
 from hepascope.engines.torch import FP16_TOL, TorchEngine  # noqa: E402
@@ -65,7 +65,7 @@ def one_torch_thread() -> Iterator[None]:
 
 
 def small_export(name: str, factory: pytest.TempPathFactory) -> Path:
-    """Export directory (graphs + weights) of registered model ``name`` at its small size,
+    """Export directory (graphs + programs) of registered model ``name`` at its small size,
     made once per session (test_fp16 and test_engine_select use it too). The last linear
     layer is scaled so the logits' spread over random inputs is 2: probabilities neither
     uniform nor saturated, as a trained model's, so a change in the logits shows."""
@@ -102,7 +102,8 @@ def max_rel_diff(got: np.ndarray, want: np.ndarray) -> float:
 def test_torch_engine_matches_onnxruntime(name: str,
                                           tmp_path_factory: pytest.TempPathFactory) -> None:
     out = small_export(name, tmp_path_factory)
-    assert {p.name for p in out.iterdir()} >= set(WEIGHTS_FILES)
+    names = {p.name for p in out.iterdir()}
+    assert {program_file(g).name for g in out.glob("*.onnx")} <= names
     for graph in sorted(out.glob("*.onnx")):
         ort = open_engine(graph)
         eng = open_engine(graph, "torch", device="cpu")
@@ -143,20 +144,22 @@ def test_bimodal_export_runs_the_live_classifier_on_torch(
             c.close()
 
 
-def test_exports_without_their_weights_are_refused(
+def test_exports_without_their_programs_are_refused(
         tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, small_model: Path) -> None:
     bare = tmp_path / "bare"
     shutil.copytree(small_export("c3d", tmp_path_factory), bare)
-    for f in WEIGHTS_FILES:
-        (bare / f).unlink()
+    for f in bare.glob("*.pt2"):
+        f.unlink()
     with pytest.raises(ModelError, match="re-export with hepascope export") as err:
         open_model(bare, load_config(), backend="torch")
     assert "\n" not in str(err.value)
-    # the weights of another model: refused too, not run in the graph's place
+    # the program of another model: refused too, not run in the graph's place
     other = small_export("dense3d", tmp_path_factory)
-    for f in WEIGHTS_FILES:
-        shutil.copy(other / f, bare / f)
-    with pytest.raises(ModelError, match="weights beside it are dense3d"):
+    shutil.copy(other / "model.pt2", bare / "model.pt2")
+    with pytest.raises(ModelError, match="program beside it is dense3d"):
+        TorchEngine(bare / "model.onnx", device="cpu")
+    (bare / "model.pt2").write_bytes(b"PK\x03\x04 not a program")  # a damaged archive
+    with pytest.raises(ModelError, match=r"not a loadable torch\.export program"):
         TorchEngine(bare / "model.onnx", device="cpu")
     with pytest.raises(ModelError, match="not a hepascope export"):  # a plain ONNX classifier
         TorchEngine(small_model, device="cpu")

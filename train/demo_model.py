@@ -124,7 +124,8 @@ def _train_and_export(ckpt: Path, recipe: Recipe, cache: Path, console: Any) -> 
     model, meta = load_checkpoint(ckpt)
     onnx_dir = ckpt / "onnx"
     with console.status("exporting ONNX graphs and checking parity..."):
-        report = export_checkpoint(model, meta, onnx_dir)
+        # the ONNX graphs are what ships (size: no torch.export programs beside them)
+        report = export_checkpoint(model, meta, onnx_dir, programs=False)
     (onnx_dir / CHECKPOINT_WEIGHTS).unlink(missing_ok=True)  # the graphs are what ships
     (onnx_dir / CHECKPOINT_META).unlink(missing_ok=True)
     write_manifest(onnx_dir, recipe, meta, calibration, report["max_abs_diff"])

@@ -7,8 +7,9 @@
   one) as one graph ``model.onnx``: input "image" (N, C, H, W) or "clip" (N, C, T, H, W),
   output "probs" (softmax included).
 * ``export_checkpoint``: whichever of the two a trained checkpoint needs, with the
-  checkpoint itself beside the graphs (``model.safetensors`` + ``model.json``), from which
-  the torch engine rebuilds each graph's function (``graph_module``).
+  ``torch.export`` program of each graph's function beside it (``programs.py``: what the
+  torch engine runs), and the checkpoint itself (``model.safetensors`` +
+  ``model.json``) when the model can be rebuilt from it.
 
 Each graph carries the labels, its input spec and preprocessing parameters; parity with
 PyTorch is checked at export (batch 1 and 3, max |diff| on probabilities <= 1e-4, else
@@ -16,6 +17,7 @@ PyTorch is checked at export (batch 1 and 3, max |diff| on probabilities <= 1e-4
 
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 from pathlib import Path
@@ -307,13 +309,14 @@ def _write_weights(model: nn.Module, meta: dict[str, Any], out: Path) -> None:
                          "exported model")
 
 
-def export_checkpoint(model: nn.Module, meta: dict[str, Any],
-                      out_dir: str | Path) -> dict[str, Any]:
+def export_checkpoint(model: nn.Module, meta: dict[str, Any], out_dir: str | Path, *,
+                      programs: bool = True) -> dict[str, Any]:
     """Export ``model`` as its checkpoint ``meta`` (model, labels, preprocess per view,
     window, interval_s) says: the streaming split for a two-branch bimodal model, one graph
-    otherwise. When ``meta`` says how to rebuild the model ("kwargs", as ``train`` writes
-    it), the weights and ``meta`` go beside the graphs too (``model.safetensors`` +
-    ``model.json``), for the torch engine."""
+    otherwise; with ``programs``, each graph's ``torch.export`` program beside it (the
+    torch engine's input; its parity joins the report). When ``meta`` says how to
+    rebuild the model ("kwargs", as ``train`` writes it), the weights and ``meta`` go
+    beside the graphs too (``model.safetensors`` + ``model.json``)."""
     kind = single_graph_kind(model)
     if kind is None:
         report = export_bimodal(model, meta, out_dir)
@@ -324,6 +327,14 @@ def export_checkpoint(model: nn.Module, meta: dict[str, Any],
                                preprocess=meta["preprocess"][VIEW_OF[kind]], window=window,
                                model_name=str(meta["model"]), out_dir=out_dir,
                                extra_meta=calibration_metadata(meta))
+    out = Path(out_dir)
+    if programs:
+        from hepascope.train.programs import write_programs
+
+        graphs = [out / p["file"] for p in report["parts"].values()]
+        report["programs_max_abs_diff"] = write_programs(
+            lambda role: graph_module(copy.deepcopy(model), role), graphs, PARITY_TOL)
+        (out / REPORT_FILE).write_text(json.dumps(report, indent=2))
     if "kwargs" in meta:
-        _write_weights(model, meta, Path(out_dir))
+        _write_weights(model, meta, out)
     return report

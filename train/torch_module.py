@@ -1,6 +1,5 @@
-"""The PyTorch module the torch engine (``hepascope.engines.torch``) runs in place of an
-export's ONNX graph: rebuilt from the checkpoint the export keeps beside its graphs
-(``model.safetensors`` + ``model.json``), then prepared for inference.
+"""A graph's PyTorch module prepared for inference, as the export step writes it into the
+``torch.export`` programs the torch engine runs (``programs.py``).
 
 BatchNorm is folded into the convolution before it (as ONNX Runtime and TensorRT do) and
 the pooling matrices of ``StaticAdaptiveAvgPool`` stay on the device. fp16 keeps two
@@ -10,51 +9,12 @@ fp16 saves nothing there)."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from hepascope.core.errors import ModelError
-from hepascope.core.export_format import META_LABELS, META_MODEL, ROLES, WEIGHTS_FILES
-from hepascope.engines.interface import weights_dir
-from hepascope.train.checkpoint import load_checkpoint
-from hepascope.train.export import graph_module
 from hepascope.train.models.layers import SimAM, StaticAdaptiveAvgPool, pool_matrix
-
-
-def export_module(path: Path, role: str, metadata: dict[str, str], *, device: str, fp16: bool,
-                  channels_last: bool) -> nn.Module:
-    """The module of the graph at ``path`` (its ``role`` and ``metadata`` read from it),
-    prepared for ``device`` (``prepare_module``)."""
-    return prepare_module(rebuild(path, role, metadata), device=device, fp16=fp16,
-                          channels_last=channels_last)
-
-
-def rebuild(path: Path, role: str, metadata: dict[str, str]) -> nn.Module:
-    """The traced module, from the checkpoint beside the graph; refused if absent or
-    not the model the graph was exported from."""
-    if role not in ROLES:
-        raise ModelError(f"{path.name}: not a hepascope export graph (role "
-                         f"{role or None!r}); the torch engine runs exports only")
-    d = weights_dir(path)
-    if d is None:
-        raise ModelError(f"{path.name}: no torch weights ({' + '.join(WEIGHTS_FILES)})"
-                         " beside it; re-export with hepascope export")
-    model, meta = load_checkpoint(d)
-    try:
-        labels = json.loads(metadata.get(META_LABELS, "null"))
-    except json.JSONDecodeError as e:
-        raise ModelError(f"{path.name}: 'hepascope.labels' is not JSON") from e
-    want = (metadata.get(META_MODEL), labels)
-    got = (meta.get("model"), meta.get("labels"))
-    if want != got:
-        raise ModelError(f"{path.name}: the weights beside it are {got[0]} "
-                         f"{got[1]}, the graph is {want[0]} {want[1]}; re-export with "
-                         "hepascope export")
-    return graph_module(model, role)
 
 
 class _Fp32(nn.Module):
