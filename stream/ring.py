@@ -13,7 +13,8 @@ the writer starts a new generation sized for them under the same name
 themselves: :meth:`RingReader.next` finishes the old generation first, then re-opens the
 name; nobody has to tell them. A reader that attaches later finds the newest generation.
 
-The work is done by the native module ``hepascope.stream.ring_native`` (C++20, nanobind, POSIX
+The writer lives in ``hepascope.stream.ring_writer`` and is re-exported here. The work is
+done by the native module ``hepascope.stream.ring_native`` (C++20, nanobind, POSIX
 shared memory); this wrapper speaks :class:`~hepascope.core.frame.Frame` and raises
 :class:`~hepascope.core.errors.RingError`. Every frame a reader returns owns a fresh copy
 of the pixels: it never aliases shared memory, so keeping it is always safe.
@@ -43,9 +44,9 @@ from hepascope.stream.ring_owner import owner_alive
 from hepascope.stream.ring_writer import MAX_SOURCE_ID_BYTES as MAX_SOURCE_ID_BYTES
 from hepascope.stream.ring_writer import (
     RingWriter,
-    _require_native,
-    _shm_name,
+    require_native,
     ring_native,
+    shm_name,
     slot_bytes_for,
 )
 
@@ -69,10 +70,10 @@ class RingReader:
     """
 
     def __init__(self, name: str, *, start: Literal["latest", "oldest"] = "latest") -> None:
-        shm = _shm_name(name)
+        shm = shm_name(name)
         if start not in ("latest", "oldest"):
             raise ValueError(f"start must be 'latest' or 'oldest', got {start!r}")
-        _require_native()
+        require_native()
         self._name, self._shm = shm[1:], shm
         self._r = self._attach(start == "oldest")
         # frames written to earlier generations; drops and torn copies of the generations

@@ -1,7 +1,6 @@
-"""The writing end of the shared-memory frame ring (``hepascope.stream.ring``): the
-:class:`RingWriter` a grabber process owns, and closing the writers still open at exit.
-
-The ring's names, slot sizes and the native module are checked here; the reader imports them."""
+"""The writing end of the shared-memory frame ring (``hepascope.stream.ring``, which
+re-exports it): the :class:`RingWriter` a grabber process owns, and the writers still open
+closed at exit. Also the checks both ends share: ring names, slot sizes, the native module."""
 
 from __future__ import annotations
 
@@ -20,6 +19,9 @@ except ImportError as exc:  # not built: import still works, using a ring says h
 else:
     _IMPORT_ERROR = None
 
+__all__ = ["MAX_SOURCE_ID_BYTES", "RingWriter", "require_native", "shm_name",
+           "slot_bytes_for"]
+
 #: Longest ``Frame.source_id`` a ring slot stores (UTF-8 bytes).
 MAX_SOURCE_ID_BYTES = 63
 
@@ -32,7 +34,7 @@ def slot_bytes_for(height: int, width: int, channels: int = 3) -> int:
     return height * width * channels
 
 
-def _shm_name(name: str) -> str:
+def shm_name(name: str) -> str:
     """``name`` as shm_open wants it: exactly one leading '/', no other '/'."""
     if not isinstance(name, str):
         raise TypeError(f"ring name must be a str, got {type(name).__name__}")
@@ -44,7 +46,8 @@ def _shm_name(name: str) -> str:
     return "/" + bare
 
 
-def _require_native() -> None:
+def require_native() -> None:
+    """A :class:`RingError` that says how to build the native module, if it is missing."""
     if ring_native is None:
         raise RingError(
             "the native ring extension hepascope.stream.ring_native is not built "
@@ -81,12 +84,12 @@ class RingWriter:
     def __init__(
         self, name: str, *, slots: int = 8, slot_bytes: int, replace: bool = False
     ) -> None:
-        shm = _shm_name(name)
+        shm = shm_name(name)
         if isinstance(slots, bool) or not isinstance(slots, int) or not 2 <= slots <= 65536:
             raise ValueError(f"slots must be an int in [2, 65536], got {slots!r}")
         if isinstance(slot_bytes, bool) or not isinstance(slot_bytes, int) or slot_bytes <= 0:
             raise ValueError(f"slot_bytes must be a positive int, got {slot_bytes!r}")
-        _require_native()
+        require_native()
         self._name, self._shm, self._generation, self._before = shm[1:], shm, 0, 0
         self._w = self._create(slots, slot_bytes, replace, 0)
         _OPEN_WRITERS.add(self)
