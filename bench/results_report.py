@@ -4,7 +4,8 @@ and method) and PNG plots (latency CDF, throughput vs batch, per-stage stacked b
 stream scaling), drawn with matplotlib's Agg backend.
 
 The pipeline sections' dicts are read generically: nested dicts flattened to dotted keys,
-units read from the key names (``*_ms``, ``*_per_s``, ``*_pct``, ``*_mb``, ``*_s``)."""
+units read from the key names (``*_ms``, ``*_per_s``, ``*_pct``, ``*_mb``, ``*_s``; see
+``bench/results_keys.py``)."""
 
 from __future__ import annotations
 
