@@ -42,6 +42,8 @@ from hepascope.train.engine_build.calibrator import CalibrationBatches, make_cal
 if TYPE_CHECKING:
     import onnx
 
+    from hepascope.engines.cuda import CudaContext
+
 log = logging.getLogger("hepascope.build")
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 CALIB_BATCH = 8  # calibration batch size, at most max_batch
@@ -212,6 +214,66 @@ def _calibration(trt: ModuleType, builder: Any, config: Any, network: Any, *, on
     return calibrator
 
 
+def _check_options(fp16: bool, int8: bool, max_batch: int, workspace_mb: int,
+                   calib_limit: int) -> None:
+    """``ModelError`` for options no build can honour."""
+    if fp16 and int8:
+        raise ModelError("choose --fp16 or --int8, not both")
+    if max_batch < 1 or workspace_mb < 1 or calib_limit < 1:
+        raise ModelError("max_batch, workspace_mb and calib_limit must be >= 1")
+
+
+def _builder_config(trt: ModuleType, builder: Any, network: Any, logger: Any, *, name: str,
+                    max_batch: int, workspace_mb: int) -> tuple[Any, Profile]:
+    """A builder config with the workspace limit and the batch profile; (config, the
+    profile's shapes)."""
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
+    profile, shapes = _profile(builder, network, max_batch)
+    if config.add_optimization_profile(profile) < 0:
+        raise ModelError(f"{name}: TensorRT refused the optimisation profile "
+                         f"{shapes} ({logger.last_error()})")
+    return config, shapes
+
+
+def _pin_simam(trt: ModuleType, config: Any, network: Any, model: onnx.ModelProto,
+               precision: str) -> list[str]:
+    """In reduced precision, SimAM's float layers pinned to fp32 and the builder told to
+    obey; their names."""
+    pinned: list[str] = []
+    if precision in ("fp16", "int8"):
+        pinned = pin_fp32(trt, network, simam_scopes(model))
+        if pinned:
+            config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+    return pinned
+
+
+def _serialize(builder: Any, network: Any, config: Any, calibrator: Any, name: str,
+               logger: Any) -> Any:
+    """The serialized engine; the calibrator's kept error, or ``ModelError`` when TensorRT
+    built none."""
+    serialized = builder.build_serialized_network(network, config)
+    if calibrator is not None and calibrator.error is not None:
+        raise calibrator.error
+    if serialized is None:
+        raise ModelError(f"{name}: TensorRT built no engine "
+                         f"({logger.last_error()})")
+    return serialized
+
+
+def _sidecar(trt: ModuleType, ctx: CudaContext, src: Path, model: onnx.ModelProto,
+             digest: str, *, precision: str, max_batch: int, shapes: Profile,
+             pinned: list[str]) -> PlanSidecar:
+    """What the plan was built from, with and for: its sidecar."""
+    return PlanSidecar(
+        tensorrt_version=trt.__version__, gpu_name=ctx.name,
+        compute_capability=ctx.compute_capability, onnx_sha256=digest,
+        onnx_name=src.name, onnx_metadata={p.key: p.value for p in model.metadata_props},
+        precision=precision, max_batch=max_batch, profiles=(shapes,),
+        fp32_layers=tuple(pinned), built_at=now_utc(),
+        hepascope_version=hepascope_version())
+
+
 def build_plan(onnx_path: str | Path, out: str | Path | None = None, *, fp16: bool = False,
                int8: bool = False, calib: CalibSource = None,
                calib_limit: int = CALIB_LIMIT, calib_cache: str | Path | None = None,
@@ -223,10 +285,7 @@ def build_plan(onnx_path: str | Path, out: str | Path | None = None, *, fp16: bo
     cache defaults to ``MODEL.<sha256[:12]>.calib`` beside the plan, so a changed model is
     never calibrated from a stale cache. See the module doc."""
     src = Path(onnx_path)
-    if fp16 and int8:
-        raise ModelError("choose --fp16 or --int8, not both")
-    if max_batch < 1 or workspace_mb < 1 or calib_limit < 1:
-        raise ModelError("max_batch, workspace_mb and calib_limit must be >= 1")
+    _check_options(fp16, int8, max_batch, workspace_mb, calib_limit)
     plan = Path(out) if out is not None else src.with_suffix(".plan")
     model = load_onnx(src)
     _check_ops(model, src.name)
@@ -243,41 +302,24 @@ def build_plan(onnx_path: str | Path, out: str | Path | None = None, *, fp16: bo
             logger = make_logger(trt)
             builder = trt.Builder(logger)
             network, _parser = _parse(trt, builder, logger, src)  # the parser owns weights
-            config = builder.create_builder_config()
-            config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
-            profile, shapes = _profile(builder, network, max_batch)
-            if config.add_optimization_profile(profile) < 0:
-                raise ModelError(f"{src.name}: TensorRT refused the optimisation profile "
-                                 f"{shapes} ({logger.last_error()})")
+            config, shapes = _builder_config(trt, builder, network, logger, name=src.name,
+                                             max_batch=max_batch, workspace_mb=workspace_mb)
             tc_path = Path(timing_cache) if timing_cache else plan.parent / "timing.cache"
             cache = _timing_cache(config, tc_path)
             precision = _precision(trt, config, fp16=fp16, int8=int8 and not qdq, qdq=qdq)
-            pinned: list[str] = []
-            if precision in ("fp16", "int8"):
-                pinned = pin_fp32(trt, network, simam_scopes(model))
-                if pinned:
-                    config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+            pinned = _pin_simam(trt, config, network, model, precision)
             if precision == "int8":
                 calibrator = _calibration(
                     trt, builder, config, network, onnx_path=src, calib=calib,
                     cache=Path(calib_cache) if calib_cache else
                     plan.with_name(f"{src.stem}.{digest[:12]}.calib"),
                     max_batch=max_batch, limit=calib_limit, context=ctx)
-            serialized = builder.build_serialized_network(network, config)
-            if calibrator is not None and calibrator.error is not None:
-                raise calibrator.error
-            if serialized is None:
-                raise ModelError(f"{src.name}: TensorRT built no engine "
-                                 f"({logger.last_error()})")
+            serialized = _serialize(builder, network, config, calibrator, src.name, logger)
             plan.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(tc_path, bytes(cache.serialize()))
-            write_plan(plan, serialized, PlanSidecar(
-                tensorrt_version=trt.__version__, gpu_name=ctx.name,
-                compute_capability=ctx.compute_capability, onnx_sha256=digest,
-                onnx_name=src.name, onnx_metadata={p.key: p.value for p in model.metadata_props},
-                precision=precision, max_batch=max_batch, profiles=(shapes,),
-                fp32_layers=tuple(pinned), built_at=now_utc(),
-                hepascope_version=hepascope_version()))
+            write_plan(plan, serialized, _sidecar(
+                trt, ctx, src, model, digest, precision=precision, max_batch=max_batch,
+                shapes=shapes, pinned=pinned))
             log.info("built %s (%s, batch 1..%d, %d layers pinned to fp32)", plan, precision,
                      max_batch, len(pinned))
             if calibrator is not None:
