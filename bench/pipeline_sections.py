@@ -25,7 +25,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -45,7 +45,9 @@ from hepascope.bench.pipeline_probes import (
 )
 from hepascope.core.config import load_config
 from hepascope.core.errors import guard_main
+from hepascope.core.frame import Frame
 from hepascope.stream.app import RunRequest, run_pipeline
+from hepascope.stream.classifier import Classifier
 from hepascope.stream.sources import open_source
 
 _MS = 1e-6  # ns -> ms
@@ -159,17 +161,7 @@ def naive_section(model: Path, *, source: str, fps: float, seconds: float,
                 if frame is None:
                     break
                 t_dec = time.monotonic_ns()
-                probs, times = clf.predict(frame)
-                t_inf = time.monotonic_ns()
-                i = int(np.argmax(probs))
-                print(f"{frame.seq} {clf.labels[i]} {probs[i]:.3f}", file=sink, flush=True)
-                t_done = time.monotonic_ns()
-                lat_ms.append((t_done - arrival) * _MS)
-                stages["wait"].append(max(t_take - arrival, 0) * _MS)
-                stages["capture_decode"].append((t_dec - t_take) * _MS)
-                stages["preprocess"].append(times.get("preprocess", 0.0))
-                stages["infer"].append((t_inf - t_dec) * _MS - times.get("preprocess", 0.0))
-                stages["print"].append((t_done - t_inf) * _MS)
+                _naive_step(clf, frame, sink, arrival, t_take, t_dec, lat_ms, stages)
                 k += 1
             t_end = time.monotonic_ns()
     finally:
@@ -185,6 +177,24 @@ def naive_section(model: Path, *, source: str, fps: float, seconds: float,
             "notes": "frame k arrives at t0 + k/fps; late frames wait in an unbounded FIFO "
                      "(no drops); capture->result = printed - arrival; one untimed warm-up "
                      "frame"}
+
+
+def _naive_step(clf: Classifier, frame: Frame, sink: IO[str], arrival: int, t_take: int,
+                t_dec: int, lat_ms: list[float], stages: dict[str, list[float]]) -> None:
+    """One turn of the naive loop after the decode: infer, print the line, and append the
+    frame's latency and stage times (``arrival``, ``t_take``, ``t_dec``: monotonic ns when
+    it arrived, was taken, was decoded)."""
+    probs, times = clf.predict(frame)
+    t_inf = time.monotonic_ns()
+    i = int(np.argmax(probs))
+    print(f"{frame.seq} {clf.labels[i]} {probs[i]:.3f}", file=sink, flush=True)
+    t_done = time.monotonic_ns()
+    lat_ms.append((t_done - arrival) * _MS)
+    stages["wait"].append(max(t_take - arrival, 0) * _MS)
+    stages["capture_decode"].append((t_dec - t_take) * _MS)
+    stages["preprocess"].append(times.get("preprocess", 0.0))
+    stages["infer"].append((t_inf - t_dec) * _MS - times.get("preprocess", 0.0))
+    stages["print"].append((t_done - t_inf) * _MS)
 
 
 def _naive_figures(lat_ms: list[float], stages: dict[str, list[float]], arrived: int,

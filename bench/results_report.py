@@ -4,7 +4,8 @@ and method) and PNG plots (latency CDF, throughput vs batch, per-stage stacked b
 stream scaling), drawn with matplotlib's Agg backend.
 
 The pipeline sections' dicts are read generically: nested dicts flattened to dotted keys,
-units read from the key names (``*_ms``, ``*_per_s``, ``*_pct``, ``*_mb``, ``*_s``)."""
+units read from the key names (``*_ms``, ``*_per_s``, ``*_pct``, ``*_mb``, ``*_s``; see
+``bench/results_keys.py``)."""
 
 from __future__ import annotations
 
@@ -14,42 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from hepascope.bench.headline import headline_md
+from hepascope.bench.results_keys import find_value, flatten, unit
 
 PIPELINE_SECTIONS = ("pipeline", "naive", "baseline_ratio", "pipeline_60fps", "naive_60fps",
                      "baseline_ratio_60fps", "scaling", "slow_model")
-UNITS = (("_per_s", "per s"), ("_ms", "ms"), ("_pct", "% of one core"), ("_mb", "MB"), ("_s", "s"),
-         ("fps", "frames/s"), ("_x", "x"))
 PLOTS = ("latency_cdf.png", "throughput.png", "stages.png", "scaling.png")
-
-
-def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested dicts -> {"a.b.c": scalar}; lists of scalars kept whole, other lists indexed."""
-    out: dict[str, Any] = {}
-    if isinstance(d, dict):
-        for k, v in d.items():
-            out.update(flatten(v, f"{prefix}{k}."))
-    elif isinstance(d, list) and not all(isinstance(x, int | float | str) for x in d):
-        for i, v in enumerate(d):
-            out.update(flatten(v, f"{prefix}{i}."))
-    else:
-        out[prefix[:-1]] = d
-    return out
-
-
-def find_value(d: Any, *tokens: str) -> Any:
-    """The first scalar in ``d`` whose dotted key contains every token (case-insensitive),
-    or None."""
-    for k, v in flatten(d).items():
-        if all(t.lower() in k.lower() for t in tokens) and isinstance(v, int | float):
-            return v
-    return None
-
-
-def unit(key: str) -> str:
-    last = key.rsplit(".", 1)[-1].lower()
-    for stat in ("_mean", "_min", "_max", "_median"):  # a statistic of a figure: its unit
-        last = last.removesuffix(stat)
-    return next((u for suffix, u in UNITS if last.endswith(suffix)), "")
 
 
 def _fmt(v: Any) -> str:

@@ -249,7 +249,7 @@ def _pipeline_model(given: Path | None, graphs: list[Graphs], work: Path) -> Pat
 
 def seed_paper(res: dict[str, Any]) -> dict[str, Any]:
     """S1's published figures (theirs) beside ours from the pipeline section."""
-    from hepascope.bench.results_report import find_value
+    from hepascope.bench.results_keys import find_value
 
     pl = res.get("pipeline", {})
     return {"theirs": SEED_PAPER,

@@ -32,13 +32,16 @@ import time
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from hepascope.core.errors import guard_main
 from hepascope.core.export_format import META_LABELS
 from hepascope.core.logs import configure as configure_logging
+
+if TYPE_CHECKING:
+    from hepascope.stream.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +206,19 @@ def _kill_cycle(server: Any, runner: threading.Thread, count: _Count, box: dict[
     return samples, kills, time.monotonic() - t0, count.n - n0
 
 
+def _runner(pipe: Pipeline, box: dict[str, Any]) -> threading.Thread:
+    """The thread (not started) that runs ``pipe`` until stopped: its summary goes into
+    ``box["summary"]``, or what it raised into ``box["error"]``."""
+
+    def run() -> None:
+        try:
+            box["summary"] = pipe.run(None)
+        except BaseException as e:  # re-raised by run_soak, in the caller's thread
+            box["error"] = e
+
+    return threading.Thread(target=run, name="soak-pipeline", daemon=True)
+
+
 def run_soak(*, minutes: float, kill_every_s: float, out: Path, clip: Path | None = None,
              model: Path | None = None, outage_s: float = 1.0, limits: Limits | None = None,
              sample_s: float = 1.0) -> dict[str, Any]:
@@ -232,14 +248,7 @@ def run_soak(*, minutes: float, kill_every_s: float, out: Path, clip: Path | Non
     count = _Count()
     pipe = compose(source, classifier, publisher, cfg.pipeline, listeners=(count,))
     box: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            box["summary"] = pipe.run(None)
-        except BaseException as e:  # re-raised below, in the caller's thread
-            box["error"] = e
-
-    runner = threading.Thread(target=run, name="soak-pipeline", daemon=True)
+    runner = _runner(pipe, box)
     try:
         runner.start()
         samples, kills, run_s, results = _kill_cycle(

@@ -82,22 +82,12 @@ def run_pipeline(req: RunRequest) -> dict[str, Any]:
                                     req.config, backend=engine_name, threads=req.threads,
                                     labels=req.labels)
         stack.callback(classifier.close)
-        side: tuple[SideModel, ...] = ()
-        clip_engine = None
-        if req.clip_model is not None:
-            clip_engine = resolve_backend(req.clip_model, req.engine)
-            # one engine thread: it shares the cores with the main model, never takes them
-            clip = open_clip_model(req.clip_model, backend=clip_engine, threads=1,
-                                   every=req.clip_every)
-            stack.callback(clip.close)
-            side = (clip,)
+        side, clip_engine = open_side_models(req, stack)
         source = open_source(req.source, req.options)
         source.open()
         stack.callback(source.close)  # the grabber closes it too; close() is idempotent
         pub_cfg = req.config.publish
-        publisher = Publisher(req.publish or pub_cfg.endpoint, send_hwm=pub_cfg.send_hwm,
-                              keys=ServerKeys.from_dir(Path(pub_cfg.keys)) if pub_cfg.keys
-                              else None, insecure=pub_cfg.insecure)
+        publisher = open_publisher(req)
         stack.callback(publisher.close)
         if req.on_bound is not None:
             req.on_bound(publisher.bound)
@@ -105,15 +95,8 @@ def run_pipeline(req: RunRequest) -> dict[str, Any]:
         if igtl := serve_igtl(req.igtl_serve or pub_cfg.igtl_serve, pub_cfg.insecure):
             stack.callback(igtl.close)
             listeners = (*listeners, igtl)
-        recorder = None
-        if req.record is not None:
-            meta = {"source": req.source, "source_id": source.source_id,
-                    "model": str(req.model.resolve()), "engine": engine_name}
-            if req.clip_model is not None:
-                meta["clip_model"] = str(req.clip_model.resolve())
-                meta["clip_engine"] = str(clip_engine)
-            recorder = SessionRecorder(req.record, meta)
-            stack.callback(recorder.close)
+        recorder = open_recorder(req, stack, source.source_id, engine_name, clip_engine)
+        if recorder is not None:
             listeners = (*listeners, recorder)
         pipeline = compose(source, classifier, publisher, req.config.pipeline, side=side,
                            listeners=listeners, engine_name=engine_name,
@@ -133,6 +116,45 @@ def run_pipeline(req: RunRequest) -> dict[str, Any]:
                         "published": publisher.sent, "publish_dropped": publisher.dropped,
                         **(igtl.stats() if igtl else {})})
         return answers_last(summary)
+
+
+def open_side_models(req: RunRequest, stack: ExitStack
+                     ) -> tuple[tuple[SideModel, ...], str | None]:
+    """The clip model beside the main one, if asked, closed by ``stack``: (the side
+    models, the clip model's engine or None)."""
+    if req.clip_model is None:
+        return (), None
+    clip_engine = resolve_backend(req.clip_model, req.engine)
+    # one engine thread: it shares the cores with the main model, never takes them
+    clip = open_clip_model(req.clip_model, backend=clip_engine, threads=1,
+                           every=req.clip_every)
+    stack.callback(clip.close)
+    return (clip,), clip_engine
+
+
+def open_publisher(req: RunRequest) -> Publisher:
+    """The results publisher: ``req.publish`` or the config's endpoint, with its CURVE keys
+    (if configured)."""
+    pub_cfg = req.config.publish
+    return Publisher(req.publish or pub_cfg.endpoint, send_hwm=pub_cfg.send_hwm,
+                     keys=ServerKeys.from_dir(Path(pub_cfg.keys)) if pub_cfg.keys
+                     else None, insecure=pub_cfg.insecure)
+
+
+def open_recorder(req: RunRequest, stack: ExitStack, source_id: str, engine_name: str,
+                  clip_engine: str | None) -> SessionRecorder | None:
+    """The session recorder (closed by ``stack``) if ``req.record`` asks for one, its
+    metadata naming the source, the models and their engines."""
+    if req.record is None:
+        return None
+    meta = {"source": req.source, "source_id": source_id,
+            "model": str(req.model.resolve()), "engine": engine_name}
+    if req.clip_model is not None:
+        meta["clip_model"] = str(req.clip_model.resolve())
+        meta["clip_engine"] = str(clip_engine)
+    recorder = SessionRecorder(req.record, meta)
+    stack.callback(recorder.close)
+    return recorder
 
 
 def answers_last(summary: dict[str, Any]) -> dict[str, Any]:

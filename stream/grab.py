@@ -10,8 +10,8 @@ from collections.abc import Callable
 from typing import Any
 
 from hepascope.core.frame import Frame
-from hepascope.stream.ring import RingWriter
 from hepascope.stream.ring_owner import sweep_stale
+from hepascope.stream.ring_writer import RingWriter
 from hepascope.stream.sources.base import Source
 from hepascope.stream.stats import RunStats
 

@@ -316,15 +316,10 @@ def _pace(sub: Subscriber, next_tick: float) -> float:
     return next_tick
 
 
-def run_overlay(endpoint: str, *, out: Path | None, window: bool, background: Source | None,
-                stale_ms: float, fps: float, duration_s: float | None,
-                stop: threading.Event, heartbeat_timeout_ms: float = 600.0,
-                keys: ClientKeys | None = None) -> dict[str, Any]:
-    """Display loop at ``fps`` until ``duration_s`` or ``stop``; returns a summary
-    (frames per status, messages received, malformed ones dropped). With ``out``, also
-    writes ``<out>.jsonl``: per displayed frame, status, label, frame age, run id, malformed
-    messages so far (``out``'s folder is created; if it cannot be, one ``ConfigError``).
-    With ``keys``, subscribes over CURVE to the pinned publisher key only."""
+def _open_outputs(endpoint: str, *, out: Path | None, window: bool,
+                  keys: ClientKeys | None) -> tuple[Subscriber, IO[str] | None]:
+    """The window (if asked), the per-frame log (with ``out``) and the subscription, in
+    that order; the log is closed again if subscribing fails."""
     if window:
         try:
             cv2.namedWindow("hepascope", cv2.WINDOW_NORMAL)
@@ -338,6 +333,19 @@ def run_overlay(endpoint: str, *, out: Path | None, window: bool, background: So
         if log_file is not None:
             log_file.close()
         raise
+    return sub, log_file
+
+
+def run_overlay(endpoint: str, *, out: Path | None, window: bool, background: Source | None,
+                stale_ms: float, fps: float, duration_s: float | None,
+                stop: threading.Event, heartbeat_timeout_ms: float = 600.0,
+                keys: ClientKeys | None = None) -> dict[str, Any]:
+    """Display loop at ``fps`` until ``duration_s`` or ``stop``; returns a summary
+    (frames per status, messages received, malformed ones dropped). With ``out``, also
+    writes ``<out>.jsonl``: per displayed frame, status, label, frame age, run id, malformed
+    messages so far (``out``'s folder is created; if it cannot be, one ``ConfigError``).
+    With ``keys``, subscribes over CURVE to the pinned publisher key only."""
+    sub, log_file = _open_outputs(endpoint, out=out, window=window, keys=keys)
     state = OverlayState(stale_ms, heartbeat_timeout_ms)
     redial = Redial()
     bg = Background(background)

@@ -144,9 +144,7 @@ def compose(source: Source, classifier: Classifier | InferenceProcess, sink: Sin
     results: queue.Queue[tuple[dict[str, Any], ModelTally]] = queue.Queue(maxsize=256)
     ring = LazyRing(ring_name or f"hepascope-{os.getpid()}-{uuid.uuid4().hex[:8]}",
                      config.ring_slots, on_ring)
-    main: Step | InferenceProcess = (classifier if isinstance(classifier, InferenceProcess)
-                                     else partial(main_step, classifier))
-    steps = [main, *(partial(side_step, m) for m in side)]
+    steps = _model_steps(classifier, side)
     finished = [threading.Event() for _ in steps]
     where = classifier.telemetry if isinstance(classifier, InferenceProcess) else _in_thread
 
@@ -163,13 +161,9 @@ def compose(source: Source, classifier: Classifier | InferenceProcess, sink: Sin
         if i > 0:
             _lower_priority(SIDE_NICE)
         step, tally = steps[i], stats.models[i]
-        try:
-            if isinstance(step, InferenceProcess):
-                step.serve(ring, source_done, stop, lambda m: results.put((m, tally)), tally,
-                           lambda: stats.frames_in)
-            else:  # the main model's invalid outputs in a row end the run (no restart)
-                infer_loop(step, tally, ring, source_done, stop, results,
-                           max_invalid=0 if i else config.inference_max_invalid)
+        try:  # the main model's invalid outputs in a row end the run (no restart)
+            _run_step(step, tally, ring, source_done, stop, results, stats,
+                      max_invalid=0 if i else config.inference_max_invalid)
         finally:
             finished[i].set()
 
@@ -190,6 +184,29 @@ def compose(source: Source, classifier: Classifier | InferenceProcess, sink: Sin
     # a reconnecting source waiting out an outage yields no frame to notice the stop by
     pipeline.on_stop = getattr(source, "interrupt", None)
     return pipeline
+
+
+def _model_steps(classifier: Classifier | InferenceProcess,
+                side: Sequence[SideModel]) -> list[Step | InferenceProcess]:
+    """What each model's thread runs: first the main model's step (or its inference
+    process), then each side model's step."""
+    main: Step | InferenceProcess = (classifier if isinstance(classifier, InferenceProcess)
+                                     else partial(main_step, classifier))
+    return [main, *(partial(side_step, m) for m in side)]
+
+
+def _run_step(step: Step | InferenceProcess, tally: ModelTally, ring: LazyRing,
+              source_done: threading.Event, stop: threading.Event,
+              results: queue.Queue[tuple[dict[str, Any], ModelTally]], stats: RunStats, *,
+              max_invalid: int) -> None:
+    """One model's inference until the source ends or ``stop``: an ``InferenceProcess``
+    serves it from its child (relayed, restarted), any other step loops in this thread
+    (``max_invalid`` invalid outputs in a row end the run; 0: never)."""
+    if isinstance(step, InferenceProcess):
+        step.serve(ring, source_done, stop, lambda m: results.put((m, tally)), tally,
+                   lambda: stats.frames_in)
+    else:
+        infer_loop(step, tally, ring, source_done, stop, results, max_invalid=max_invalid)
 
 
 def _lower_priority(nice: int) -> None:

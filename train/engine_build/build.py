@@ -37,9 +37,12 @@ from hepascope.engines.plan import (
     sha256_file,
     write_plan,
 )
+from hepascope.train.engine_build.calibrator import CalibrationBatches, make_calibrator
 
 if TYPE_CHECKING:
     import onnx
+
+    from hepascope.engines.cuda import CudaContext
 
 log = logging.getLogger("hepascope.build")
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
@@ -82,96 +85,6 @@ def simam_scopes(model: onnx.ModelProto) -> list[str]:
                 break
     return sorted(s for s, o in ops.items()
                   if not o & PARAM_OPS and "Sigmoid" in o and "ReduceMean" in o)
-
-
-class CalibrationBatches:
-    """Batch-1 feeds ``{input: (1, ...)}`` grouped into batches of ``batch_size`` (the
-    remainder that does not fill a batch is left out: the calibration profile is static),
-    handed out in order by ``next()`` until exhausted (None)."""
-
-    def __init__(self, feeds: Sequence[dict[str, np.ndarray]], batch_size: int,
-                 names: Sequence[str]) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if len(feeds) < batch_size:
-            raise ModelError(f"calibration needs at least {batch_size} samples, got "
-                             f"{len(feeds)}")
-        for i, feed in enumerate(feeds):
-            if set(feed) != set(names):
-                raise ModelError(f"calibration sample {i} has inputs {sorted(feed)}, the "
-                                 f"model {sorted(names)}")
-            if any(feed[n].shape[0] != 1 for n in names):
-                raise ModelError(f"calibration sample {i} is not a batch of 1")
-        self.batch_size, self.names = batch_size, tuple(names)
-        self._feeds = list(feeds)
-        self._next = 0
-
-    def __len__(self) -> int:
-        return len(self._feeds) // self.batch_size
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return (self.batch_size, *self._feeds[0][name].shape[1:])
-
-    def next(self) -> dict[str, np.ndarray] | None:
-        if self._next >= len(self):
-            return None
-        rows = self._feeds[self._next * self.batch_size:(self._next + 1) * self.batch_size]
-        self._next += 1
-        return {n: np.ascontiguousarray(np.concatenate([r[n] for r in rows]), np.float32)
-                for n in self.names}
-
-
-def make_calibrator(trt: ModuleType, batches: CalibrationBatches | None, cache: Path,
-                    context: Any) -> Any:
-    """An ``IInt8EntropyCalibrator2`` that copies ``batches`` to device buffers allocated
-    once, and reads/writes the calibration cache ``cache`` (reused when present: delete it
-    to calibrate again). Exceptions in its callbacks are kept and re-raised by
-    ``build_plan`` after TensorRT returns: they cannot cross TensorRT's C++ frames."""
-    from hepascope.engines.cuda import BufferSpec, DeviceBuffers
-
-    class Calibrator(trt.IInt8EntropyCalibrator2):  # type: ignore[name-defined]
-        def __init__(self) -> None:
-            trt.IInt8EntropyCalibrator2.__init__(self)
-            self.error: BaseException | None = None
-            self.buffers: DeviceBuffers | None = None
-            if batches is not None:
-                self.buffers = DeviceBuffers([BufferSpec(n, batches.shape(n), np.dtype("f4"))
-                                              for n in batches.names], context)
-
-        def get_batch_size(self) -> int:
-            return batches.batch_size if batches is not None else 1
-
-        def get_batch(self, names: list[str]) -> list[int] | None:
-            # None is TensorRT's end-of-data signal here, not an error return
-            if batches is None or self.buffers is None or self.error is not None:
-                return None
-            try:
-                batch = batches.next()
-                if batch is None:
-                    return None
-                for n in names:
-                    np.copyto(self.buffers.host(n), batch[n])
-                    self.buffers.to_device(n)
-                self.buffers.synchronize()
-                return [self.buffers.device_ptr(n) for n in names]
-            except BaseException as e:
-                self.error = e
-                return None
-
-        def read_calibration_cache(self) -> bytes | None:
-            return cache.read_bytes() if cache.is_file() else None
-
-        def write_calibration_cache(self, data: Any) -> None:
-            try:
-                atomic_write(cache, bytes(data))
-            except BaseException as e:
-                self.error = e
-
-        def close(self) -> None:
-            if self.buffers is not None:
-                self.buffers.close()
-
-    return Calibrator()
 
 
 def _parse(trt: ModuleType, builder: Any, logger: Any, onnx_path: Path) -> tuple[Any, Any]:
@@ -301,6 +214,66 @@ def _calibration(trt: ModuleType, builder: Any, config: Any, network: Any, *, on
     return calibrator
 
 
+def _check_options(fp16: bool, int8: bool, max_batch: int, workspace_mb: int,
+                   calib_limit: int) -> None:
+    """``ModelError`` for options no build can honour."""
+    if fp16 and int8:
+        raise ModelError("choose --fp16 or --int8, not both")
+    if max_batch < 1 or workspace_mb < 1 or calib_limit < 1:
+        raise ModelError("max_batch, workspace_mb and calib_limit must be >= 1")
+
+
+def _builder_config(trt: ModuleType, builder: Any, network: Any, logger: Any, *, name: str,
+                    max_batch: int, workspace_mb: int) -> tuple[Any, Profile]:
+    """A builder config with the workspace limit and the batch profile; (config, the
+    profile's shapes)."""
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
+    profile, shapes = _profile(builder, network, max_batch)
+    if config.add_optimization_profile(profile) < 0:
+        raise ModelError(f"{name}: TensorRT refused the optimisation profile "
+                         f"{shapes} ({logger.last_error()})")
+    return config, shapes
+
+
+def _pin_simam(trt: ModuleType, config: Any, network: Any, model: onnx.ModelProto,
+               precision: str) -> list[str]:
+    """In reduced precision, SimAM's float layers pinned to fp32 and the builder told to
+    obey; their names."""
+    pinned: list[str] = []
+    if precision in ("fp16", "int8"):
+        pinned = pin_fp32(trt, network, simam_scopes(model))
+        if pinned:
+            config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+    return pinned
+
+
+def _serialize(builder: Any, network: Any, config: Any, calibrator: Any, name: str,
+               logger: Any) -> Any:
+    """The serialized engine; the calibrator's kept error, or ``ModelError`` when TensorRT
+    built none."""
+    serialized = builder.build_serialized_network(network, config)
+    if calibrator is not None and calibrator.error is not None:
+        raise calibrator.error
+    if serialized is None:
+        raise ModelError(f"{name}: TensorRT built no engine "
+                         f"({logger.last_error()})")
+    return serialized
+
+
+def _sidecar(trt: ModuleType, ctx: CudaContext, src: Path, model: onnx.ModelProto,
+             digest: str, *, precision: str, max_batch: int, shapes: Profile,
+             pinned: list[str]) -> PlanSidecar:
+    """What the plan was built from, with and for: its sidecar."""
+    return PlanSidecar(
+        tensorrt_version=trt.__version__, gpu_name=ctx.name,
+        compute_capability=ctx.compute_capability, onnx_sha256=digest,
+        onnx_name=src.name, onnx_metadata={p.key: p.value for p in model.metadata_props},
+        precision=precision, max_batch=max_batch, profiles=(shapes,),
+        fp32_layers=tuple(pinned), built_at=now_utc(),
+        hepascope_version=hepascope_version())
+
+
 def build_plan(onnx_path: str | Path, out: str | Path | None = None, *, fp16: bool = False,
                int8: bool = False, calib: CalibSource = None,
                calib_limit: int = CALIB_LIMIT, calib_cache: str | Path | None = None,
@@ -312,10 +285,7 @@ def build_plan(onnx_path: str | Path, out: str | Path | None = None, *, fp16: bo
     cache defaults to ``MODEL.<sha256[:12]>.calib`` beside the plan, so a changed model is
     never calibrated from a stale cache. See the module doc."""
     src = Path(onnx_path)
-    if fp16 and int8:
-        raise ModelError("choose --fp16 or --int8, not both")
-    if max_batch < 1 or workspace_mb < 1 or calib_limit < 1:
-        raise ModelError("max_batch, workspace_mb and calib_limit must be >= 1")
+    _check_options(fp16, int8, max_batch, workspace_mb, calib_limit)
     plan = Path(out) if out is not None else src.with_suffix(".plan")
     model = load_onnx(src)
     _check_ops(model, src.name)
@@ -332,41 +302,24 @@ def build_plan(onnx_path: str | Path, out: str | Path | None = None, *, fp16: bo
             logger = make_logger(trt)
             builder = trt.Builder(logger)
             network, _parser = _parse(trt, builder, logger, src)  # the parser owns weights
-            config = builder.create_builder_config()
-            config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
-            profile, shapes = _profile(builder, network, max_batch)
-            if config.add_optimization_profile(profile) < 0:
-                raise ModelError(f"{src.name}: TensorRT refused the optimisation profile "
-                                 f"{shapes} ({logger.last_error()})")
+            config, shapes = _builder_config(trt, builder, network, logger, name=src.name,
+                                             max_batch=max_batch, workspace_mb=workspace_mb)
             tc_path = Path(timing_cache) if timing_cache else plan.parent / "timing.cache"
             cache = _timing_cache(config, tc_path)
             precision = _precision(trt, config, fp16=fp16, int8=int8 and not qdq, qdq=qdq)
-            pinned: list[str] = []
-            if precision in ("fp16", "int8"):
-                pinned = pin_fp32(trt, network, simam_scopes(model))
-                if pinned:
-                    config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+            pinned = _pin_simam(trt, config, network, model, precision)
             if precision == "int8":
                 calibrator = _calibration(
                     trt, builder, config, network, onnx_path=src, calib=calib,
                     cache=Path(calib_cache) if calib_cache else
                     plan.with_name(f"{src.stem}.{digest[:12]}.calib"),
                     max_batch=max_batch, limit=calib_limit, context=ctx)
-            serialized = builder.build_serialized_network(network, config)
-            if calibrator is not None and calibrator.error is not None:
-                raise calibrator.error
-            if serialized is None:
-                raise ModelError(f"{src.name}: TensorRT built no engine "
-                                 f"({logger.last_error()})")
+            serialized = _serialize(builder, network, config, calibrator, src.name, logger)
             plan.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(tc_path, bytes(cache.serialize()))
-            write_plan(plan, serialized, PlanSidecar(
-                tensorrt_version=trt.__version__, gpu_name=ctx.name,
-                compute_capability=ctx.compute_capability, onnx_sha256=digest,
-                onnx_name=src.name, onnx_metadata={p.key: p.value for p in model.metadata_props},
-                precision=precision, max_batch=max_batch, profiles=(shapes,),
-                fp32_layers=tuple(pinned), built_at=now_utc(),
-                hepascope_version=hepascope_version()))
+            write_plan(plan, serialized, _sidecar(
+                trt, ctx, src, model, digest, precision=precision, max_batch=max_batch,
+                shapes=shapes, pinned=pinned))
             log.info("built %s (%s, batch 1..%d, %d layers pinned to fp32)", plan, precision,
                      max_batch, len(pinned))
             if calibrator is not None:
