@@ -228,13 +228,20 @@ def pin_fp32(trt: ModuleType, network: Any, scopes: Sequence[str]) -> list[str]:
     return pinned
 
 
-def _timing_cache(config: Any, path: Path) -> Any:
+def _timing_cache(config: Any, path: Path, logger: Any) -> Any:
+    """Set ``path``'s timing cache on ``config`` (a new one where TensorRT cannot use the
+    file: another TensorRT or GPU wrote it) and return it. ``create_timing_cache`` returns
+    None when it fails: a ``ModelError`` here, not a TypeError in ``set_timing_cache``."""
     data = path.read_bytes() if path.is_file() else b""
-    cache = config.create_timing_cache(data)
-    if not config.set_timing_cache(cache, False):  # another TensorRT or GPU wrote it
+    cache = config.create_timing_cache(data) if data else None
+    if cache is not None and config.set_timing_cache(cache, False):
+        return cache
+    if data:
         log.warning("%s: timing cache not usable here, starting a new one", path)
-        cache = config.create_timing_cache(b"")
-        config.set_timing_cache(cache, False)
+    cache = config.create_timing_cache(b"")
+    if cache is None or not config.set_timing_cache(cache, False):
+        raise ModelError(f"TensorRT could not create a timing cache for {path.name} "
+                         f"({logger.last_error()})")
     return cache
 
 
@@ -339,7 +346,7 @@ def build_plan(onnx_path: str | Path, out: str | Path | None = None, *, fp16: bo
                 raise ModelError(f"{src.name}: TensorRT refused the optimisation profile "
                                  f"{shapes} ({logger.last_error()})")
             tc_path = Path(timing_cache) if timing_cache else plan.parent / "timing.cache"
-            cache = _timing_cache(config, tc_path)
+            cache = _timing_cache(config, tc_path, logger)
             precision = _precision(trt, config, fp16=fp16, int8=int8 and not qdq, qdq=qdq)
             pinned: list[str] = []
             if precision in ("fp16", "int8"):
