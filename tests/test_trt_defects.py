@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from support import fake_gpu
 from support.models import make_classifier
 
 from hepascope.core.errors import ModelError
+from hepascope.engines.cuda import CudaError
 from hepascope.train.engine_build.build import build_plan
 
 
@@ -48,3 +50,69 @@ def test_timing_cache_file_tensorrt_refuses_is_started_again(
     fake.trt.timing_cache = lambda data: not data  # None for the file's bytes only
     assert build_plan(model).is_file()
     assert timing.read_bytes() == b"timing"  # the new cache, serialised after the build
+
+
+# ----------------------------------------------------------------- 2. the calibration cache
+
+
+def feeds(n: int = 16) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(0)
+    return [{"image": rng.normal(size=(1, 1, 8, 8)).astype(np.float32)} for _ in range(n)]
+
+
+def int8(model: Path, cache: Path, calib: list[dict[str, np.ndarray]] | None) -> Path:
+    return build_plan(model, int8=True, calib=calib, max_batch=2, calib_cache=cache)
+
+
+def test_failed_calibration_writes_no_cache(fake: fake_gpu.FakeGpu, model: Path,
+                                            tmp_path: Path) -> None:
+    cache = tmp_path / "model.calib"
+    fake.gpu.fail["memcpy_htod_async"] = 2  # the second batch's upload fails
+    with pytest.raises(CudaError, match="illegal memory access"):
+        int8(model, cache, feeds())
+    assert fake.trt.batches == 1  # TensorRT calibrated on one batch and offered its cache
+    assert not cache.exists()
+    assert not list(tmp_path.glob(".model.calib.*"))  # no temporary file left either
+
+
+def test_failed_build_after_calibration_writes_no_cache(fake: fake_gpu.FakeGpu, model: Path,
+                                                        tmp_path: Path) -> None:
+    cache = tmp_path / "model.calib"
+    fake.trt.build_fails = True
+    with pytest.raises(ModelError, match="TensorRT built no engine"):
+        int8(model, cache, feeds())
+    assert fake.trt.batches > 0 and not cache.exists()
+
+
+def test_calibration_cache_written_on_success_then_reused(fake: fake_gpu.FakeGpu, model: Path,
+                                                          tmp_path: Path) -> None:
+    cache = tmp_path / "model.calib"
+    int8(model, cache, feeds())
+    assert fake.trt.batches == 8  # 16 samples in batches of 2
+    assert cache.read_bytes() == fake_gpu.calibration_table(["image", "probs"])
+    fake.trt.batches = 0
+    int8(model, cache, None)  # no data: the cache serves
+    assert fake.trt.batches == 0 and fake.trt.cache_read == cache.read_bytes()
+
+
+GOOD = fake_gpu.calibration_table(["image", "probs"])
+
+
+@pytest.mark.parametrize("bad", [
+    b"",  # empty
+    GOOD[:-6],  # cut inside the last scale
+    GOOD.split(b"\n")[0] + b"\n",  # the header alone
+    GOOD.replace(b"image:", b"pixels:"),  # another model's: no scale for the input
+    b"\x00\x13 not a calibration table",
+], ids=["empty", "cut-short", "header-only", "another-model", "not-a-table"])
+def test_partial_or_foreign_calibration_cache_is_not_reused(
+        fake: fake_gpu.FakeGpu, model: Path, tmp_path: Path, bad: bytes) -> None:
+    cache = tmp_path / "model.calib"
+    cache.write_bytes(bad)
+    with pytest.raises(ModelError, match=r"model\.calib: not a usable calibration cache .*"
+                       r"--calib DATA"):
+        int8(model, cache, None)
+    assert fake.trt.cache_read is None and cache.read_bytes() == bad
+    int8(model, cache, feeds())  # with data: calibrates again and replaces it
+    assert fake.trt.cache_read is None and fake.trt.batches == 8
+    assert cache.read_bytes() == GOOD

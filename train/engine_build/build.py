@@ -6,7 +6,9 @@ an optimisation profile with batch min 1, opt 1 (the live pipeline's batch), max
 ``max_batch``. A timing cache (``timing.cache`` beside the plan unless given) is loaded and
 saved again, so rebuilds skip tactic timing. ``fp16`` adds the FP16 flag; ``int8``
 calibrates with an entropy calibrator over frames the model's own preprocessing makes
-(``train/engine_build/calib.py``) and keeps a calibration cache per model; an explicitly quantised
+(``train/engine_build/calib.py``) and keeps a calibration cache per model, written only
+after a build that calibrated succeeded and reused only when whole
+(``train/engine_build/calibrator.py``); an explicitly quantised
 (QDQ) model, from ``python -m hepascope.train.engine_build.quantize``, needs no calibrator.
 
 In reduced precision SimAM's layers are pinned to fp32 (with OBEY_PRECISION_CONSTRAINTS).
@@ -21,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -37,6 +40,8 @@ from hepascope.engines.plan import (
     sha256_file,
     write_plan,
 )
+from hepascope.train.engine_build.calibrator import CalibrationBatches as CalibrationBatches
+from hepascope.train.engine_build.calibrator import make_calibrator, read_cache
 
 if TYPE_CHECKING:
     import onnx
@@ -82,96 +87,6 @@ def simam_scopes(model: onnx.ModelProto) -> list[str]:
                 break
     return sorted(s for s, o in ops.items()
                   if not o & PARAM_OPS and "Sigmoid" in o and "ReduceMean" in o)
-
-
-class CalibrationBatches:
-    """Batch-1 feeds ``{input: (1, ...)}`` grouped into batches of ``batch_size`` (the
-    remainder that does not fill a batch is left out: the calibration profile is static),
-    handed out in order by ``next()`` until exhausted (None)."""
-
-    def __init__(self, feeds: Sequence[dict[str, np.ndarray]], batch_size: int,
-                 names: Sequence[str]) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if len(feeds) < batch_size:
-            raise ModelError(f"calibration needs at least {batch_size} samples, got "
-                             f"{len(feeds)}")
-        for i, feed in enumerate(feeds):
-            if set(feed) != set(names):
-                raise ModelError(f"calibration sample {i} has inputs {sorted(feed)}, the "
-                                 f"model {sorted(names)}")
-            if any(feed[n].shape[0] != 1 for n in names):
-                raise ModelError(f"calibration sample {i} is not a batch of 1")
-        self.batch_size, self.names = batch_size, tuple(names)
-        self._feeds = list(feeds)
-        self._next = 0
-
-    def __len__(self) -> int:
-        return len(self._feeds) // self.batch_size
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return (self.batch_size, *self._feeds[0][name].shape[1:])
-
-    def next(self) -> dict[str, np.ndarray] | None:
-        if self._next >= len(self):
-            return None
-        rows = self._feeds[self._next * self.batch_size:(self._next + 1) * self.batch_size]
-        self._next += 1
-        return {n: np.ascontiguousarray(np.concatenate([r[n] for r in rows]), np.float32)
-                for n in self.names}
-
-
-def make_calibrator(trt: ModuleType, batches: CalibrationBatches | None, cache: Path,
-                    context: Any) -> Any:
-    """An ``IInt8EntropyCalibrator2`` that copies ``batches`` to device buffers allocated
-    once, and reads/writes the calibration cache ``cache`` (reused when present: delete it
-    to calibrate again). Exceptions in its callbacks are kept and re-raised by
-    ``build_plan`` after TensorRT returns: they cannot cross TensorRT's C++ frames."""
-    from hepascope.engines.cuda import BufferSpec, DeviceBuffers
-
-    class Calibrator(trt.IInt8EntropyCalibrator2):  # type: ignore[name-defined]
-        def __init__(self) -> None:
-            trt.IInt8EntropyCalibrator2.__init__(self)
-            self.error: BaseException | None = None
-            self.buffers: DeviceBuffers | None = None
-            if batches is not None:
-                self.buffers = DeviceBuffers([BufferSpec(n, batches.shape(n), np.dtype("f4"))
-                                              for n in batches.names], context)
-
-        def get_batch_size(self) -> int:
-            return batches.batch_size if batches is not None else 1
-
-        def get_batch(self, names: list[str]) -> list[int] | None:
-            # None is TensorRT's end-of-data signal here, not an error return
-            if batches is None or self.buffers is None or self.error is not None:
-                return None
-            try:
-                batch = batches.next()
-                if batch is None:
-                    return None
-                for n in names:
-                    np.copyto(self.buffers.host(n), batch[n])
-                    self.buffers.to_device(n)
-                self.buffers.synchronize()
-                return [self.buffers.device_ptr(n) for n in names]
-            except BaseException as e:
-                self.error = e
-                return None
-
-        def read_calibration_cache(self) -> bytes | None:
-            return cache.read_bytes() if cache.is_file() else None
-
-        def write_calibration_cache(self, data: Any) -> None:
-            try:
-                atomic_write(cache, bytes(data))
-            except BaseException as e:
-                self.error = e
-
-        def close(self) -> None:
-            if self.buffers is not None:
-                self.buffers.close()
-
-    return Calibrator()
 
 
 def _parse(trt: ModuleType, builder: Any, logger: Any, onnx_path: Path) -> tuple[Any, Any]:
@@ -285,27 +200,53 @@ def _calibration(trt: ModuleType, builder: Any, config: Any, network: Any, *, on
                  calib: CalibSource, cache: Path, max_batch: int, limit: int,
                  context: Any) -> Any:
     """Attach an entropy calibrator (and its static calibration profile) to ``config``.
-    ``calib``: data for ``engines.calib.calibration_feeds``, or the batch-1 feeds."""
+    ``calib``: data for ``engines.calib.calibration_feeds``, or the batch-1 feeds. A usable
+    ``cache`` is reused; an unusable one is refused, or replaced when there is data."""
+    names = [network.get_input(i).name for i in range(network.num_inputs)]
+    cached, problem = read_cache(cache, names)
     batches = None
-    if not cache.is_file():
+    if cached is None:
         if calib is None:
+            if problem:
+                raise ModelError(f"{cache}: not a usable calibration cache ({problem}); "
+                                 f"calibrate again with --calib DATA, or {QUANTIZE_HINT}")
             raise ModelError(f"--int8 needs --calib DATA to calibrate, or {QUANTIZE_HINT}")
+        if problem:
+            log.warning("%s: not a usable calibration cache (%s); calibrating again", cache,
+                        problem)
         if isinstance(calib, (str, Path)):
             from hepascope.train.engine_build.calib import calibration_feeds
 
             feeds = calibration_feeds(onnx_path, calib, limit=limit, seed=0)
         else:
             feeds = list(calib)[:limit]
-        names = [network.get_input(i).name for i in range(network.num_inputs)]
         size = max(1, min(CALIB_BATCH, max_batch, len(feeds)))
         batches = CalibrationBatches(feeds, size, names)
         log.info("calibrating on %d batches of %d", len(batches), size)
     size = batches.batch_size if batches is not None else 1
     profile, _ = _profile(builder, network, size, opt=size)
-    calibrator = make_calibrator(trt, batches, cache, context)
+    calibrator = make_calibrator(trt, batches, cache, cached, context)
     config.int8_calibrator = calibrator
     config.set_calibration_profile(profile)
     return calibrator
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One ``build_plan`` call's checked arguments."""
+
+    src: Path
+    plan: Path
+    model: onnx.ModelProto
+    digest: str
+    fp16: bool
+    int8: bool
+    calib: CalibSource
+    calib_limit: int
+    calib_cache: Path
+    max_batch: int
+    workspace_mb: int
+    timing_cache: Path
 
 
 def build_plan(onnx_path: str | Path, out: str | Path | None = None, *, fp16: bool = False,
@@ -326,63 +267,85 @@ def build_plan(onnx_path: str | Path, out: str | Path | None = None, *, fp16: bo
     plan = Path(out) if out is not None else src.with_suffix(".plan")
     model = load_onnx(src)
     _check_ops(model, src.name)
-    qdq = is_qdq(model)
     digest = sha256_file(src)
+    job = _Job(src, plan, model, digest, fp16, int8, calib, calib_limit,
+               Path(calib_cache) if calib_cache else
+               plan.with_name(f"{src.stem}.{digest[:12]}.calib"), max_batch, workspace_mb,
+               Path(timing_cache) if timing_cache else plan.parent / "timing.cache")
     from hepascope.engines.cuda import CudaContext
-    from hepascope.engines.tensorrt import import_tensorrt, make_logger
+    from hepascope.engines.tensorrt import import_tensorrt
 
     trt = import_tensorrt()
     ctx = CudaContext(device)
-    calibrator = None
     try:
         with ctx:
-            logger = make_logger(trt)
-            builder = trt.Builder(logger)
-            network, _parser = _parse(trt, builder, logger, src)  # the parser owns weights
-            config = builder.create_builder_config()
-            config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
-            profile, shapes = _profile(builder, network, max_batch)
-            if config.add_optimization_profile(profile) < 0:
-                raise ModelError(f"{src.name}: TensorRT refused the optimisation profile "
-                                 f"{shapes} ({logger.last_error()})")
-            tc_path = Path(timing_cache) if timing_cache else plan.parent / "timing.cache"
-            cache = _timing_cache(config, tc_path, logger)
-            precision = _precision(trt, config, fp16=fp16, int8=int8 and not qdq, qdq=qdq)
-            pinned: list[str] = []
-            if precision in ("fp16", "int8"):
-                pinned = pin_fp32(trt, network, simam_scopes(model))
-                if pinned:
-                    config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-            if precision == "int8":
-                calibrator = _calibration(
-                    trt, builder, config, network, onnx_path=src, calib=calib,
-                    cache=Path(calib_cache) if calib_cache else
-                    plan.with_name(f"{src.stem}.{digest[:12]}.calib"),
-                    max_batch=max_batch, limit=calib_limit, context=ctx)
-            serialized = builder.build_serialized_network(network, config)
-            if calibrator is not None and calibrator.error is not None:
-                raise calibrator.error
-            if serialized is None:
-                raise ModelError(f"{src.name}: TensorRT built no engine "
-                                 f"({logger.last_error()})")
-            plan.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(tc_path, bytes(cache.serialize()))
-            write_plan(plan, serialized, PlanSidecar(
-                tensorrt_version=trt.__version__, gpu_name=ctx.name,
-                compute_capability=ctx.compute_capability, onnx_sha256=digest,
-                onnx_name=src.name, onnx_metadata={p.key: p.value for p in model.metadata_props},
-                precision=precision, max_batch=max_batch, profiles=(shapes,),
-                fp32_layers=tuple(pinned), built_at=now_utc(),
-                hepascope_version=hepascope_version()))
-            log.info("built %s (%s, batch 1..%d, %d layers pinned to fp32)", plan, precision,
-                     max_batch, len(pinned))
-            if calibrator is not None:
-                calibrator.close()
-    except BaseException:
-        if calibrator is not None:
-            with contextlib.suppress(ModelError), ctx:  # the build's own error wins
-                calibrator.close()
-        raise
+            _build(trt, ctx, job)
     finally:
         ctx.close()
     return plan
+
+
+def _configure(trt: ModuleType, builder: Any, network: Any, logger: Any,
+               job: _Job) -> tuple[Any, Any, Profile, str, list[str]]:
+    """The builder config for ``job``: (config, timing cache, profile shapes, precision,
+    the layers pinned to fp32)."""
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, job.workspace_mb << 20)
+    profile, shapes = _profile(builder, network, job.max_batch)
+    if config.add_optimization_profile(profile) < 0:
+        raise ModelError(f"{job.src.name}: TensorRT refused the optimisation profile "
+                         f"{shapes} ({logger.last_error()})")
+    cache = _timing_cache(config, job.timing_cache, logger)
+    qdq = is_qdq(job.model)
+    precision = _precision(trt, config, fp16=job.fp16, int8=job.int8 and not qdq, qdq=qdq)
+    pinned: list[str] = []
+    if precision in ("fp16", "int8"):
+        pinned = pin_fp32(trt, network, simam_scopes(job.model))
+        if pinned:
+            config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+    return config, cache, shapes, precision, pinned
+
+
+def _build(trt: ModuleType, ctx: Any, job: _Job) -> None:
+    """Build and write ``job``'s plan, sidecar, timing cache and, after an INT8 build that
+    calibrated and succeeded, its calibration cache (``ctx`` current)."""
+    from hepascope.engines.tensorrt import make_logger
+
+    logger = make_logger(trt)
+    builder = trt.Builder(logger)
+    network, _parser = _parse(trt, builder, logger, job.src)  # the parser owns weights
+    config, cache, shapes, precision, pinned = _configure(trt, builder, network, logger, job)
+    calibrator = None
+    try:
+        if precision == "int8":
+            calibrator = _calibration(
+                trt, builder, config, network, onnx_path=job.src, calib=job.calib,
+                cache=job.calib_cache, max_batch=job.max_batch, limit=job.calib_limit,
+                context=ctx)
+        serialized = builder.build_serialized_network(network, config)
+        if calibrator is not None and calibrator.error is not None:
+            raise calibrator.error
+        if serialized is None:
+            raise ModelError(f"{job.src.name}: TensorRT built no engine "
+                             f"({logger.last_error()})")
+        job.plan.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(job.timing_cache, bytes(cache.serialize()))
+        write_plan(job.plan, serialized, PlanSidecar(
+            tensorrt_version=trt.__version__, gpu_name=ctx.name,
+            compute_capability=ctx.compute_capability, onnx_sha256=job.digest,
+            onnx_name=job.src.name,
+            onnx_metadata={p.key: p.value for p in job.model.metadata_props},
+            precision=precision, max_batch=job.max_batch, profiles=(shapes,),
+            fp32_layers=tuple(pinned), built_at=now_utc(),
+            hepascope_version=hepascope_version()))
+        if calibrator is not None:
+            calibrator.save()  # only now: the calibration and the build succeeded
+        log.info("built %s (%s, batch 1..%d, %d layers pinned to fp32)", job.plan,
+                 precision, job.max_batch, len(pinned))
+    except BaseException:
+        if calibrator is not None:
+            with contextlib.suppress(ModelError):  # the build's own error wins
+                calibrator.close()
+        raise
+    if calibrator is not None:
+        calibrator.close()
