@@ -101,6 +101,7 @@ def _libcuda() -> ctypes.CDLL:
                 "cuGraphLaunch": [vp, vp],
                 "cuGraphExecDestroy": [vp],
                 "cuGraphDestroy": [vp],
+                "cuCtxPopCurrent_v2": [pvp],
             }
             for name, argtypes in protos.items():
                 fn = getattr(lib, name)
@@ -129,7 +130,8 @@ def _error_name(status: int) -> str | None:
 class CudaContext:
     """Device ``ordinal``'s primary context: the one the CUDA runtime, and so TensorRT,
     uses. ``with ctx:`` makes it current on the calling thread for the block (re-entrant):
-    the pipeline may call an engine from another thread than the one that built it."""
+    the pipeline may call an engine from another thread than the one that built it.
+    ``close()`` leaves the calling thread's context stack as it found it (see there)."""
 
     def __init__(self, ordinal: int = 0) -> None:
         if ordinal < 0:
@@ -145,6 +147,7 @@ class CudaContext:
         self._ctx: Any = check("cuDevicePrimaryCtxRetain", self.device.retain_primary_context)
         self._local = threading.local()
         self._drv = drv
+        self._thread = threading.get_ident()  # pycuda's context remembers its thread
 
     @property
     def closed(self) -> bool:
@@ -160,16 +163,37 @@ class CudaContext:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._local.depth -= 1
-        if self._local.depth == 0:
+        depth = getattr(self._local, "depth", 0)
+        if depth == 0:  # close() inside the block already popped it
+            return
+        self._local.depth = depth - 1
+        if depth == 1:
             check("cuCtxPopCurrent", self._drv.Context.pop)
 
     def close(self) -> None:
-        """Release the primary context (idempotent). Buffers made in it must be closed
-        first."""
-        if self._ctx is not None:
-            ctx, self._ctx = self._ctx, None
-            check("cuDevicePrimaryCtxRelease", ctx.detach)
+        """Release the primary context (idempotent); buffers made in it must be closed
+        first. Pops this thread's push if a ``with`` block is still open. pycuda's
+        ``detach`` of a context that is not current pushes it, then releases it with
+        ``cuDevicePrimaryCtxRelease``, which (unlike ``cuCtxDestroy``) never pops: that
+        push is popped here, so the thread's context stack is left as it was. Call it on
+        the thread that made the context: from another one pycuda releases nothing (and
+        pushes nothing), so the primary context stays retained until the process ends."""
+        if self._ctx is None:
+            return
+        ctx, self._ctx = self._ctx, None
+        if getattr(self._local, "depth", 0):
+            self._local.depth = 0
+            check("cuCtxPopCurrent", self._drv.Context.pop)
+        handle = int(ctx.handle)
+        check("cuDevicePrimaryCtxRelease", ctx.detach)
+        if threading.get_ident() != self._thread:
+            return  # pycuda's detach did nothing: nothing to pop
+        lib = _libcuda()
+        popped = ctypes.c_void_p()
+        check("cuCtxPopCurrent", lib.cuCtxPopCurrent_v2, ctypes.byref(popped))
+        if (popped.value or 0) != handle:
+            raise CudaError(f"cuCtxPopCurrent after releasing context {handle:#x} popped "
+                            f"{popped.value or 0:#x}")
 
 
 # ----------------------------------------------------------------- buffers

@@ -16,7 +16,7 @@ from support import fake_gpu
 from support.models import make_classifier
 
 from hepascope.core.errors import ModelError
-from hepascope.engines.cuda import CudaError
+from hepascope.engines.cuda import CudaContext, CudaError
 from hepascope.train.engine_build.build import build_plan
 
 
@@ -116,3 +116,44 @@ def test_partial_or_foreign_calibration_cache_is_not_reused(
     int8(model, cache, feeds())  # with data: calibrates again and replaces it
     assert fake.trt.cache_read is None and fake.trt.batches == 8
     assert cache.read_bytes() == GOOD
+
+
+# ----------------------------------------------------------------- 3. the CUDA context
+
+
+def test_context_close_leaves_no_context_pushed(fake: fake_gpu.FakeGpu) -> None:
+    gpu = fake.gpu
+    ctx = CudaContext(0)
+    with ctx:
+        assert gpu.driver_stack == [gpu.handle]
+    assert gpu.driver_stack == [] and gpu.retained == 1
+    ctx.close()
+    assert gpu.driver_stack == [] and gpu.retained == 0
+    ctx.close()  # idempotent: nothing pushed, popped or released twice
+    assert gpu.driver_stack == [] and gpu.retained == 0
+    with pytest.raises(CudaError, match="after close"), ctx:
+        pass
+
+
+def test_context_closed_inside_its_with_block(fake: fake_gpu.FakeGpu) -> None:
+    ctx = CudaContext(0)
+    with ctx, ctx:  # re-entrant: one push
+        ctx.close()
+        assert fake.gpu.driver_stack == [] and fake.gpu.retained == 0
+    assert fake.gpu.driver_stack == []
+
+
+def test_closing_one_context_keeps_another_ones_push(fake: fake_gpu.FakeGpu) -> None:
+    gpu = fake.gpu
+    a, b = CudaContext(0), CudaContext(0)  # the same primary context, retained twice
+    with a:
+        b.close()
+        assert gpu.driver_stack == [gpu.handle] and gpu.retained == 1
+    assert gpu.driver_stack == []
+    a.close()
+    assert gpu.driver_stack == [] and gpu.retained == 0
+
+
+def test_build_leaves_no_context_pushed(fake: fake_gpu.FakeGpu, model: Path) -> None:
+    build_plan(model)
+    assert fake.gpu.driver_stack == [] and fake.gpu.retained == 0
