@@ -26,6 +26,7 @@ from hepascope.core.errors import ModelError
 
 T = TypeVar("T")
 CAPTURE_THREAD_LOCAL = 1  # CU_STREAM_CAPTURE_MODE_THREAD_LOCAL: other threads may use CUDA
+STREAM_NON_BLOCKING = 1  # CU_STREAM_NON_BLOCKING; pycuda's Stream(flags) takes the raw value
 
 
 class CudaError(ModelError):
@@ -69,6 +70,13 @@ def check(what: str, call: Callable[..., T], *args: Any) -> T:
     except _pycuda_errors() as e:
         text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CudaError(f"{what} failed: {text}") from e
+
+
+def new_stream(drv: ModuleType) -> Any:
+    """A CUDA stream that does not wait for the legacy default stream (nor it for this
+    one), so work elsewhere in the process never serialises with ours. Work queued by
+    synchronous copies (the legacy stream) must be waited for before it is used here."""
+    return check("cuStreamCreate", drv.Stream, STREAM_NON_BLOCKING)
 
 
 # ----------------------------------------------------------------- driver library (ctypes)
@@ -218,9 +226,9 @@ class BufferSpec:
 
 class DeviceBuffers:
     """A pinned host array and a device allocation per tensor name, allocated once at the
-    largest shape, and one CUDA stream for all their copies. ``to_device`` / ``to_host``
-    copy a prefix (the first ``count`` elements: a smaller batch) asynchronously on the
-    stream; ``synchronize`` waits. A CUDA kernel of another module can write a device
+    largest shape, and one non-blocking CUDA stream for all their copies. ``to_device`` /
+    ``to_host`` copy a prefix (the first ``count`` elements: a smaller batch) asynchronously
+    on the stream; ``synchronize`` waits. A CUDA kernel of another module can write a device
     buffer directly: ``device_ptr(name)``, ordered by ``stream_handle``."""
 
     def __init__(self, specs: Iterable[BufferSpec], context: CudaContext) -> None:
@@ -233,7 +241,7 @@ class DeviceBuffers:
         drv = driver()
         with context:
             try:
-                self._stream: Any = check("cuStreamCreate", drv.Stream)
+                self._stream: Any = new_stream(drv)
                 for name, s in self.specs.items():
                     self._host[name] = check(f"cuMemHostAlloc({name})", drv.pagelocked_empty,
                                              s.shape, s.dtype)

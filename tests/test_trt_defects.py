@@ -15,8 +15,11 @@ import pytest
 from support import fake_gpu
 from support.models import make_classifier
 
+from hepascope.core.config import load_config
 from hepascope.core.errors import ModelError
-from hepascope.engines.cuda import CudaContext, CudaError
+from hepascope.core.preprocess import PreprocessSpec
+from hepascope.engines.cuda import BufferSpec, CudaContext, CudaError, DeviceBuffers
+from hepascope.engines.gpu_preprocess import GpuPreprocessor
 from hepascope.train.engine_build.build import build_plan
 
 
@@ -157,3 +160,69 @@ def test_closing_one_context_keeps_another_ones_push(fake: fake_gpu.FakeGpu) -> 
 def test_build_leaves_no_context_pushed(fake: fake_gpu.FakeGpu, model: Path) -> None:
     build_plan(model)
     assert fake.gpu.driver_stack == [] and fake.gpu.retained == 0
+
+
+# ----------------------------------------------------------------- 4. the GPU preprocessor
+
+FRAME = (384, 768, 3)
+
+
+def preprocessor(context: CudaContext | None = None) -> GpuPreprocessor:
+    cfg = load_config(None)
+    spec = PreprocessSpec(cfg.layout, cfg.preprocess, cfg.preprocess.size, 3)
+    return GpuPreprocessor(spec, FRAME, context=context)
+
+
+def test_preprocessor_close_releases_stream_event_and_module(fake: fake_gpu.FakeGpu) -> None:
+    gpu = fake.gpu
+    pre = preprocessor()
+    made = [gpu.live(gpu.streams), gpu.live(gpu.events), gpu.live(gpu.modules)]
+    assert [len(m) for m in made] == [1, 1, 1]
+    del made
+    pre.close()
+    assert not gpu.live(gpu.streams) and not gpu.live(gpu.events)
+    assert not gpu.live(gpu.modules)  # its functions held it: they are gone too
+    assert not gpu.memory and all(a.freed for a in gpu.host_allocs)
+    assert gpu.driver_stack == [] and gpu.retained == 0
+    calls = list(gpu.calls)
+    pre.close()  # idempotent: no CUDA call at all
+    assert gpu.calls == calls
+    with pytest.raises(ModelError, match="after close"):
+        pre.run(np.zeros(FRAME, np.uint8))
+
+
+def test_preprocessor_on_a_shared_context_closes_once(fake: fake_gpu.FakeGpu) -> None:
+    gpu, ctx = fake.gpu, CudaContext(0)
+    pre = preprocessor(ctx)
+    pre.close()
+    calls = list(gpu.calls)
+    pre.close()
+    assert gpu.calls == calls and not gpu.live(gpu.streams)
+    assert not ctx.closed and gpu.retained == 1  # the caller's context is the caller's
+    ctx.close()
+    assert gpu.driver_stack == [] and gpu.retained == 0
+
+
+def test_streams_are_non_blocking(fake: fake_gpu.FakeGpu) -> None:
+    pre = preprocessor()
+    with CudaContext(0) as ctx:
+        buffers = DeviceBuffers([BufferSpec("x", (2, 3), np.dtype("f4"))], ctx)
+        assert [s.flags for s in fake.gpu.live(fake.gpu.streams)] == [1, 1]
+        buffers.close()
+    pre.close()
+    ctx.close()
+
+
+def test_downloaded_views_are_the_callers_after_close(fake: fake_gpu.FakeGpu) -> None:
+    pre = preprocessor()
+    ptrs = pre.run(np.zeros(FRAME, np.uint8))
+    size = int(np.prod(pre.out_shape))
+    for i, ptr in enumerate(ptrs.values()):  # what the device holds (no kernel runs here)
+        values = np.arange(i, i + size, dtype=np.float32)
+        fake.gpu.find(ptr, values.nbytes)[:] = values.view(np.uint8)
+    got = pre.download()
+    pre.close()  # frees every device and pinned buffer (freed pinned memory is poisoned)
+    for i, name in enumerate(ptrs):
+        assert got[name].flags.owndata and got[name].shape == pre.out_shape
+        np.testing.assert_array_equal(got[name].reshape(-1),
+                                      np.arange(i, i + size, dtype=np.float32))
