@@ -8,6 +8,9 @@ where); the code under test is hepascope's own, unchanged."""
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -226,3 +229,50 @@ def test_downloaded_views_are_the_callers_after_close(fake: fake_gpu.FakeGpu) ->
         assert got[name].flags.owndata and got[name].shape == pre.out_shape
         np.testing.assert_array_equal(got[name].reshape(-1),
                                       np.arange(i, i + size, dtype=np.float32))
+
+
+# ----------------------------------------------------------------- 5. which TensorRT
+
+
+def test_gpu_extra_pins_the_tested_tensorrt() -> None:
+    text = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    gpu = [line for line in text.splitlines() if line.startswith("gpu = [")]
+    assert len(gpu) == 1 and '"tensorrt>=10,<11"' in gpu[0]  # (no tomllib on Python 3.10)
+
+
+@pytest.mark.parametrize("version, skips", [("10.9.0.34", False), ("10.0.1", False),
+                                            ("11.0.0.8", True), ("9.3.0", True)])
+def test_tensorrt_tests_run_on_tensorrt_10_only(monkeypatch: pytest.MonkeyPatch,
+                                               version: str, skips: bool) -> None:
+    from support.tensorrt_env import tensorrt_skip_reason
+
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = version  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    reason = tensorrt_skip_reason()
+    assert (reason is not None) == skips
+    if reason is not None:
+        assert f"TensorRT {version} installed" in reason and "10.x" in reason
+
+
+def test_tensorrt_tests_say_why_without_tensorrt(monkeypatch: pytest.MonkeyPatch) -> None:
+    from support.tensorrt_env import TRT_REASON, tensorrt_skip_reason
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # import tensorrt: ImportError
+    assert tensorrt_skip_reason() == TRT_REASON
+
+
+def test_tensorrt_tests_skip_under_tensorrt_11(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The marker test_tensorrt.py's fp16/int8 tests carry, made with TensorRT 11
+    installed: a skip, with the reason (they failed there, on the removed flags)."""
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = "11.0.0.8"  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    spec = importlib.util.spec_from_file_location(
+        "test_tensorrt_under_11", Path(__file__).with_name("test_tensorrt.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    mark = module.needs_trt.mark
+    assert mark.name == "skipif" and mark.args[0] is True
+    assert "TensorRT 11.0.0.8 installed" in mark.kwargs["reason"]
