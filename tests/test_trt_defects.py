@@ -135,6 +135,7 @@ def test_context_close_leaves_no_context_pushed(fake: fake_gpu.FakeGpu) -> None:
     assert gpu.driver_stack == [] and gpu.retained == 1
     ctx.close()
     assert gpu.driver_stack == [] and gpu.retained == 0
+    assert not gpu.popped_reset  # popped while still retained, then released
     ctx.close()  # idempotent: nothing pushed, popped or released twice
     assert gpu.driver_stack == [] and gpu.retained == 0
     with pytest.raises(CudaError, match="after close"), ctx:

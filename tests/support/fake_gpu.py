@@ -45,6 +45,7 @@ class GpuState:
     modules: list[Any] = field(default_factory=list)
     host_allocs: list[Any] = field(default_factory=list)
     calls: list[str] = field(default_factory=list)
+    popped_reset: bool = False  # a context was popped after its last release
     fail: dict[str, int] = field(default_factory=dict)  # call name -> fail at that count
 
     def call(self, name: str) -> None:
@@ -238,10 +239,27 @@ class FakeLibcuda:
     def __init__(self, state: GpuState) -> None:
         self.state = state
 
-    def cuCtxPopCurrent_v2(self, out: Any) -> int:
+    def cuCtxPopCurrent_v2(self, out: Any) -> int:  # out: ctypes.byref(c_void_p)
         if not self.state.driver_stack:
             raise AssertionError("cuCtxPopCurrent on an empty context stack")
-        out._obj.value = self.state.driver_stack.pop()  # out: ctypes.byref(c_void_p)
+        if self.state.retained == 0:  # released to 0: the primary context was reset
+            self.state.popped_reset = True
+        out._obj.value = self.state.driver_stack.pop()
+        return 0
+
+    def cuDeviceGet(self, out: Any, ordinal: int) -> int:
+        out._obj.value = ordinal
+        return 0
+
+    def cuDevicePrimaryCtxRetain(self, out: Any, dev: Any) -> int:
+        self.state.retained += 1
+        out._obj.value = self.state.handle
+        return 0
+
+    def cuDevicePrimaryCtxRelease_v2(self, dev: Any) -> int:
+        if self.state.retained == 0:
+            raise AssertionError("cuDevicePrimaryCtxRelease of a context not retained")
+        self.state.retained -= 1
         return 0
 
 
