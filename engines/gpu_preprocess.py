@@ -266,14 +266,16 @@ class GpuPreprocessor:
         self._closed = True
         if self._ctx.closed:  # a shared context closed first: nothing can be freed now
             return
-        with self._lock, self._ctx:
-            try:
-                if self._stream is not None:
-                    check("cuStreamSynchronize", self._stream.synchronize)
-            finally:
-                self._release()
-        if self._own_ctx:
-            self._ctx.close()
+        try:
+            with self._lock, self._ctx:
+                try:
+                    if self._stream is not None:
+                        check("cuStreamSynchronize", self._stream.synchronize)
+                finally:
+                    self._release()
+        finally:
+            if self._own_ctx:
+                self._ctx.close()
 
     def _release(self) -> None:
         allocs, self._allocs = self._allocs, []

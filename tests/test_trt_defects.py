@@ -207,6 +207,16 @@ def test_preprocessor_on_a_shared_context_closes_once(fake: fake_gpu.FakeGpu) ->
     assert gpu.driver_stack == [] and gpu.retained == 0
 
 
+def test_preprocessor_close_after_a_failed_wait_still_frees(fake: fake_gpu.FakeGpu) -> None:
+    gpu = fake.gpu
+    pre = preprocessor()
+    gpu.fail["cuStreamSynchronize"] = gpu.calls.count("cuStreamSynchronize") + 1
+    with pytest.raises(CudaError, match="illegal memory access"):
+        pre.close()  # the error is the caller's to see, and everything is released anyway
+    assert not gpu.memory and not gpu.live(gpu.streams) and gpu.retained == 0
+    assert gpu.driver_stack == []
+
+
 def test_streams_are_non_blocking(fake: fake_gpu.FakeGpu) -> None:
     pre = preprocessor()
     with CudaContext(0) as ctx:
