@@ -4,6 +4,7 @@ from where."""
 
 from __future__ import annotations
 
+import functools
 import threading
 import types
 import weakref
@@ -51,167 +52,193 @@ class GpuState:
     Error: type[Exception] = Exception
 
 
-def make_pycuda(state: GpuState) -> types.ModuleType:
-    """A ``pycuda.driver`` module over ``state`` (see the module doc)."""
-    drv = types.ModuleType("pycuda.driver")
+class DriverError(Exception):
+    """pycuda.driver.Error."""
 
-    class Error(Exception):
-        pass
 
-    state.Error = Error
+def _current(state: GpuState, except_: Any = None) -> Any:
+    """pycuda's ``context::current_context``: the top valid context of its stack."""
+    while state.pycuda_stack:
+        top = state.pycuda_stack[-1]
+        if top is not except_ and top.valid:
+            return top
+        state.pycuda_stack.pop()
+    return None
 
-    def current(except_: Any = None) -> Any:  # pycuda's context::current_context
-        while state.pycuda_stack:
-            top = state.pycuda_stack[-1]
-            if top is not except_ and top.valid:
-                return top
-            state.pycuda_stack.pop()
-        return None
 
-    class Context:
-        def __init__(self) -> None:
-            self.valid, self.thread = True, threading.get_ident()
-            self.handle = state.handle
+class _Bound:
+    """A fake pycuda class; ``make_pycuda`` subclasses it with one test's ``state``."""
 
-        def push(self) -> None:
-            if state.pycuda_stack:  # prepare_context_switch
-                state.driver_stack.pop()
-            state.driver_stack.append(self.handle)
-            state.pycuda_stack.append(self)
+    state: GpuState
+    drv: Any
 
-        @staticmethod
-        def pop() -> None:
-            if state.pycuda_stack:
-                state.driver_stack.pop()
-            else:
-                raise Error("context::pop failed: cannot pop non-current context")
-            state.pycuda_stack.pop()
-            now = current()
+
+class Context(_Bound):
+    def __init__(self) -> None:
+        self.valid, self.thread = True, threading.get_ident()
+        self.handle = self.state.handle
+
+    def push(self) -> None:
+        if self.state.pycuda_stack:  # prepare_context_switch
+            self.state.driver_stack.pop()
+        self.state.driver_stack.append(self.handle)
+        self.state.pycuda_stack.append(self)
+
+    @classmethod
+    def pop(cls) -> None:
+        state = cls.state
+        if not state.pycuda_stack:
+            raise DriverError("context::pop failed: cannot pop non-current context")
+        state.driver_stack.pop()
+        state.pycuda_stack.pop()
+        now = _current(state)
+        if now is not None:
+            state.driver_stack.append(now.handle)
+
+    def detach(self) -> None:
+        state = self.state
+        if not self.valid:
+            raise DriverError("context::detach failed: cannot detach from invalid context")
+        active = _current(state) is self
+        if active or self.thread == threading.get_ident():
+            if not active:
+                state.driver_stack.append(self.handle)  # "pop is implicit": not here
+            state.retained -= 1  # cuDevicePrimaryCtxRelease: no pop
+        self.valid = False
+        if active:
+            now = _current(state, self)
             if now is not None:
                 state.driver_stack.append(now.handle)
 
-        def detach(self) -> None:
-            if not self.valid:
-                raise Error("context::detach failed: cannot detach from invalid context")
-            active = current() is self
-            if active or self.thread == threading.get_ident():
-                if not active:
-                    state.driver_stack.append(self.handle)  # "pop is implicit": not here
-                state.retained -= 1  # cuDevicePrimaryCtxRelease: no pop
-            self.valid = False
-            if active:
-                now = current(self)
-                if now is not None:
-                    state.driver_stack.append(now.handle)
+    @classmethod
+    def synchronize(cls) -> None:
+        cls.state.call("cuCtxSynchronize")
 
-        @staticmethod
-        def synchronize() -> None:
-            state.call("cuCtxSynchronize")
 
-    class Device:
-        def __init__(self, ordinal: int) -> None:
-            self.ordinal = ordinal
+class Device(_Bound):
+    def __init__(self, ordinal: int) -> None:
+        self.ordinal = ordinal
 
-        @staticmethod
-        def count() -> int:
-            return 1
+    @staticmethod
+    def count() -> int:
+        return 1
 
-        def name(self) -> str:
-            return "Fake GPU"
+    def name(self) -> str:
+        return "Fake GPU"
 
-        def compute_capability(self) -> tuple[int, int]:
-            return (9, 0)
+    def compute_capability(self) -> tuple[int, int]:
+        return (9, 0)
 
-        def retain_primary_context(self) -> Context:
-            state.retained += 1
-            return Context()
+    def retain_primary_context(self) -> Context:
+        self.state.retained += 1
+        return self.drv.Context()
 
-    class Stream:
-        def __init__(self, flags: int = 0) -> None:
-            state.call("cuStreamCreate")
-            self.flags = flags
-            self.handle = id(self)
-            state.streams.append(weakref.ref(self))
 
-        def synchronize(self) -> None:
-            state.call("cuStreamSynchronize")
+class Stream(_Bound):
+    def __init__(self, flags: int = 0) -> None:
+        self.state.call("cuStreamCreate")
+        self.flags = flags
+        self.handle = id(self)
+        self.state.streams.append(weakref.ref(self))
 
-    class Event:
-        def __init__(self, flags: int = 0) -> None:
-            self.flags = flags
-            state.events.append(weakref.ref(self))
+    def synchronize(self) -> None:
+        self.state.call("cuStreamSynchronize")
 
-        def record(self, stream: Any = None) -> Event:
-            return self
 
-        def synchronize(self) -> Event:
-            return self
+class Event(_Bound):
+    def __init__(self, flags: int = 0) -> None:
+        self.flags = flags
+        self.state.events.append(weakref.ref(self))
 
-    class Function:
-        def __init__(self, module: Module) -> None:
-            self.module = module  # pycuda: with_custodian_and_ward, the module lives on
+    def record(self, stream: Any = None) -> Event:
+        return self
 
-        def prepare(self, fmt: str) -> None:
-            pass
+    def synchronize(self) -> Event:
+        return self
 
-        def prepared_async_call(self, *args: Any) -> None:
-            state.call("cuLaunchKernel")
 
-    class Module:
-        def __init__(self) -> None:
-            state.modules.append(weakref.ref(self))
+class Function(_Bound):
+    def __init__(self, module: Module) -> None:
+        self.module = module  # pycuda: with_custodian_and_ward, the module lives on
 
-        def get_function(self, name: str) -> Function:
-            return Function(self)
+    def prepare(self, fmt: str) -> None:
+        pass
 
-    class HostAllocation:  # pycuda's PagelockedHostAllocation: an array's .base
-        def __init__(self, shape: Any, dtype: Any) -> None:
-            self.mem = np.zeros(shape, dtype)
-            self.__array_interface__ = self.mem.__array_interface__
-            self.freed = False
-            state.host_allocs.append(self)
+    def prepared_async_call(self, *args: Any) -> None:
+        self.state.call("cuLaunchKernel")
 
-        def free(self) -> None:
-            if self.freed:
-                raise Error("cuMemFreeHost: already freed")
-            self.freed = True
-            self.mem.view(np.uint8).reshape(-1)[:] = POISON
 
-    class DeviceAllocation:
-        def __init__(self, nbytes: int) -> None:
-            self.addr = state.next_addr
-            state.next_addr += (nbytes + 0xFFF) & ~0xFFF
-            state.memory[self.addr] = np.zeros(nbytes, np.uint8)
+class Module(_Bound):
+    def __init__(self, path: str = "") -> None:
+        self.state.modules.append(weakref.ref(self))
 
-        def __int__(self) -> int:
-            return self.addr
+    def get_function(self, name: str) -> Function:
+        return self.drv.Function(self)
 
-        def free(self) -> None:
-            if state.memory.pop(self.addr, None) is None:
-                raise Error("cuMemFree: not allocated")
 
-    def htod(dst: Any, src: np.ndarray, stream: Any = None) -> None:
-        raw = np.ascontiguousarray(src).view(np.uint8).reshape(-1)
-        state.find(int(dst), raw.size)[:] = raw
+class HostAllocation(_Bound):
+    """pycuda's PagelockedHostAllocation: the ``.base`` of a pinned array."""
 
-    def dtoh(dst: np.ndarray, src: Any, stream: Any = None) -> None:
-        out = dst.view(np.uint8).reshape(-1)
-        out[:] = state.find(int(src), out.size)
+    def __init__(self, shape: Any, dtype: Any) -> None:
+        self.mem = np.zeros(shape, dtype)
+        self.__array_interface__ = self.mem.__array_interface__
+        self.freed = False
+        self.state.host_allocs.append(self)
+
+    def free(self) -> None:
+        if self.freed:
+            raise DriverError("cuMemFreeHost: already freed")
+        self.freed = True
+        self.mem.view(np.uint8).reshape(-1)[:] = POISON
+
+
+class DeviceAllocation(_Bound):
+    def __init__(self, nbytes: int) -> None:
+        self.addr = self.state.next_addr
+        self.state.next_addr += (nbytes + 0xFFF) & ~0xFFF
+        self.state.memory[self.addr] = np.zeros(nbytes, np.uint8)
+
+    def __int__(self) -> int:
+        return self.addr
+
+    def free(self) -> None:
+        if self.state.memory.pop(self.addr, None) is None:
+            raise DriverError("cuMemFree: not allocated")
+
+
+def _htod(state: GpuState, dst: Any, src: np.ndarray, stream: Any = None) -> None:
+    raw = np.ascontiguousarray(src).view(np.uint8).reshape(-1)
+    state.find(int(dst), raw.size)[:] = raw
+
+
+def _dtoh(state: GpuState, dst: np.ndarray, src: Any, stream: Any = None) -> None:
+    out = dst.view(np.uint8).reshape(-1)
+    out[:] = state.find(int(src), out.size)
+
+
+def make_pycuda(state: GpuState) -> types.ModuleType:
+    """A ``pycuda.driver`` module over ``state`` (see ``support.fake_gpu``)."""
+    drv = types.ModuleType("pycuda.driver")
+    state.Error = DriverError
+    for cls in (Context, Device, Stream, Event, Function, Module, HostAllocation,
+                DeviceAllocation):
+        setattr(drv, cls.__name__, type(cls.__name__, (cls,), {"state": state, "drv": drv}))
 
     def htod_async(dst: Any, src: np.ndarray, stream: Any) -> None:
         state.call("memcpy_htod_async")
-        htod(dst, src)
+        _htod(state, dst, src)
 
     def dtoh_async(dst: np.ndarray, src: Any, stream: Any) -> None:
         state.call("memcpy_dtoh_async")
-        dtoh(dst, src)
+        _dtoh(state, dst, src)
 
     ns: dict[str, Any] = {
-        "Error": Error, "Context": Context, "Device": Device, "Stream": Stream,
-        "Event": Event, "init": lambda: None, "memcpy_htod": htod, "memcpy_dtoh": dtoh,
+        "Error": DriverError, "init": lambda: None,
+        "memcpy_htod": functools.partial(_htod, state),
+        "memcpy_dtoh": functools.partial(_dtoh, state),
         "memcpy_htod_async": htod_async, "memcpy_dtoh_async": dtoh_async,
-        "mem_alloc": DeviceAllocation, "module_from_file": lambda path: Module(),
-        "pagelocked_empty": lambda shape, dtype: np.asarray(HostAllocation(shape, dtype)),
+        "mem_alloc": drv.DeviceAllocation, "module_from_file": drv.Module,
+        "pagelocked_empty": lambda shape, dtype: np.asarray(drv.HostAllocation(shape, dtype)),
     }
     for name, value in ns.items():
         setattr(drv, name, value)
