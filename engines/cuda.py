@@ -3,11 +3,11 @@ allocated once by tensor name, one stream, and optional CUDA graph capture.
 
 pycuda (imported lazily: ``import hepascope.engines.cuda`` needs no GPU) does memory,
 copies and the stream. pycuda 2026.1 has no stream capture (its ``Stream`` has
-``synchronize``, ``is_done``, ``wait_for_event`` and ``handle`` only), so CUDA graphs use
-six driver entry points of ``libcuda`` through ctypes: the library pycuda itself links, no
-further dependency. Every CUDA call goes through ``check``: a pycuda exception or a
-non-zero ``CUresult`` becomes a ``CudaError`` naming the call; nothing is printed, nothing
-returns None on failure, and nothing is left to ``__del__``: ``close()`` frees.
+``synchronize``, ``is_done``, ``wait_for_event`` and ``handle`` only), so CUDA graphs (and
+the context's clean release) use driver entry points of ``libcuda`` through ctypes: the
+library pycuda itself links. Every CUDA call goes through ``check``: a pycuda exception or
+a non-zero ``CUresult`` becomes a ``CudaError`` naming the call; nothing is printed,
+nothing returns None on failure, and nothing is left to ``__del__``: ``close()`` frees.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from hepascope.core.errors import ModelError
 
 T = TypeVar("T")
 CAPTURE_THREAD_LOCAL = 1  # CU_STREAM_CAPTURE_MODE_THREAD_LOCAL: other threads may use CUDA
+STREAM_NON_BLOCKING = 1  # CU_STREAM_NON_BLOCKING; pycuda's Stream(flags) takes the raw value
 
 
 class CudaError(ModelError):
@@ -71,6 +72,12 @@ def check(what: str, call: Callable[..., T], *args: Any) -> T:
         raise CudaError(f"{what} failed: {text}") from e
 
 
+def new_stream(drv: ModuleType) -> Any:
+    """A stream that does not wait for the legacy default stream, nor it for this one: no
+    serialising with others' work, but synchronous copies must be waited for explicitly."""
+    return check("cuStreamCreate", drv.Stream, STREAM_NON_BLOCKING)
+
+
 # ----------------------------------------------------------------- driver library (ctypes)
 
 _lib: ctypes.CDLL | None = None
@@ -101,6 +108,10 @@ def _libcuda() -> ctypes.CDLL:
                 "cuGraphLaunch": [vp, vp],
                 "cuGraphExecDestroy": [vp],
                 "cuGraphDestroy": [vp],
+                "cuCtxPopCurrent_v2": [pvp],
+                "cuDeviceGet": [ctypes.POINTER(ctypes.c_int), ctypes.c_int],
+                "cuDevicePrimaryCtxRetain": [pvp, ctypes.c_int],
+                "cuDevicePrimaryCtxRelease_v2": [ctypes.c_int],
             }
             for name, argtypes in protos.items():
                 fn = getattr(lib, name)
@@ -129,7 +140,8 @@ def _error_name(status: int) -> str | None:
 class CudaContext:
     """Device ``ordinal``'s primary context: the one the CUDA runtime, and so TensorRT,
     uses. ``with ctx:`` makes it current on the calling thread for the block (re-entrant):
-    the pipeline may call an engine from another thread than the one that built it."""
+    the pipeline may call an engine from another thread than the one that built it.
+    ``close()`` leaves the calling thread's context stack as it found it (see there)."""
 
     def __init__(self, ordinal: int = 0) -> None:
         if ordinal < 0:
@@ -138,6 +150,7 @@ class CudaContext:
         count = check("cuDeviceGetCount", drv.Device.count)
         if ordinal >= count:
             raise ModelError(f"CUDA unavailable: no GPU {ordinal} ({count} found)")
+        self.ordinal = ordinal
         self.device = check("cuDeviceGet", drv.Device, ordinal)
         self.name: str = check("cuDeviceGetName", self.device.name)
         major, minor = check("cuDeviceComputeCapability", self.device.compute_capability)
@@ -145,6 +158,7 @@ class CudaContext:
         self._ctx: Any = check("cuDevicePrimaryCtxRetain", self.device.retain_primary_context)
         self._local = threading.local()
         self._drv = drv
+        self._thread = threading.get_ident()  # pycuda's context remembers its thread
 
     @property
     def closed(self) -> bool:
@@ -160,16 +174,44 @@ class CudaContext:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._local.depth -= 1
-        if self._local.depth == 0:
-            check("cuCtxPopCurrent", self._drv.Context.pop)
+        depth = getattr(self._local, "depth", 0)  # 0: close() in the block popped it
+        if depth > 0:
+            self._local.depth = depth - 1
+            if depth == 1:
+                check("cuCtxPopCurrent", self._drv.Context.pop)
 
     def close(self) -> None:
-        """Release the primary context (idempotent). Buffers made in it must be closed
-        first."""
-        if self._ctx is not None:
-            ctx, self._ctx = self._ctx, None
+        """Release the primary context (idempotent; close buffers made in it first),
+        popping this thread's push of a ``with`` block still open. From another thread
+        than its maker's, pycuda releases nothing: it stays retained until the exit."""
+        if self._ctx is None:
+            return
+        ctx, self._ctx = self._ctx, None
+        if getattr(self._local, "depth", 0):
+            self._local.depth = 0
+            check("cuCtxPopCurrent", self._drv.Context.pop)
+        if threading.get_ident() == self._thread:
+            self._detach(ctx)
+        else:
             check("cuDevicePrimaryCtxRelease", ctx.detach)
+
+    def _detach(self, ctx: Any) -> None:
+        """``ctx.detach()`` leaving the thread's context stack as it was: pycuda's detach of
+        a context not current pushes it and calls ``cuDevicePrimaryCtxRelease``, which never
+        pops. That push is popped here, under a retain of our own: the pop comes before the
+        last release (which resets the context), as the driver API pairs them."""
+        lib = _libcuda()
+        dev, held, popped = ctypes.c_int(), ctypes.c_void_p(), ctypes.c_void_p()
+        check("cuDeviceGet", lib.cuDeviceGet, ctypes.byref(dev), self.ordinal)
+        check("cuDevicePrimaryCtxRetain", lib.cuDevicePrimaryCtxRetain, ctypes.byref(held), dev)
+        try:
+            check("cuDevicePrimaryCtxRelease", ctx.detach)
+            check("cuCtxPopCurrent", lib.cuCtxPopCurrent_v2, ctypes.byref(popped))
+            if popped.value != held.value:
+                raise CudaError(f"cuCtxPopCurrent after releasing context "
+                                f"{held.value or 0:#x} popped {popped.value or 0:#x}")
+        finally:
+            check("cuDevicePrimaryCtxRelease", lib.cuDevicePrimaryCtxRelease_v2, dev)
 
 
 # ----------------------------------------------------------------- buffers
@@ -194,9 +236,9 @@ class BufferSpec:
 
 class DeviceBuffers:
     """A pinned host array and a device allocation per tensor name, allocated once at the
-    largest shape, and one CUDA stream for all their copies. ``to_device`` / ``to_host``
-    copy a prefix (the first ``count`` elements: a smaller batch) asynchronously on the
-    stream; ``synchronize`` waits. A CUDA kernel of another module can write a device
+    largest shape, and one non-blocking CUDA stream for all their copies. ``to_device`` /
+    ``to_host`` copy a prefix (the first ``count`` elements: a smaller batch) asynchronously
+    on the stream; ``synchronize`` waits. A CUDA kernel of another module can write a device
     buffer directly: ``device_ptr(name)``, ordered by ``stream_handle``."""
 
     def __init__(self, specs: Iterable[BufferSpec], context: CudaContext) -> None:
@@ -209,7 +251,7 @@ class DeviceBuffers:
         drv = driver()
         with context:
             try:
-                self._stream: Any = check("cuStreamCreate", drv.Stream)
+                self._stream: Any = new_stream(drv)
                 for name, s in self.specs.items():
                     self._host[name] = check(f"cuMemHostAlloc({name})", drv.pagelocked_empty,
                                              s.shape, s.dtype)
@@ -289,9 +331,7 @@ class DeviceBuffers:
         for arr in host.values():
             allocation: Any = arr.base  # the PagelockedHostAllocation behind the array
             check("cuMemFreeHost", allocation.free)
-        # pycuda has no explicit stream destroy; dropping its last reference destroys it
-        # now (reference counting), not at some later collection.
-        self._stream = None
+        self._stream = None  # no stream destroy in pycuda: the last reference going is it
 
     def close(self) -> None:
         """Wait for pending copies, then free every buffer and the stream (idempotent)."""
@@ -330,9 +370,8 @@ class CudaGraph:
         try:
             record()
         except BaseException:
-            # End the capture, or the stream stays unusable. What record() raised says
-            # what went wrong; the end call then reports the invalidated capture, which
-            # would hide it, so that second error is dropped and the first propagates.
+            # End the capture, or the stream stays unusable; the end call's error (the
+            # invalidated capture) would hide what record() raised, so it is dropped.
             with contextlib.suppress(CudaError):
                 check("cuStreamEndCapture", lib.cuStreamEndCapture, stream,
                       ctypes.byref(graph))

@@ -28,7 +28,7 @@ import numpy as np
 
 from hepascope.core.errors import ModelError, ModelInputError
 from hepascope.core.preprocess import PreprocessSpec
-from hepascope.engines.cuda import CudaContext, check, driver
+from hepascope.engines.cuda import CudaContext, check, driver, new_stream
 from hepascope.engines.gpu_plan import ViewPlan, gaussian_taps, grey_coefficients, plan_views
 
 KERNELS = Path(__file__).parent / "kernels"
@@ -104,6 +104,12 @@ class GpuPreprocessor:
         self._lock = threading.Lock()
         self._last: dict[str, int] = {}
         self._last_stream: Any = None
+        self._module: Any = None
+        self._fn: dict[str, Any] = {}
+        self._stream: Any = None
+        self._uploaded: Any = None
+        self._staging: np.ndarray | None = None
+        self._closed = False
         try:
             with self._ctx:
                 self._setup()
@@ -113,12 +119,12 @@ class GpuPreprocessor:
 
     def _setup(self) -> None:
         drv = self._drv
-        module, self.kernel_source = _load_kernels(drv)
-        self._fn = {name: check(f"cuModuleGetFunction({name})", module.get_function, name)
-                    for name in _SIGNATURES}
+        self._module, self.kernel_source = _load_kernels(drv)
+        self._fn = {name: check(f"cuModuleGetFunction({name})", self._module.get_function,
+                                name) for name in _SIGNATURES}
         for name, fmt in _SIGNATURES.items():
             self._fn[name].prepare(fmt.replace(" ", ""))
-        self._stream = check("cuStreamCreate", drv.Stream)
+        self._stream = new_stream(drv)
         self._uploaded = check("cuEventCreate", drv.Event)
         self._staging = check("cuMemHostAlloc", drv.pagelocked_empty, self.frame_shape, np.uint8)
         self._frame = self._alloc(self._staging.nbytes)
@@ -139,6 +145,9 @@ class GpuPreprocessor:
             if v.clahe is not None:
                 bufs["lut"] = self._alloc(v.clahe.tiles ** 2 * 256)
             self._views.append(bufs)
+        # the tables went up by synchronous copies from pageable memory, which may return
+        # before the data lands, on the legacy stream our non-blocking one does not wait for
+        check("cuCtxSynchronize", drv.Context.synchronize)
 
     def _alloc(self, nbytes: int) -> int:
         alloc = check(f"cuMemAlloc({nbytes} B)", self._drv.mem_alloc, max(int(nbytes), 1))
@@ -160,7 +169,8 @@ class GpuPreprocessor:
     def run(self, frame: np.ndarray, out: dict[str, int] | None = None,
             stream: Any = None) -> dict[str, int]:
         """Queue one frame's preprocessing; returns ``{view: device pointer}`` written
-        (after ``stream`` reaches this point: ``synchronize`` or order work after it)."""
+        (after ``stream`` reaches this point: ``synchronize`` or order work after it). This
+        object's own pointers are valid until ``close``."""
         if frame.shape != self.frame_shape or frame.dtype != np.uint8:
             raise ModelInputError(f"expected a uint8 frame of {self.frame_shape}, got "
                                   f"{frame.dtype} {frame.shape}")
@@ -169,7 +179,7 @@ class GpuPreprocessor:
         if unknown:
             raise ModelError(f"out names no view of this spec: {sorted(unknown)}")
         with self._lock, self._ctx:
-            if not self._allocs:
+            if not self._allocs or self._staging is None:
                 raise ModelError("GpuPreprocessor used after close()")
             s = stream if stream is not None else self._stream
             if self._last_stream is not None and s is not self._last_stream:
@@ -228,12 +238,16 @@ class GpuPreprocessor:
     def synchronize(self, stream: Any = None) -> None:
         """Wait for ``stream`` (default: the one the last ``run`` used, else this
         object's)."""
+        if self._closed:
+            raise ModelError("GpuPreprocessor used after close()")
         s = stream if stream is not None else self._last_stream or self._stream
         with self._ctx:
             check("cuStreamSynchronize", s.synchronize)
 
     def download(self, stream: Any = None) -> dict[str, np.ndarray]:
-        """The last ``run``'s views copied to host arrays (waits for the stream first)."""
+        """The last ``run``'s views copied to new host arrays (waits for the stream
+        first). They are the caller's, not views of this object's buffers: they stay valid
+        after the next ``run`` and after ``close``."""
         self.synchronize(stream)
         result = {}
         with self._ctx:
@@ -244,22 +258,36 @@ class GpuPreprocessor:
         return result
 
     def close(self) -> None:
-        """Wait for queued work, free every buffer (idempotent)."""
-        if self._ctx.closed:
+        """Wait for queued work, then free every buffer and drop the stream, the event and
+        the kernels' module, with the context current (pycuda has no destroy calls: the
+        last reference going destroys each); release an own context. Idempotent."""
+        if self._closed:
             return
-        with self._ctx:
-            try:
-                if getattr(self, "_stream", None) is not None:
-                    check("cuStreamSynchronize", self._stream.synchronize)
-            finally:
-                allocs, self._allocs = self._allocs, []
-                for a in allocs:
-                    check("cuMemFree", a.free)
-                staging, self._staging = getattr(self, "_staging", None), None
-                if staging is not None:
-                    check("cuMemFreeHost", staging.base.free)
-        if self._own_ctx:
-            self._ctx.close()
+        self._closed = True
+        if self._ctx.closed:  # a shared context closed first: nothing can be freed now
+            return
+        try:
+            with self._lock, self._ctx:
+                try:
+                    if self._stream is not None:
+                        check("cuStreamSynchronize", self._stream.synchronize)
+                finally:
+                    self._release()
+        finally:
+            if self._own_ctx:
+                self._ctx.close()
+
+    def _release(self) -> None:
+        allocs, self._allocs = self._allocs, []
+        staging, self._staging = self._staging, None
+        self._fn, self._module = {}, None  # each function holds the module
+        self._stream = self._uploaded = self._last_stream = None
+        self._last = {}
+        for a in allocs:
+            check("cuMemFree", a.free)
+        if staging is not None:
+            allocation: Any = staging.base  # the PagelockedHostAllocation behind it
+            check("cuMemFreeHost", allocation.free)
 
     def __enter__(self) -> GpuPreprocessor:
         return self

@@ -20,6 +20,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from support.models import make_classifier
+from support.tensorrt_env import tensorrt_skip_reason
 
 from hepascope.core.errors import ModelError
 from hepascope.engines.cuda import CudaError, check, status_error
@@ -51,9 +52,8 @@ def gpu_ready() -> bool:
 
 HAVE_TRT = importable("tensorrt")
 HAVE_PYCUDA = importable("pycuda.driver")
-TRT_REASON = ("tensorrt not importable: its wheels download libraries from pypi.nvidia.com, "
-              "outside this environment's registries")
-needs_trt = pytest.mark.skipif(not HAVE_TRT, reason=TRT_REASON)
+TRT_SKIP = tensorrt_skip_reason()  # not importable, or not TensorRT 10
+needs_trt = pytest.mark.skipif(TRT_SKIP is not None, reason=TRT_SKIP or "")
 needs_gpu = pytest.mark.skipif(not gpu_ready(), reason="needs pycuda and a CUDA GPU")
 without_trt = pytest.mark.skipif(HAVE_TRT, reason="checks the refusal without TensorRT")
 

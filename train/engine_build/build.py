@@ -6,7 +6,9 @@ an optimisation profile with batch min 1, opt 1 (the live pipeline's batch), max
 ``max_batch``. A timing cache (``timing.cache`` beside the plan unless given) is loaded and
 saved again, so rebuilds skip tactic timing. ``fp16`` adds the FP16 flag; ``int8``
 calibrates with an entropy calibrator over frames the model's own preprocessing makes
-(``train/engine_build/calib.py``) and keeps a calibration cache per model; an explicitly quantised
+(``train/engine_build/calib.py``) and keeps a calibration cache per model, written only
+after a build that calibrated succeeded and reused only when whole
+(``train/engine_build/calibrator.py``); an explicitly quantised
 (QDQ) model, from ``python -m hepascope.train.engine_build.quantize``, needs no calibrator.
 
 In reduced precision SimAM's layers are pinned to fp32 (with OBEY_PRECISION_CONSTRAINTS).
@@ -21,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -37,12 +40,11 @@ from hepascope.engines.plan import (
     sha256_file,
     write_plan,
 )
-from hepascope.train.engine_build.calibrator import CalibrationBatches, make_calibrator
+from hepascope.train.engine_build.calibrator import CalibrationBatches as CalibrationBatches
+from hepascope.train.engine_build.calibrator import make_calibrator, read_cache
 
 if TYPE_CHECKING:
     import onnx
-
-    from hepascope.engines.cuda import CudaContext
 
 log = logging.getLogger("hepascope.build")
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
@@ -141,13 +143,20 @@ def pin_fp32(trt: ModuleType, network: Any, scopes: Sequence[str]) -> list[str]:
     return pinned
 
 
-def _timing_cache(config: Any, path: Path) -> Any:
+def _timing_cache(config: Any, path: Path, logger: Any) -> Any:
+    """Set ``path``'s timing cache on ``config`` (a new one where TensorRT cannot use the
+    file: another TensorRT or GPU wrote it) and return it. ``create_timing_cache`` returns
+    None when it fails: a ``ModelError`` here, not a TypeError in ``set_timing_cache``."""
     data = path.read_bytes() if path.is_file() else b""
-    cache = config.create_timing_cache(data)
-    if not config.set_timing_cache(cache, False):  # another TensorRT or GPU wrote it
+    cache = config.create_timing_cache(data) if data else None
+    if cache is not None and config.set_timing_cache(cache, False):
+        return cache
+    if data:
         log.warning("%s: timing cache not usable here, starting a new one", path)
-        cache = config.create_timing_cache(b"")
-        config.set_timing_cache(cache, False)
+    cache = config.create_timing_cache(b"")
+    if cache is None or not config.set_timing_cache(cache, False):
+        raise ModelError(f"TensorRT could not create a timing cache for {path.name} "
+                         f"({logger.last_error()})")
     return cache
 
 
@@ -191,87 +200,53 @@ def _calibration(trt: ModuleType, builder: Any, config: Any, network: Any, *, on
                  calib: CalibSource, cache: Path, max_batch: int, limit: int,
                  context: Any) -> Any:
     """Attach an entropy calibrator (and its static calibration profile) to ``config``.
-    ``calib``: data for ``engines.calib.calibration_feeds``, or the batch-1 feeds."""
+    ``calib``: data for ``engines.calib.calibration_feeds``, or the batch-1 feeds. A usable
+    ``cache`` is reused; an unusable one is refused, or replaced when there is data."""
+    names = [network.get_input(i).name for i in range(network.num_inputs)]
+    cached, problem = read_cache(cache, names)
     batches = None
-    if not cache.is_file():
+    if cached is None:
         if calib is None:
+            if problem:
+                raise ModelError(f"{cache}: not a usable calibration cache ({problem}); "
+                                 f"calibrate again with --calib DATA, or {QUANTIZE_HINT}")
             raise ModelError(f"--int8 needs --calib DATA to calibrate, or {QUANTIZE_HINT}")
+        if problem:
+            log.warning("%s: not a usable calibration cache (%s); calibrating again", cache,
+                        problem)
         if isinstance(calib, (str, Path)):
             from hepascope.train.engine_build.calib import calibration_feeds
 
             feeds = calibration_feeds(onnx_path, calib, limit=limit, seed=0)
         else:
             feeds = list(calib)[:limit]
-        names = [network.get_input(i).name for i in range(network.num_inputs)]
         size = max(1, min(CALIB_BATCH, max_batch, len(feeds)))
         batches = CalibrationBatches(feeds, size, names)
         log.info("calibrating on %d batches of %d", len(batches), size)
     size = batches.batch_size if batches is not None else 1
     profile, _ = _profile(builder, network, size, opt=size)
-    calibrator = make_calibrator(trt, batches, cache, context)
+    calibrator = make_calibrator(trt, batches, cache, cached, context)
     config.int8_calibrator = calibrator
     config.set_calibration_profile(profile)
     return calibrator
 
 
-def _check_options(fp16: bool, int8: bool, max_batch: int, workspace_mb: int,
-                   calib_limit: int) -> None:
-    """``ModelError`` for options no build can honour."""
-    if fp16 and int8:
-        raise ModelError("choose --fp16 or --int8, not both")
-    if max_batch < 1 or workspace_mb < 1 or calib_limit < 1:
-        raise ModelError("max_batch, workspace_mb and calib_limit must be >= 1")
+@dataclass(frozen=True)
+class _Job:
+    """One ``build_plan`` call's checked arguments."""
 
-
-def _builder_config(trt: ModuleType, builder: Any, network: Any, logger: Any, *, name: str,
-                    max_batch: int, workspace_mb: int) -> tuple[Any, Profile]:
-    """A builder config with the workspace limit and the batch profile; (config, the
-    profile's shapes)."""
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
-    profile, shapes = _profile(builder, network, max_batch)
-    if config.add_optimization_profile(profile) < 0:
-        raise ModelError(f"{name}: TensorRT refused the optimisation profile "
-                         f"{shapes} ({logger.last_error()})")
-    return config, shapes
-
-
-def _pin_simam(trt: ModuleType, config: Any, network: Any, model: onnx.ModelProto,
-               precision: str) -> list[str]:
-    """In reduced precision, SimAM's float layers pinned to fp32 and the builder told to
-    obey; their names."""
-    pinned: list[str] = []
-    if precision in ("fp16", "int8"):
-        pinned = pin_fp32(trt, network, simam_scopes(model))
-        if pinned:
-            config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-    return pinned
-
-
-def _serialize(builder: Any, network: Any, config: Any, calibrator: Any, name: str,
-               logger: Any) -> Any:
-    """The serialized engine; the calibrator's kept error, or ``ModelError`` when TensorRT
-    built none."""
-    serialized = builder.build_serialized_network(network, config)
-    if calibrator is not None and calibrator.error is not None:
-        raise calibrator.error
-    if serialized is None:
-        raise ModelError(f"{name}: TensorRT built no engine "
-                         f"({logger.last_error()})")
-    return serialized
-
-
-def _sidecar(trt: ModuleType, ctx: CudaContext, src: Path, model: onnx.ModelProto,
-             digest: str, *, precision: str, max_batch: int, shapes: Profile,
-             pinned: list[str]) -> PlanSidecar:
-    """What the plan was built from, with and for: its sidecar."""
-    return PlanSidecar(
-        tensorrt_version=trt.__version__, gpu_name=ctx.name,
-        compute_capability=ctx.compute_capability, onnx_sha256=digest,
-        onnx_name=src.name, onnx_metadata={p.key: p.value for p in model.metadata_props},
-        precision=precision, max_batch=max_batch, profiles=(shapes,),
-        fp32_layers=tuple(pinned), built_at=now_utc(),
-        hepascope_version=hepascope_version())
+    src: Path
+    plan: Path
+    model: onnx.ModelProto
+    digest: str
+    fp16: bool
+    int8: bool
+    calib: CalibSource
+    calib_limit: int
+    calib_cache: Path
+    max_batch: int
+    workspace_mb: int
+    timing_cache: Path
 
 
 def build_plan(onnx_path: str | Path, out: str | Path | None = None, *, fp16: bool = False,
@@ -285,50 +260,92 @@ def build_plan(onnx_path: str | Path, out: str | Path | None = None, *, fp16: bo
     cache defaults to ``MODEL.<sha256[:12]>.calib`` beside the plan, so a changed model is
     never calibrated from a stale cache. See the module doc."""
     src = Path(onnx_path)
-    _check_options(fp16, int8, max_batch, workspace_mb, calib_limit)
+    if fp16 and int8:
+        raise ModelError("choose --fp16 or --int8, not both")
+    if max_batch < 1 or workspace_mb < 1 or calib_limit < 1:
+        raise ModelError("max_batch, workspace_mb and calib_limit must be >= 1")
     plan = Path(out) if out is not None else src.with_suffix(".plan")
     model = load_onnx(src)
     _check_ops(model, src.name)
-    qdq = is_qdq(model)
     digest = sha256_file(src)
+    job = _Job(src, plan, model, digest, fp16, int8, calib, calib_limit,
+               Path(calib_cache) if calib_cache else
+               plan.with_name(f"{src.stem}.{digest[:12]}.calib"), max_batch, workspace_mb,
+               Path(timing_cache) if timing_cache else plan.parent / "timing.cache")
     from hepascope.engines.cuda import CudaContext
-    from hepascope.engines.tensorrt import import_tensorrt, make_logger
+    from hepascope.engines.tensorrt import import_tensorrt
 
     trt = import_tensorrt()
     ctx = CudaContext(device)
-    calibrator = None
     try:
         with ctx:
-            logger = make_logger(trt)
-            builder = trt.Builder(logger)
-            network, _parser = _parse(trt, builder, logger, src)  # the parser owns weights
-            config, shapes = _builder_config(trt, builder, network, logger, name=src.name,
-                                             max_batch=max_batch, workspace_mb=workspace_mb)
-            tc_path = Path(timing_cache) if timing_cache else plan.parent / "timing.cache"
-            cache = _timing_cache(config, tc_path)
-            precision = _precision(trt, config, fp16=fp16, int8=int8 and not qdq, qdq=qdq)
-            pinned = _pin_simam(trt, config, network, model, precision)
-            if precision == "int8":
-                calibrator = _calibration(
-                    trt, builder, config, network, onnx_path=src, calib=calib,
-                    cache=Path(calib_cache) if calib_cache else
-                    plan.with_name(f"{src.stem}.{digest[:12]}.calib"),
-                    max_batch=max_batch, limit=calib_limit, context=ctx)
-            serialized = _serialize(builder, network, config, calibrator, src.name, logger)
-            plan.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(tc_path, bytes(cache.serialize()))
-            write_plan(plan, serialized, _sidecar(
-                trt, ctx, src, model, digest, precision=precision, max_batch=max_batch,
-                shapes=shapes, pinned=pinned))
-            log.info("built %s (%s, batch 1..%d, %d layers pinned to fp32)", plan, precision,
-                     max_batch, len(pinned))
-            if calibrator is not None:
-                calibrator.close()
-    except BaseException:
-        if calibrator is not None:
-            with contextlib.suppress(ModelError), ctx:  # the build's own error wins
-                calibrator.close()
-        raise
+            _build(trt, ctx, job)
     finally:
         ctx.close()
     return plan
+
+
+def _configure(trt: ModuleType, builder: Any, network: Any, logger: Any,
+               job: _Job) -> tuple[Any, Any, Profile, str, list[str]]:
+    """The builder config for ``job``: (config, timing cache, profile shapes, precision,
+    the layers pinned to fp32)."""
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, job.workspace_mb << 20)
+    profile, shapes = _profile(builder, network, job.max_batch)
+    if config.add_optimization_profile(profile) < 0:
+        raise ModelError(f"{job.src.name}: TensorRT refused the optimisation profile "
+                         f"{shapes} ({logger.last_error()})")
+    cache = _timing_cache(config, job.timing_cache, logger)
+    qdq = is_qdq(job.model)
+    precision = _precision(trt, config, fp16=job.fp16, int8=job.int8 and not qdq, qdq=qdq)
+    pinned: list[str] = []
+    if precision in ("fp16", "int8"):
+        pinned = pin_fp32(trt, network, simam_scopes(job.model))
+        if pinned:
+            config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+    return config, cache, shapes, precision, pinned
+
+
+def _build(trt: ModuleType, ctx: Any, job: _Job) -> None:
+    """Build and write ``job``'s plan, sidecar, timing cache and, after an INT8 build that
+    calibrated and succeeded, its calibration cache (``ctx`` current)."""
+    from hepascope.engines.tensorrt import make_logger
+
+    logger = make_logger(trt)
+    builder = trt.Builder(logger)
+    network, _parser = _parse(trt, builder, logger, job.src)  # the parser owns weights
+    config, cache, shapes, precision, pinned = _configure(trt, builder, network, logger, job)
+    calibrator = None
+    try:
+        if precision == "int8":
+            calibrator = _calibration(
+                trt, builder, config, network, onnx_path=job.src, calib=job.calib,
+                cache=job.calib_cache, max_batch=job.max_batch, limit=job.calib_limit,
+                context=ctx)
+        serialized = builder.build_serialized_network(network, config)
+        if calibrator is not None and calibrator.error is not None:
+            raise calibrator.error
+        if serialized is None:
+            raise ModelError(f"{job.src.name}: TensorRT built no engine "
+                             f"({logger.last_error()})")
+        job.plan.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(job.timing_cache, bytes(cache.serialize()))
+        write_plan(job.plan, serialized, PlanSidecar(
+            tensorrt_version=trt.__version__, gpu_name=ctx.name,
+            compute_capability=ctx.compute_capability, onnx_sha256=job.digest,
+            onnx_name=job.src.name,
+            onnx_metadata={p.key: p.value for p in job.model.metadata_props},
+            precision=precision, max_batch=job.max_batch, profiles=(shapes,),
+            fp32_layers=tuple(pinned), built_at=now_utc(),
+            hepascope_version=hepascope_version()))
+        if calibrator is not None:
+            calibrator.save()  # only now: the calibration and the build succeeded
+        log.info("built %s (%s, batch 1..%d, %d layers pinned to fp32)", job.plan,
+                 precision, job.max_batch, len(pinned))
+    except BaseException:
+        if calibrator is not None:
+            with contextlib.suppress(ModelError):  # the build's own error wins
+                calibrator.close()
+        raise
+    if calibrator is not None:
+        calibrator.close()

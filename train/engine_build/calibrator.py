@@ -1,8 +1,18 @@
-"""The INT8 entropy calibrator TensorRT calls during ``build_plan``, and the batches of
-calibration feeds it hands out."""
+"""INT8 entropy calibration for ``hepascope build``: the calibration batches, the
+calibrator TensorRT calls back, and its calibration cache.
+
+The cache is written only after a build that calibrated succeeded (TensorRT offers the
+table through ``write_calibration_cache`` even when the batches ran out early because one
+failed): the calibrator keeps the table and ``build_plan`` saves it, atomically, at the
+end. A cache is reused only if it is a whole TensorRT entropy table with a scale for every
+network input; anything else (empty, cut short, another model's) is refused with the
+reason, and calibrating again with data replaces it.
+"""
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
@@ -12,6 +22,10 @@ import numpy as np
 
 from hepascope.core.errors import ModelError
 from hepascope.engines.plan import atomic_write
+
+log = logging.getLogger("hepascope.build")
+CACHE_HEADER = re.compile(r"TRT-\d+-EntropyCalibration2")  # IInt8EntropyCalibrator2's
+CACHE_ENTRY = re.compile(r"(.+): ([0-9a-fA-F]{8})")  # tensor name: fp32 scale in hex
 
 
 class CalibrationBatches:
@@ -51,18 +65,53 @@ class CalibrationBatches:
                 for n in self.names}
 
 
+def cache_problem(data: bytes, inputs: Sequence[str]) -> str | None:
+    """Why ``data`` is not a usable calibration cache for a network with ``inputs``
+    (None if it is): TensorRT's text table, a header then ``name: scale`` per tensor."""
+    try:
+        lines = data.decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        return "not text"
+    if not lines or not CACHE_HEADER.fullmatch(lines[0]):
+        return "no TensorRT EntropyCalibration2 header"
+    names = set()
+    for i, line in enumerate(lines[1:], start=2):
+        entry = CACHE_ENTRY.fullmatch(line)
+        if entry is None:
+            return f"line {i} is not 'tensor: scale' ({line[:40]!r})"
+        names.add(entry.group(1))
+    missing = [n for n in inputs if n not in names]
+    return f"no scale for input {missing[0]!r}" if missing else None
+
+
+def read_cache(path: Path, inputs: Sequence[str]) -> tuple[bytes | None, str | None]:
+    """(the cache at ``path``, None) if it is usable for a network with ``inputs``;
+    (None, why not) if it is not; (None, None) if there is none."""
+    if not path.is_file():
+        return None, None
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ModelError(f"{path}: cannot read the calibration cache "
+                         f"({e.strerror or e})") from e
+    problem = cache_problem(data, inputs)
+    return (None, problem) if problem else (data, None)
+
+
 def make_calibrator(trt: ModuleType, batches: CalibrationBatches | None, cache: Path,
-                    context: Any) -> Any:
+                    cached: bytes | None, context: Any) -> Any:
     """An ``IInt8EntropyCalibrator2`` that copies ``batches`` to device buffers allocated
-    once, and reads/writes the calibration cache ``cache`` (reused when present: delete it
-    to calibrate again). Exceptions in its callbacks are kept and re-raised by
-    ``build_plan`` after TensorRT returns: they cannot cross TensorRT's C++ frames."""
+    once and hands TensorRT ``cached`` (a checked cache) as its calibration cache. The
+    table TensorRT writes is kept, and ``save()`` writes it to ``cache`` once the build
+    succeeded. Exceptions in its callbacks are kept and re-raised by ``build_plan`` after
+    TensorRT returns: they cannot cross TensorRT's C++ frames."""
     from hepascope.engines.cuda import BufferSpec, DeviceBuffers
 
     class Calibrator(trt.IInt8EntropyCalibrator2):  # type: ignore[name-defined]
         def __init__(self) -> None:
             trt.IInt8EntropyCalibrator2.__init__(self)
             self.error: BaseException | None = None
+            self.table: bytes | None = None
             self.buffers: DeviceBuffers | None = None
             if batches is not None:
                 self.buffers = DeviceBuffers([BufferSpec(n, batches.shape(n), np.dtype("f4"))
@@ -89,13 +138,20 @@ def make_calibrator(trt: ModuleType, batches: CalibrationBatches | None, cache: 
                 return None
 
         def read_calibration_cache(self) -> bytes | None:
-            return cache.read_bytes() if cache.is_file() else None
+            return cached
 
         def write_calibration_cache(self, data: Any) -> None:
             try:
-                atomic_write(cache, bytes(data))
+                self.table = bytes(data)
             except BaseException as e:
                 self.error = e
+
+        def save(self) -> None:
+            """Write the table TensorRT gave, if any, atomically: call after a build
+            that succeeded, never after one that failed."""
+            if self.error is None and self.table is not None:
+                atomic_write(cache, self.table)
+                log.info("calibration cache %s written", cache)
 
         def close(self) -> None:
             if self.buffers is not None:
