@@ -24,7 +24,7 @@ from hepascope.core.errors import RingError
 from hepascope.core.frame import Frame
 from hepascope.stream.ring import RingReader, RingWriter, slot_bytes_for
 
-pytest.importorskip("hepascope.stream._ring", reason="native ring extension not built")
+pytest.importorskip("hepascope.stream.ring_native", reason="native ring extension not built")
 
 SEQ_MARK = 0x0123456789ABCDEF  # frame_seq of the frame whose slot the tests forge
 T_MARK = 0x1122334455667788    # its t_capture_ns: together they locate the slot's metadata

@@ -17,7 +17,7 @@ from hepascope.core.errors import RingError
 from hepascope.core.frame import Frame
 from hepascope.stream.ring import RingReader, RingWriter
 
-pytest.importorskip("hepascope.stream._ring", reason="native ring extension not built")
+pytest.importorskip("hepascope.stream.ring_native", reason="native ring extension not built")
 
 
 @pytest.fixture
