@@ -123,30 +123,36 @@ def _cpu_id() -> str:
     return platform.machine() + "".join(lines)
 
 
-def _cache_path(model: Path, tuning: OrtTuning, cache_dir: Path) -> Path:
-    h = hashlib.sha256(model.read_bytes())
+def _cache_path(model: Path, data: bytes, tuning: OrtTuning, cache_dir: Path) -> Path:
+    h = hashlib.sha256(data)
     h.update(f"\0{ort.__version__}\0{tuning.optimization}\0{_cpu_id()}".encode())
     return cache_dir / f"{model.stem}.{h.hexdigest()[:20]}.ort-opt.onnx"
 
 
 def _open_session(path: Path, tuning: OrtTuning, threads: int) -> ort.InferenceSession:
     """The session; with a cache, from the stored optimised graph (no optimisation pass),
-    or optimising now and storing the result atomically for the next session."""
+    or optimising now and storing the result atomically for the next session. The graph
+    file is read once (its bytes are both hashed and loaded)."""
     if not path.is_file():
         raise ModelError(f"{path}: no such model file")
     opts = tuning.session_options(threads)
-    load, store = path, None
+    data = path.read_bytes()
+    load: str | bytes = data
+    # a graph with external weights finds them beside its file, as when loaded by path
+    opts.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                  str(path.parent))
+    store = None
     if tuning.cache_dir is not None and tuning.optimization != "disable":
-        cached = _cache_path(path, tuning, tuning.cache_dir)
+        cached = _cache_path(path, data, tuning, tuning.cache_dir)
         if cached.is_file():
-            load = cached
+            load = str(cached)
             opts.graph_optimization_level = _LEVELS["disable"]
         else:
             tuning.cache_dir.mkdir(parents=True, exist_ok=True)
             store = cached
             opts.optimized_model_filepath = str(cached.with_name(f".{cached.name}.{os.getpid()}"))
     try:
-        sess = ort.InferenceSession(str(load), sess_options=opts,
+        sess = ort.InferenceSession(load, sess_options=opts,
                                     providers=["CPUExecutionProvider"])
     except Exception as e:  # ORT raises its own unrelated exception classes
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
