@@ -113,6 +113,9 @@ def pipeline_section(model: Path, *, source: str = "phantom:7", fps: float, seco
         "matched_capture_to_publish_p99_ms": pct(c2p_matched, 99),
         "overlay_received": probe.received, "overlay_matched": len(matched),
         "publish_dropped": summary["publish_dropped"],
+        # unpaced sources only: frames after which decoding waited for the model to take one
+        **{k: summary[k] for k in ("backpressure_waits", "backpressure_timeouts")
+           if k in summary},
         **usage,
         "notes": "stage_ms.capture_decode is timed unpaced on the same source before the run "
                  "(the grab thread's per-frame cost); ring = capture -> inference read; "

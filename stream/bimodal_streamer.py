@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +41,14 @@ class BimodalStreamer:
 
     def __init__(self, bmode: Engine, ceus: Engine, head: Engine, *, labels: tuple[str, ...],
                  bmode_spec: PreprocessSpec, ceus_spec: PreprocessSpec, window: int,
-                 interval_s: float, model_name: str) -> None:
+                 interval_s: float, model_name: str, parallel: bool = False) -> None:
+        """``parallel``: the CEUS encoder runs in a thread of its own while this one runs
+        the B-mode encoder (engines release the GIL while they compute), so the two
+        overlap on two cores or two GPU streams; the results are the same."""
         if window < 1 or interval_s <= 0:
             raise ModelError(f"invalid window {window} x {interval_s} s")
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="ceus-encoder") \
+            if parallel else None
         self.engines = {ROLE_BMODE: bmode, ROLE_CEUS: ceus, ROLE_HEAD: head}
         self.labels, self.model_name = labels, model_name
         self.window, self.interval_s = window, interval_s
@@ -93,8 +99,13 @@ class BimodalStreamer:
         xb = preprocess_view(frame.image, bspec, bspec.view_names[0])[None]
         xc = preprocess_view(frame.image, cspec, cspec.view_names[0])[None]
         t1 = time.monotonic_ns()
-        fb = self.engines[ROLE_BMODE].infer({self._bmode_in: xb})["bmode_feat"].copy()
-        fc = self.engines[ROLE_CEUS].infer({self._ceus_in: xc})["ceus_feat"].copy()
+        if self._pool is not None:
+            job = self._pool.submit(self._encode_ceus, xc)
+            fb = self.engines[ROLE_BMODE].infer({self._bmode_in: xb})["bmode_feat"].copy()
+            fc = job.result()
+        else:
+            fb = self.engines[ROLE_BMODE].infer({self._bmode_in: xb})["bmode_feat"].copy()
+            fc = self._encode_ceus(xc)
         t2 = time.monotonic_ns()
         t = media_time(frame)
         while self._cache and (self._cache[-1][0] >= t or t - self._cache[0][0] > self._keep_s):
@@ -112,7 +123,16 @@ class BimodalStreamer:
                                      "encode": (t2 - t1) / 1e6, "fuse": (t3 - t2) / 1e6,
                                      "infer": (t3 - t1) / 1e6}
 
+    def _encode_ceus(self, xc: np.ndarray) -> np.ndarray:
+        return np.array(self.engines[ROLE_CEUS].infer({self._ceus_in: xc})["ceus_feat"])
+
+    @property
+    def parallel(self) -> bool:
+        return self._pool is not None
+
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
         for e in self.engines.values():
             e.close()
 

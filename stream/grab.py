@@ -1,11 +1,13 @@
 """The capture end of the pipeline: the grabber thread's loop and the frame ring it writes,
 created at the first frame and renewed (a new generation) when the frames change size or
-pixel format; and the source's health as telemetry reports it."""
+pixel format; the backpressure that keeps an unpaced source from decoding frames no model
+will take; and the source's health as telemetry reports it."""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -13,7 +15,7 @@ from hepascope.core.frame import Frame
 from hepascope.stream.ring_owner import sweep_stale
 from hepascope.stream.ring_writer import RingWriter
 from hepascope.stream.sources.base import Source
-from hepascope.stream.stats import RunStats
+from hepascope.stream.stats import ModelTally, RunStats
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +78,45 @@ def _geometry(shape: tuple[int, ...]) -> str:
     return f"{shape[1]}x{shape[0]} {'grey' if len(shape) == 2 else 'BGR'}"
 
 
-def grab_loop(source: Source, ring: LazyRing, stats: RunStats, stop: threading.Event) -> None:
+class Backpressure:
+    """An unpaced source (a file replayed as fast as it decodes) is decoded only as fast as
+    the main model takes frames: after writing frame n the grabber waits, before decoding
+    the next, until the model has seen frame n - ``slack`` (0: taken, for a model in a
+    thread; 1: answered, for a child process, which reports only results), so decoding
+    overlaps inference without stealing the cores it needs for frames that would be
+    dropped. A model that does not move for ``timeout_s`` lets the grabber go on (a hung
+    model never stops capture): counted in ``timeouts``."""
+
+    def __init__(self, tally: ModelTally, slack: int, timeout_s: float = 5.0) -> None:
+        if slack < 0 or timeout_s <= 0:
+            raise ValueError(f"slack must be >= 0 and timeout_s > 0, got {slack}, {timeout_s}")
+        self.tally, self.slack, self.timeout_s = tally, slack, timeout_s
+        self.waits = 0     # frames after which the grabber had to wait
+        self.timeouts = 0  # waits given up on
+
+    def wait(self, seq: int, stop: threading.Event) -> None:
+        """Block until the model has seen frame ``seq - slack``, ``stop``, or the timeout."""
+        want, tally = seq - self.slack, self.tally
+        deadline = time.monotonic() + self.timeout_s
+        with tally.seen:
+            if tally.last_seq_seen >= want:
+                return
+            self.waits += 1
+            while tally.last_seq_seen < want and not stop.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self.timeouts += 1
+                    return
+                tally.seen.wait(min(left, 0.05))
+
+    def report(self) -> dict[str, int]:
+        return {"backpressure_waits": self.waits, "backpressure_timeouts": self.timeouts}
+
+
+def grab_loop(source: Source, ring: LazyRing, stats: RunStats, stop: threading.Event,
+              pace: Backpressure | None = None) -> None:
+    """Write each frame of ``source`` to ``ring`` until it ends or ``stop``; with ``pace``
+    (an unpaced source), decode the next frame only when the model has taken this one."""
     with source:
         for frame in source:
             ring.write(frame)
@@ -85,6 +125,8 @@ def grab_loop(source: Source, ring: LazyRing, stats: RunStats, stop: threading.E
             stats.rate_in.tick(frame.t_capture_ns)
             if stop.is_set():
                 break
+            if pace is not None:
+                pace.wait(frame.seq, stop)
 
 
 def source_health(source: Source, ring: LazyRing) -> dict[str, Any]:

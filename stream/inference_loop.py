@@ -82,6 +82,7 @@ def _newest_first(reader: RingReader, step: Step, tally: ModelTally,
         t_read = progress.begin()
         tally.dropped += frame.seq - last - 1
         tally.frames_seen += 1
+        tally.saw(frame.seq)
         last = frame.seq
         msg = step(frame, t_read)
         progress.end(t_read)

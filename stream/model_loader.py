@@ -12,6 +12,7 @@ the classifier the pipeline runs: its results are verdicts (stream/verdict.py)."
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from hepascope.core.config import Config
@@ -91,6 +92,15 @@ def _window(path: Path, meta: dict[str, str]) -> tuple[int, float]:
         raise ModelError(f"{path.name}: invalid 'hepascope.window' metadata ({e!r})") from e
 
 
+def parallel_encoders(backend: str, threads: int | None) -> bool:
+    """Whether a bimodal model runs its two encoders at once: on a GPU backend (two
+    streams), or on the CPU where two encoders of ``threads`` each fit in the cores
+    (ONNX Runtime's default, None, takes them all: no)."""
+    if backend in ("torch", "tensorrt"):
+        return True
+    return threads is not None and 2 * threads <= (os.cpu_count() or 1)
+
+
 def _open_bimodal(head_path: Path, head: Engine, backend: str,
                   threads: int | None) -> BimodalStreamer:
     _check_meta(head_path, head.metadata, ROLE_HEAD)
@@ -108,7 +118,8 @@ def _open_bimodal(head_path: Path, head: Engine, backend: str,
         return BimodalStreamer(engines[ROLE_BMODE], engines[ROLE_CEUS], head, labels=labels,
                                bmode_spec=specs[ROLE_BMODE], ceus_spec=specs[ROLE_CEUS],
                                window=frames, interval_s=interval_s,
-                               model_name=head.metadata[META_MODEL])
+                               model_name=head.metadata[META_MODEL],
+                               parallel=parallel_encoders(backend, threads))
     except BaseException:  # close what was opened, then let the error through
         for eng in engines.values():
             eng.close()

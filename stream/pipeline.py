@@ -35,7 +35,7 @@ from hepascope.core.messages import (
     RunStamp,
 )
 from hepascope.stream.classifier import Classifier
-from hepascope.stream.grab import LazyRing, grab_loop, source_health
+from hepascope.stream.grab import Backpressure, LazyRing, grab_loop, source_health
 from hepascope.stream.inference_loop import Step, infer_loop
 from hepascope.stream.results import SideModel, main_step, side_step
 from hepascope.stream.sources.base import Source
@@ -148,12 +148,15 @@ def compose(source: Source, classifier: Classifier | InferenceProcess, sink: Sin
     finished = [threading.Event() for _ in steps]
     where = classifier.telemetry if isinstance(classifier, InferenceProcess) else _in_thread
 
+    pace = _backpressure(source, classifier, stats)
+
     def info() -> dict[str, Any]:
-        return {**where(), **stats.fault_counts(), **source_health(source, ring)}
+        return {**where(), **stats.fault_counts(), **source_health(source, ring),
+                **(pace.report() if pace is not None else {})}
 
     def grab() -> None:
         try:
-            grab_loop(source, ring, stats, stop)
+            grab_loop(source, ring, stats, stop, pace)
         finally:
             source_done.set()
 
@@ -184,6 +187,15 @@ def compose(source: Source, classifier: Classifier | InferenceProcess, sink: Sin
     # a reconnecting source waiting out an outage yields no frame to notice the stop by
     pipeline.on_stop = getattr(source, "interrupt", None)
     return pipeline
+
+
+def _backpressure(source: Source, classifier: Classifier | InferenceProcess,
+                  stats: RunStats) -> Backpressure | None:
+    """For an unpaced source, decoding held to the main model's pace (``grab.py``): the
+    model takes frames in this process, or answers them from its child (one in flight)."""
+    if not getattr(source, "unpaced", False):
+        return None
+    return Backpressure(stats.main, 1 if isinstance(classifier, InferenceProcess) else 0)
 
 
 def _model_steps(classifier: Classifier | InferenceProcess,

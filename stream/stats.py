@@ -107,6 +107,8 @@ class ModelTally:
     dropped: int = 0      # frames its thread never took
     invalid_outputs: int = 0  # results published as model_fault (output not probabilities)
     last_seq_out: int = -1    # the newest frame it gave a result for
+    last_seq_seen: int = -1   # the newest frame it took (a child process: answered)
+    seen: threading.Condition = field(default_factory=threading.Condition, repr=False)
     rate_out: RateMeter = field(default_factory=RateMeter)
     totals: LatencyHistogram = field(default_factory=LatencyHistogram)
     stage_sum_ms: dict[str, float] = field(default_factory=dict)
@@ -114,6 +116,12 @@ class ModelTally:
 
     def __post_init__(self) -> None:
         self.window = LatencyWindow(self.window_size)
+
+    def saw(self, seq: int) -> None:
+        """The model took frame ``seq`` (wakes a grabber waiting to decode the next)."""
+        with self.seen:
+            self.last_seq_seen = max(self.last_seq_seen, seq)
+            self.seen.notify_all()
 
     def count_result(self, seq: int, fault: bool) -> None:
         """One more result of this model (for frame ``seq``; ``fault``: a model fault), on

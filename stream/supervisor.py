@@ -238,6 +238,7 @@ class InferenceProcess:
             nonlocal last
             tally.dropped += max(msg["seq"] - last - 1, 0)
             tally.frames_seen += 1
+            tally.saw(msg["seq"])
             tally.count_result(msg["seq"], msg.get("status") == MODEL_FAULT)
             last = max(last, msg["seq"])
             self._watch.step_done()

@@ -4,6 +4,7 @@ feature cache, and refusal of exports whose metadata is missing or does not matc
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from hepascope.core.errors import ModelError, ModelInputError  # noqa: E402
 from hepascope.core.frame import Frame  # noqa: E402
 from hepascope.core.preprocess import PreprocessSpec, preprocess_view  # noqa: E402
 from hepascope.phantom import LESION_CLASSES, Phantom, make_case  # noqa: E402
+from hepascope.stream import model_loader  # noqa: E402
 from hepascope.stream.model_loader import open_model  # noqa: E402
 from hepascope.train.export import export_bimodal  # noqa: E402
 from hepascope.train.models import create_model  # noqa: E402
@@ -97,6 +99,29 @@ def test_streaming_cache_equals_the_whole_window_at_once(
     print(f"\nstreamed vs whole-window probabilities: max |diff| {diff:.2e}")
     assert diff < 1e-5
     clf.close()
+
+
+def test_parallel_encoders_give_the_serial_results(
+        exported: tuple[Any, dict[str, Any], Path], frames: list[np.ndarray],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One engine thread each (two fit in two cores): the CEUS encoder runs in a thread of
+    its own beside the B-mode one, with the same numbers as one after the other."""
+    out = exported[2]
+    assert model_loader.parallel_encoders("onnxruntime", 1) == ((os.cpu_count() or 1) >= 2)
+    assert not model_loader.parallel_encoders("onnxruntime", None)  # ORT takes every core
+    assert model_loader.parallel_encoders("tensorrt", None)  # two GPU streams
+    monkeypatch.setattr(model_loader, "parallel_encoders", lambda *_: True)
+    par = open_model(out, load_config(), threads=1, verdicts=False)
+    monkeypatch.setattr(model_loader, "parallel_encoders", lambda *_: False)
+    ser = open_model(out, load_config(), threads=1, verdicts=False)
+    assert par.parallel and not ser.parallel  # type: ignore[attr-defined]
+    try:
+        for i, img in enumerate(frames):
+            f = Frame(img, i, 1_000 + i, "phantom:11", i / 30)
+            assert np.array_equal(par.predict(f)[0], ser.predict(f)[0])
+    finally:
+        par.close()
+        ser.close()
 
 
 def _strip(path: Path, key: str) -> None:

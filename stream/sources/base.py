@@ -57,6 +57,13 @@ class SourceBase:
         self._seq = 0
         self.frames_out = 0
 
+    @property
+    def unpaced(self) -> bool:
+        """Whether frames come as fast as they can be made (a file replayed with
+        ``max_rate``): the pipeline then decodes only as fast as the model takes frames."""
+        pacer = getattr(self, "pacer", None)
+        return isinstance(pacer, Pacer) and pacer.speed is None
+
     # -- subclass hooks -------------------------------------------------
     def _open(self) -> None:
         raise NotImplementedError
