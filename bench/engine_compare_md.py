@@ -60,11 +60,12 @@ def write_markdown(res: dict[str, Any], path: Path, notes: str) -> None:
         "products counted by torch's FlopCounterMode, a multiply-add = 2 FLOPs; "
         f"{res['flops'] / 2e9:.2f} GMACs). Float ONNX export parity with torch: max abs "
         f"diff {res['export_max_abs_diff']:.1e}.",
-        f"* Peak: fp32 sgemm at {res['peak_sizes']} (best of 5 each), {res['threads']} "
+        f"* Peak: fp32 matmul at {res['peak_sizes']} (best of 5 each), {res['threads']} "
         f"threads, before and after the timing in this run: torch {pk['torch']:.0f}, numpy "
-        f"{pk['numpy']:.0f} GFLOP/s; peak = the best, {pk['peak']:.0f} GFLOP/s. FLOP floor = "
-        f"FLOPs / peak = {res['floor_ms']:.2f} ms; × floor = p50 / floor (INT8 rows too: "
-        "the floor stays the fp32 one, so INT8 can go below 1).",
+        f"{pk['numpy']:.0f}, ONNX Runtime {pk.get('ort_fp32', 0):.0f} GFLOP/s; peak = the "
+        f"best, {pk['peak']:.0f} GFLOP/s. FLOP floor = FLOPs / peak = {res['floor_ms']:.2f} "
+        "ms; × floor = p50 / floor. INT8 rows: against ONNX Runtime's MatMulInteger peak "
+        f"({pk.get('ort_int8', 0):.0f} GOP/s), floor {res.get('int8_floor_ms', 0):.2f} ms.",
         f"* Latency: one preprocessed test frame, batch 1, {res['runs']} timed calls per "
         "variant after 10 warm-up calls, interleaved: rounds of chunks of "
         f"{res['chunk']} calls per variant, the order rotating, each chunk after a 30 ms "

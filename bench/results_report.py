@@ -326,13 +326,18 @@ def _method_md(res: dict[str, Any]) -> list[str]:
         f"* **frames/s @bN**: N / median wall time of a batch-N call, calls repeated for "
         f"{b['batch_s']} s (at least 3) after one warm-up call.",
         "* **GFLOP/s @p50** = FLOPs per frame / p50 latency. **share of peak** = that / the "
-        f"peak measured in this run: CPU fp32 sgemm at {pk['cpu_sizes']}, best of 3, "
-        f"torch {cpu['torch']:.0f}, numpy {cpu['numpy']:.0f} GFLOP/s, peak "
-        f"{cpu['peak']:.0f} GFLOP/s (bench/engine_compare.py `measure_peak`)"
+        f"peak measured in this run: CPU fp32 matmul at {pk['cpu_sizes']}, best of 3, "
+        f"torch {cpu['torch']:.0f}, numpy {cpu['numpy']:.0f}"
+        + (f", ONNX Runtime {cpu['ort']:.0f}" if "ort" in cpu else "") + " GFLOP/s, peak "
+        f"{cpu['peak']:.0f} GFLOP/s (bench/engine_compare.py `measure_peak`, "
+        "bench/ort_peak.py)"
         + (f"; GPU fp16 {pk['gpu_gflops']['fp16']:.0f} GFLOP/s, fp32 "
            f"{pk['gpu_gflops']['fp32']:.0f} GFLOP/s (8192^3 matmul, CUDA events, "
            "bench/gpu.py `matmul_peak`), the share of GPU engines against fp16"
-           if "gpu_gflops" in pk else "") + ". INT8 rows are against the fp32 peak.",
+           if "gpu_gflops" in pk else "")
+        + (f". INT8 rows are against the CPU's INT8 peak, ONNX Runtime's MatMulInteger "
+           f"(uint8 x int8), {pk['cpu_int8_gops']:.0f} GOP/s" if "cpu_int8_gops" in pk
+           else ". INT8 rows are against the fp32 peak") + ".",
         "* Weights are random (latency does not depend on them); the INT8 variant is "
         "calibrated on random frames, so only its speed means anything here.",
         f"* **pipeline sections**: the live pipeline on a phantom source at "
