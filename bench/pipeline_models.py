@@ -63,10 +63,11 @@ def _json(meta: dict[str, str], key: str, path: Path) -> object:
 
 
 def open_torch_cpu(model: Path, config: Config, *, threads: int | None = None) -> Classifier:
-    """``model`` (a bimodal export directory, or a single-image-graph export) on the torch
-    engine, eager fp32 on CPU even where a GPU exists: the naive baseline. Needs the
-    weights an export keeps beside its graphs (``ModelError`` otherwise)."""
-    from hepascope.engines.torch import TorchEngine
+    """``model`` (a bimodal export directory, or a single-image-graph export) as eager
+    PyTorch modules, fp32 on CPU even where a GPU exists: the naive baseline
+    (``bench/eager.py``). Needs the weights an export keeps beside its graphs
+    (``ModelError`` otherwise)."""
+    from hepascope.bench.eager import EagerEngine, eager_model
 
     p = Path(model)
     head = p / HEAD_FILE if p.is_dir() else p
@@ -76,8 +77,10 @@ def open_torch_cpu(model: Path, config: Config, *, threads: int | None = None) -
             raise ModelError(f"{p}: no {HEAD_FILE} and not one single graph")
         head = graphs[0]
 
-    def engine(path: Path) -> TorchEngine:
-        return TorchEngine(path, device="cpu", threads=threads)
+    weights = eager_model(head)
+
+    def engine(path: Path) -> EagerEngine:
+        return EagerEngine(path, weights, threads=threads)
 
     first = engine(head)
     if first.metadata.get(META_ROLE) != "head":
