@@ -47,7 +47,8 @@ class EagerEngine:
         import torch
 
         check_feeds(self.inputs, feeds)
-        torch.set_num_threads(self._threads)
+        if torch.get_num_threads() != self._threads:  # not on every frame: it resets the pool
+            torch.set_num_threads(self._threads)
         xs = [torch.from_numpy(np.ascontiguousarray(feeds[s.name], np.float32))
               for s in self.inputs]
         with torch.inference_mode():
