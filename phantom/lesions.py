@@ -87,16 +87,12 @@ def _nodules(rng: np.random.Generator, phi: np.ndarray) -> np.ndarray:
     return nod
 
 
-def apply_lesion(case: PhantomCase, grid: PolarGrid, t1: np.ndarray, t2: np.ndarray,
-                 parenchyma: np.ndarray) -> None:
-    """Draw ``case.lesion`` into ``t1`` (amp, alpha, liver_w, vessel_w) and ``t2``;
-    ``parenchyma`` is the vessel-free amplitude a mass replaces."""
-    les = case.lesion
-    if les is None:
-        return
-    rng = np.random.default_rng(les.shape_seed)
-    m = TISSUE_MARGIN
-    cx, cy = les.cx + m, les.cy + m
+def _outline(les: Lesion, rng: np.random.Generator, t1: np.ndarray
+             ) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray, np.ndarray]:
+    """The lesion's bounding box in the tissue maps (row, column slices), the tissue
+    coordinates ``(xx, yy)`` of its pixels, the polar angle ``phi`` about the centre and the
+    lobulated normalised radius ``s`` (1 on the edge)."""
+    cx, cy = les.cx + TISSUE_MARGIN, les.cy + TISSUE_MARGIN
     half = int(max(les.rx, les.ry) * 1.5 + 12)
     x0, y0 = max(0, int(cx) - half), max(0, int(cy) - half)
     x1, y1 = min(t1.shape[1], int(cx) + half), min(t1.shape[0], int(cy) + half)
@@ -107,32 +103,22 @@ def apply_lesion(case: PhantomCase, grid: PolarGrid, t1: np.ndarray, t2: np.ndar
     bnd = np.ones_like(phi)
     for k in range(2, 6):
         bnd += les.lobes / (k - 1) * rng.uniform(-1, 1) * np.cos(k * phi + rng.uniform(0, 6.3))
-    s = rho / bnd
+    return (slice(y0, y1), slice(x0, x1)), np.stack([xx, yy]), phi, rho / bnd
+
+
+def _mass(les: Lesion, label: str, rng: np.random.Generator, w: np.ndarray, e: np.ndarray,
+          d: np.ndarray, base: np.ndarray, fine: np.ndarray, maps: tuple[np.ndarray, ...]
+          ) -> None:
+    """Hemangioma, HCC or metastasis echogenicity written into ``maps`` = (amp, alpha)."""
+    amp, alpha = maps
     r_eff = math.sqrt(les.rx * les.ry)
-    e = (1 - s) * r_eff  # signed distance to the edge, px, positive inside
-    label = case.label
-    amp, alpha = t1[y0:y1, x0:x1, 0], t1[y0:y1, x0:x1, 1]
-    liver_w, vessel_w = t1[y0:y1, x0:x1, 2], t1[y0:y1, x0:x1, 3]
-    if label == "fatty_sparing":
-        w = _sparing_shape(les, rng, phi.shape, cx - x0, cy - y0)
-        t2[y0:y1, x0:x1, 0], t2[y0:y1, x0:x1, 1] = w, _sparing(case, w, amp, alpha, vessel_w)
-        return
-    edge_px = {"cyst": 0.7, "hemangioma": 1.0, "hcc": 1.4, "metastasis": 1.6}[label]
-    w = np.clip(e / (2 * edge_px) + 0.5, 0, 1).astype(np.float32)
-    d = np.clip(1 - s, 0, 1).astype(np.float32)
-    base = parenchyma[y0:y1, x0:x1]  # local vessel-free parenchyma the mass replaces
-    fine = smooth_noise(rng, phi.shape, 1.5)
-    if label == "cyst":
-        # the beam's direction at each pixel, from the probe's apex (tissue coordinates)
-        beam = (xx - (grid.geom.apex_x + m), yy - (grid.geom.apex_y + m))
-        _cyst(les, beam, (dx, dy), e, w, base, amp, alpha)
-    elif label == "hemangioma":
+    if label == "hemangioma":
         level = float(np.mean(base)) * float(_db(les.contrast_db))
         amp[:] = base * (1 - w) + w * level * (1 + 0.1 * fine)
         alpha[:] = alpha * (1 - 0.15 * w)
     elif label == "hcc":
         if les.mosaic:
-            mosaic = smooth_noise(rng, phi.shape, max(1.5, r_eff / 5))
+            mosaic = smooth_noise(rng, w.shape, max(1.5, r_eff / 5))
             inner = base * _db(les.contrast_db + 2.0 + 5.0 * mosaic)
         else:
             inner = base * float(_db(les.contrast_db)) * (1 + 0.15 * fine)
@@ -145,9 +131,41 @@ def apply_lesion(case: PhantomCase, grid: PolarGrid, t1: np.ndarray, t2: np.ndar
         inner = base * (rim * float(_db(les.contrast2_db))
                         + (1 - rim) * float(_db(les.contrast_db)) * (1 + 0.15 * fine))
         amp[:] = base * (1 - w) + w * inner
+
+
+def apply_lesion(case: PhantomCase, grid: PolarGrid, t1: np.ndarray, t2: np.ndarray,
+                 parenchyma: np.ndarray) -> None:
+    """Draw ``case.lesion`` into ``t1`` (amp, alpha, liver_w, vessel_w) and ``t2``;
+    ``parenchyma`` is the vessel-free amplitude a mass replaces."""
+    les = case.lesion
+    if les is None:
+        return
+    rng = np.random.default_rng(les.shape_seed)
+    m = TISSUE_MARGIN
+    cx, cy = les.cx + m, les.cy + m
+    box, (xx, yy), phi, s = _outline(les, rng, t1)
+    e = (1 - s) * math.sqrt(les.rx * les.ry)  # signed distance to the edge, px, inside > 0
+    label = case.label
+    t1b, t2b = t1[box], t2[box]  # views: writes land in the maps
+    amp, alpha, liver_w, vessel_w = (t1b[..., i] for i in range(4))
+    if label == "fatty_sparing":
+        w = _sparing_shape(les, rng, phi.shape, cx - box[1].start, cy - box[0].start)
+        t2b[..., 0], t2b[..., 1] = w, _sparing(case, w, amp, alpha, vessel_w)
+        return
+    edge_px = {"cyst": 0.7, "hemangioma": 1.0, "hcc": 1.4, "metastasis": 1.6}[label]
+    w = np.clip(e / (2 * edge_px) + 0.5, 0, 1).astype(np.float32)
+    d = np.clip(1 - s, 0, 1).astype(np.float32)
+    base = parenchyma[box]  # local vessel-free parenchyma the mass replaces
+    fine = smooth_noise(rng, phi.shape, 1.5)
+    if label == "cyst":
+        # the beam's direction at each pixel, from the probe's apex (tissue coordinates)
+        beam = (xx - (grid.geom.apex_x + m), yy - (grid.geom.apex_y + m))
+        _cyst(les, beam, (xx - cx, yy - cy), e, w, base, amp, alpha)
+    else:
+        _mass(les, label, rng, w, e, d, base, fine, (amp, alpha))
     # a mass displaces parenchyma and vessels
     liver_w *= 1 - w
     vessel_w *= 1 - w
-    t2[y0:y1, x0:x1, 0], t2[y0:y1, x0:x1, 1] = w, d
+    t2b[..., 0], t2b[..., 1] = w, d
     if label == "hemangioma":
-        t2[y0:y1, x0:x1, 2] = _nodules(rng, phi)
+        t2b[..., 2] = _nodules(rng, phi)
