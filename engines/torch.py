@@ -112,7 +112,7 @@ def load_program(path: Path, role: str, metadata: dict[str, str], *, device: str
         from torch.export.passes import move_to_device_pass
 
         program = move_to_device_pass(program, device)
-    module: nn.Module = program.module()
+    module: nn.Module = lean_module(program.module())
     if fp16:  # the weights of convolutions and matrix products; norms' parameters stay fp32
         for p in module.parameters():  # (mixed-precision BatchNorm: fp16 in, fp32 parameters)
             if p.dim() >= 2:
@@ -123,6 +123,29 @@ def load_program(path: Path, role: str, metadata: dict[str, str], *, device: str
             if fmt is not None:
                 p.data = p.data.contiguous(memory_format=fmt)
     return module
+
+
+def lean_module(gm: Any) -> Any:
+    """``gm`` (an unlifted program's ``GraphModule``) without the Python overhead that made it
+    1.28x slower than the eager module on the CPU: the reads of parameters the graph never
+    uses (a part of a bimodal model carries the whole model's state) are dropped, and each
+    used one is read from one flat attribute instead of a chain of ``getattr`` through the
+    submodule tree. Same ops, same tensors (shared, not copied); guards stay."""
+    gm.graph.eliminate_dead_code()
+    for i, node in enumerate(n for n in gm.graph.nodes if n.op == "get_attr" and "." in n.target):
+        obj = gm
+        for part in node.target.split("."):
+            obj = getattr(obj, part)
+        name = f"_flat{i}"
+        if isinstance(obj, nn.Parameter):
+            gm.register_parameter(name, obj)
+        elif isinstance(obj, torch.Tensor):
+            gm.register_buffer(name, obj)
+        else:
+            setattr(gm, name, obj)
+        node.target = name
+    gm.recompile()
+    return gm
 
 
 def _memory_format(x: torch.Tensor) -> torch.memory_format:
