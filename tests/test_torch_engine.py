@@ -188,3 +188,26 @@ def test_cuda_graph_replays_what_eager_runs(tmp_path_factory: pytest.TempPathFac
     finally:
         replayed.close()
         eager.close()
+
+
+def test_the_lean_module_runs_the_same_graph_with_fewer_reads_and_keeps_its_guards(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """``lean_module`` drops the reads of the parameters a part never uses (the CEUS encoder
+    of a bimodal export carries the B-mode ones too) and flattens the others: same outputs,
+    and the program's shape guard still refuses an input of another size."""
+    from hepascope.engines.torch import lean_module
+
+    out = small_export("bimodal_resnet18_lite", tmp_path_factory)
+    program = torch.export.load(str(program_file(out / "ceus_encoder.onnx")))
+    plain, lean = program.module(), lean_module(program.module())
+    reads = [n for n in plain.graph.nodes if n.op == "get_attr"]
+    kept = [n for n in lean.graph.nodes if n.op == "get_attr"]
+    assert len(kept) < len(reads) and all("." not in n.target for n in kept)
+    spec = open_engine(out / "ceus_encoder.onnx").inputs[0]
+    x = torch.from_numpy(np.random.default_rng(0).normal(
+        size=(2, *spec.shape[1:])).astype(np.float32))
+    with torch.inference_mode():
+        assert torch.equal(lean(x), plain(x))
+        bad = torch.zeros((1, *spec.shape[1:-1], spec.shape[-1] + 8))
+        with pytest.raises(AssertionError, match="Guard"):
+            lean(bad)
