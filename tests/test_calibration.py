@@ -168,11 +168,15 @@ def test_baseline_features_separate_two_textures() -> None:
 # --- window models: warm-up and a threshold on the smoothed confidence ---------------------
 
 def test_warmup_is_the_least_fill_as_accurate_as_a_full_window() -> None:
+    """The fill is the live ``window_fill``, the share of the span covered: m frames one
+    interval apart cover (m-1)/(T-1) of it (one frame: 0). A fill of m/T (what this was
+    before) kept every new scene warming up an interval too long."""
     from hepascope.train.evaluation.calibration import choose_warmup
 
-    assert choose_warmup({1: 0.70, 2: 0.85, 3: 0.905, 4: 0.91}, 4) == 0.75
-    assert choose_warmup({1: 0.905, 2: 0.90, 3: 0.91}, 3) == pytest.approx(1 / 3)
+    assert choose_warmup({1: 0.70, 2: 0.85, 3: 0.905, 4: 0.91}, 4) == pytest.approx(2 / 3)
+    assert choose_warmup({1: 0.905, 2: 0.90, 3: 0.91}, 3) == 0.0
     assert choose_warmup({1: 0.5, 2: 0.91}, 2, tolerance=0.0) == 1.0
+    assert choose_warmup({1: 0.9}, 1) == 0.0
 
 
 def test_the_threshold_of_a_clip_is_chosen_on_its_smoothed_confidence() -> None:

@@ -133,13 +133,15 @@ WARMUP_TOLERANCE = 0.01  # accuracy a partial window may lose against a full one
 
 def choose_warmup(accuracy_by_kept: dict[int, float], frames: int,
                   tolerance: float = WARMUP_TOLERANCE) -> float:
-    """The window fill from which a window model's results count (``warming_up`` before):
-    the smallest share m/T of new-scene frames whose validation accuracy (windows cut to
-    their newest m frames) is within ``tolerance`` of the full windows' (1.0 when none)."""
+    """The window fill from which a window model's results count (``warming_up`` before).
+    Fill is what the live path measures (``window_fill``: the share of the window's span its
+    frames cover), so m frames one interval apart are a fill of (m-1)/(T-1), not m/T: m is
+    the smallest count of new-scene frames whose validation accuracy (windows cut to their
+    newest m frames) is within ``tolerance`` of the full windows' (fill 1.0 when none)."""
     full = accuracy_by_kept[frames]
     for m in sorted(accuracy_by_kept):
         if accuracy_by_kept[m] >= full - tolerance:
-            return m / frames
+            return (m - 1) / (frames - 1) if frames > 1 else 0.0
     return 1.0
 
 
