@@ -371,8 +371,9 @@ def run_overlay(endpoint: str, *, out: Path | None, window: bool, background: So
                 if writer is None:
                     writer = Mp4Writer(out, fps, img.shape[1], img.shape[0], crf=23)
                 writer.write(img)
-            if log_file is not None:
+            if log_file is not None:  # flushed per line: readable live, kept on a crash
                 log_file.write(_log_line(counts["frames"] - 1, view, state, sub.malformed))
+                log_file.flush()
             if window:
                 cv2.imshow("hepascope", img)
                 if cv2.waitKey(1) & 0xFF in (ord("q"), 27):

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import av
@@ -112,20 +114,38 @@ def _badge(img: np.ndarray) -> str:
     return min(dist, key=dist.__getitem__)
 
 
+def _wait_for_lines(log: Path, done: Callable[[list[str]], bool], timeout_s: float = 60) -> None:
+    """Until the overlay's per-frame log (flushed per line) satisfies ``done`` on its
+    statuses (a hang guard, not a speed check: fails only after ``timeout_s``)."""
+    t_end = time.monotonic() + timeout_s
+    while time.monotonic() < t_end:
+        lines = log.read_text().splitlines() if log.exists() else []
+        if done([json.loads(ln)["status"] for ln in lines[:-1]]):  # the last may be partial
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"overlay log {log} never got there in {timeout_s} s")
+
+
 def test_overlay_shows_live_then_stale_then_no_data_after_the_publisher_stops(
         tmp_path: Path, video30: Path, small_model: Path) -> None:
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     out = tmp_path / "overlay.mp4"
+    log = tmp_path / "overlay.mp4.jsonl"
     overlay = subprocess.Popen([*CLI, "overlay", "--connect", endpoint, "--out", str(out),
-                                "--duration", "7"], stdout=subprocess.PIPE,
+                                "--duration", "60"], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
-    time.sleep(1.0)
+    _wait_for_lines(log, lambda seq: len(seq) >= 3)  # NO DATA on screen before the run
     res = hepascope("run", "--source", str(video30), "--model", str(small_model),
                     "--publish", endpoint, "--loop", "--duration", "3")
     assert res.returncode == 0, res.stderr
+    # stopped (SIGINT, as Ctrl-C) once NO DATA has held for 10 displayed frames: events,
+    # not a fixed duration that a loaded machine can overrun
+    _wait_for_lines(log, lambda seq: len(seq) > 10 and set(seq[-10:]) == {"NO DATA"}
+                    and "LIVE" in seq)
+    overlay.send_signal(signal.SIGINT)
     stdout, stderr = overlay.communicate(timeout=30)
     assert overlay.returncode == 0, stderr
-    states = [json.loads(ln) for ln in (tmp_path / "overlay.mp4.jsonl").read_text().splitlines()]
+    states = [json.loads(ln) for ln in log.read_text().splitlines()]
     seq = [s["status"] for s in states]
     assert seq[0] == "NO DATA" and "LIVE" in seq and seq[-1] == "NO DATA"
     first_live, last_live = seq.index("LIVE"), len(seq) - 1 - seq[::-1].index("LIVE")
