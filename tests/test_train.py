@@ -131,7 +131,7 @@ def test_phantom_set_arrays_materialise_windows(pset: PhantomSet) -> None:
 
 
 def test_train_tiny_and_reload(pset: PhantomSet, tmp_path: Path) -> None:
-    cfg = TrainConfig(model="bimodal_resnet18_lite", epochs=1, batch_size=4, num_threads=2,
+    cfg = TrainConfig(model="bimodal_resnet18_lite", epochs=1, batch_size=4, num_threads=1,
                       val_fraction=0.34, seed=0)
     data = phantom_set_arrays(pset)
     res = train(data, cfg, tmp_path, progress=False)
