@@ -6,7 +6,8 @@ dict (units in the key names) that ``hepascope bench`` puts in its report.
   (the overlay's receive side) in a thread: per-stage p50/p99, capture->publish and
   capture->overlay, results/s, drops, CPU and RSS.
 * ``naive_section``: decode a frame, run the torch model eagerly on CPU, print; one thread.
-* ``scaling_section``: 1, 2, 4 pipelines at once, one process per stream.
+* ``scaling_section``: 1, 2, 4 streams at once, one process per stream, and batched: one
+  process whose one model takes the newest frame of every stream as one batch.
 * ``slow_model_section``: inference slower than the source; latency per window against drops.
 
 Run one stream's section from a shell (what ``scaling_section`` starts per stream):
@@ -29,6 +30,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from hepascope.bench.multistream import batched_section, share_table
 from hepascope.bench.pipeline_models import (
     calibrate_slow_model,
     open_torch_cpu,
@@ -284,12 +286,30 @@ def _run_streams(model: Path, n: int, fps: float, seconds: float, engine: str,
 
 
 def scaling_section(model: Path, *, streams: tuple[int, ...] = (1, 2, 4), fps: float = 30,
-                    seconds: float, engine: str = "onnxruntime") -> dict[str, Any]:
-    """N concurrent live pipelines on one machine, one process per stream (as separate
-    devices would be), each with ``cpu_cores // N`` engine threads (at least 1)."""
+                    seconds: float, engine: str = "onnxruntime",
+                    batched: bool = True) -> dict[str, Any]:
+    """N concurrent live streams on one machine: one process per stream (as separate
+    devices would be), each with ``cpu_cores // N`` engine threads (at least 1); with
+    ``batched``, also N streams in one process sharing one model that batches across
+    them, with every core (bench/multistream.py), and both against 1/N of one stream."""
     if not streams or min(streams) < 1:
         raise ValueError(f"streams must be counts >= 1, got {streams}")
     budget = _cpu_budget()
+    runs = _process_runs(model, streams, fps, seconds, engine, budget)
+    out: dict[str, Any] = {"fps_target": fps, "seconds": seconds, "engine": engine,
+                           "cpu_cores": budget, "runs": runs,
+                           "model": f"{model.parent.name}/{model.name}" if model.is_file()
+                           else model.name}
+    if batched:
+        out["batched"] = batched_section(model, streams, fps=fps, seconds=seconds,
+                                         engine=engine, threads=budget)
+        out["share_of_single"] = share_table(runs, out["batched"].get("runs", []))
+    return out
+
+
+def _process_runs(model: Path, streams: tuple[int, ...], fps: float, seconds: float,
+                  engine: str, budget: int) -> list[dict[str, Any]]:
+    """The per-process mode: for each count N, N one-stream pipeline processes at once."""
     runs = []
     for n in streams:
         threads = max(1, budget // n)
@@ -309,8 +329,7 @@ def scaling_section(model: Path, *, streams: tuple[int, ...] = (1, 2, 4), fps: f
                      "worst_capture_to_publish_p99_ms": max(p99s) if p99s else None,
                      "total_cpu_pct": round(sum(r["cpu_pct"] for r in rows), 1),
                      "per_stream": rows})
-    return {"fps_target": fps, "seconds": seconds, "engine": engine, "cpu_cores": budget,
-            "runs": runs}
+    return runs
 
 
 def slow_model_section(*, fps: float, seconds: float, work_dir: Path,
