@@ -5,6 +5,9 @@ fails only if it never comes."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -13,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from support.media import frame_pattern
+from support.media import frame_pattern, write_video
 from support.models import make_classifier
 from support.runs import ListSink
 
@@ -166,3 +169,18 @@ def test_a_batch_gives_what_each_frame_gives_alone(batch_model: Path) -> None:
 def test_streams_need_distinct_ids(batch_model: Path) -> None:
     with pytest.raises(ValueError, match="distinct"):
         _multi([Frames("same", 1), Frames("same", 1)], batch_model, ListSink())
+
+
+def test_run_takes_several_sources(tmp_path: Path, batch_model: Path) -> None:
+    """``hepascope run --source A --source B``: one process, a line and figures per stream."""
+    videos = [write_video(tmp_path / f"v{k}.mp4", frames=10) for k in range(2)]
+    out = tmp_path / "summary.json"
+    res = subprocess.run([sys.executable, "-m", "hepascope.cli", "run", "--source",
+                          str(videos[0]), "--source", str(videos[1]), "--model", str(batch_model),
+                          "--publish", "tcp://127.0.0.1:*", "--threads", "1",
+                          "--summary", str(out)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    streams = json.loads(out.read_text())["streams"]
+    assert len({s["source"] for s in streams}) == 2
+    assert all(s["frames_in"] == 10 and s["frames_out"] >= 1 for s in streams)
+    assert res.stdout.count("frames_in=10") == 2
