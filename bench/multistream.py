@@ -7,7 +7,8 @@ results/s.
 Run one batched run from a shell (what the scaling section starts, in its own process so
 that its CPU time is its own):
 
-    python -m hepascope.bench.multistream --model DIR --streams 4 --fps 30 --seconds 10
+    python -m hepascope.bench.multistream --model DIR --source phantom:7 --source phantom:8 \
+        --fps 30 --seconds 10
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from hepascope.bench.pipeline_models import source_options
 from hepascope.bench.pipeline_probes import Resources
 from hepascope.core.config import load_config
 from hepascope.core.errors import ModelError, guard_main
+from hepascope.core.video import Mp4Writer
 from hepascope.engines import resolve_backend
 from hepascope.stream.batch import open_batch_model
 from hepascope.stream.multi import MultiStream
@@ -32,14 +34,41 @@ from hepascope.stream.sources import open_source
 GOAL = 0.9  # each of N streams: at least this share of 1/N of one stream's results/s
 
 
-def batched_streams(model: Path, n: int, *, fps: float, seconds: float,
+def phantom_clips(out_dir: Path, n: int, *, fps: float, seconds: float = 2.0) -> list[str]:
+    """``n`` phantom sessions (seeds 7, 8, ...) rendered once into ``seconds``-long MP4
+    clips (kept: made once per directory). Replayed in a loop, a frame costs a decode, as
+    from a capture card or a network stream, not a phantom render (tens of ms on a CPU):
+    the scaling runs then measure the model shared by the streams, not the renderer."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        spec, path = f"phantom:{7 + i}", out_dir / f"phantom-{7 + i}.mp4"
+        if not path.is_file():
+            with open_source(spec, source_options(spec, fps, max_rate=True)) as src:
+                frames = iter(src)
+                first = next(frames)
+                h, w = first.image.shape[:2]
+                with Mp4Writer(path, fps, w, h) as out:
+                    out.write(first.image)
+                    for _, frame in zip(range(int(seconds * fps) - 1), frames, strict=False):
+                        out.write(frame.image)
+        paths.append(str(path))
+    return paths
+
+
+def stream_specs(n: int, clips: list[str] | None) -> list[str]:
+    """The first ``n`` streams' sources: the clips where given, else live phantoms."""
+    return clips[:n] if clips is not None else [f"phantom:{7 + i}" for i in range(n)]
+
+
+def batched_streams(model: Path, specs: list[str], *, fps: float, seconds: float,
                     engine: str = "onnxruntime", threads: int | None = None) -> dict[str, Any]:
-    """``n`` phantom streams (seeds 7, 8, ...) paced at ``fps`` through one batched model
-    for ``seconds``, published on a real ZeroMQ socket: each stream's figures, the
+    """The streams ``specs`` (phantoms or files) paced at ``fps`` through one batched
+    model for ``seconds``, published on a real ZeroMQ socket: each stream's figures, the
     batching, CPU and RSS of this process."""
     config = load_config()
     backend = resolve_backend(model, engine)
-    specs = [f"phantom:{7 + i}" for i in range(n)]
+    n = len(specs)
     sources = [open_source(s, source_options(s, fps)) for s in specs]
     clf = open_batch_model(model, config, n, backend=backend, threads=threads)
     pub = Publisher("tcp://127.0.0.1:*")
@@ -66,13 +95,12 @@ def batched_streams(model: Path, n: int, *, fps: float, seconds: float,
             "batchable": summary["batchable"], **usage, "per_stream": rows}
 
 
-def run_batched(model: Path, n: int, *, fps: float, seconds: float, engine: str,
+def run_batched(model: Path, specs: list[str], *, fps: float, seconds: float, engine: str,
                 threads: int) -> dict[str, Any]:
-    """``batched_streams`` in a child process (its JSON on stdout); a window model that
-    cannot batch gives ``{"not_available": why}``."""
+    """``batched_streams`` in a child process (its JSON on stdout)."""
     cmd = [sys.executable, "-m", "hepascope.bench.multistream", "--model", str(model),
-           "--streams", str(n), "--fps", str(fps), "--seconds", str(seconds),
-           "--engine", engine, "--threads", str(threads)]
+           *(x for s in specs for x in ("--source", s)), "--fps", str(fps),
+           "--seconds", str(seconds), "--engine", engine, "--threads", str(threads)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
     if done.returncode != 0:
         raise RuntimeError(f"batched run failed (exit {done.returncode}): "
@@ -109,11 +137,12 @@ def share_table(process: list[dict[str, Any]], batched: list[dict[str, Any]]
 
 
 def batched_section(model: Path, streams: tuple[int, ...], *, fps: float, seconds: float,
-                    engine: str, threads: int) -> dict[str, Any]:
+                    engine: str, threads: int, clips: list[str] | None = None
+                    ) -> dict[str, Any]:
     """The batched runs for each stream count, or ``not_available`` (a window model)."""
     try:
-        runs = [run_batched(model, n, fps=fps, seconds=seconds, engine=engine,
-                            threads=threads) for n in streams]
+        runs = [run_batched(model, stream_specs(n, clips), fps=fps, seconds=seconds,
+                            engine=engine, threads=threads) for n in streams]
     except RuntimeError as e:
         if "ModelError" in str(e) and "cannot be batched" in str(e):
             return {"not_available": str(e).split("ModelError: ")[-1].strip()}
@@ -126,14 +155,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m hepascope.bench.multistream",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, type=Path)
-    p.add_argument("--streams", type=int, default=4)
+    p.add_argument("--source", action="append", required=True, metavar="SPEC",
+                   help="a stream's source (phantom:SEED or a file), once per stream")
     p.add_argument("--fps", type=float, default=30.0)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--engine", default="onnxruntime")
     p.add_argument("--threads", type=int)
     a = p.parse_args(argv)
     try:
-        out = batched_streams(a.model, a.streams, fps=a.fps, seconds=a.seconds,
+        out = batched_streams(a.model, a.source, fps=a.fps, seconds=a.seconds,
                               engine=a.engine, threads=a.threads)
     except ModelError as e:
         print(f"ModelError: {e}", file=sys.stderr)

@@ -169,9 +169,10 @@ def pipeline_sections(model: Path, *, device: str, seconds: float, streams: tupl
                                                 seconds=seconds),
         "baseline_ratio_60fps": lambda: pl.baseline_ratio(out["pipeline_60fps"],
                                                           out["naive_60fps"]),
+        # looped phantom clips: a decode per frame, so the model's sharing is measured
         "scaling": lambda: pl.scaling_section(scaling_model or model, streams=streams,
                                               fps=PIPELINE_FPS, seconds=seconds,
-                                              engine=engine),
+                                              engine=engine, clips_dir=work / "clips"),
         "slow_model": lambda: pl.slow_model_section(fps=PIPELINE_FPS, seconds=seconds,
                                                     work_dir=work / "slow"),
     }

@@ -147,3 +147,23 @@ def test_resources_count_child_processes() -> None:
     usage = res.finish()
     assert Resources._cpu() - cpu0 >= 0.5  # the child's CPU time (not wall) is counted
     assert usage["cpu_pct"] > 0 and usage["rss_peak_mb"] > usage["rss_end_mb"] + 100
+
+
+def test_scaling_streams_can_be_phantom_clips(tmp_path: Path) -> None:
+    from hepascope.bench.multistream import phantom_clips, stream_specs
+    from hepascope.stream.sources import open_source
+
+    clips = phantom_clips(tmp_path, 2, fps=30, seconds=0.2)
+    assert stream_specs(1, clips) == clips[:1]
+    assert stream_specs(2, None) == ["phantom:7", "phantom:8"]
+    for clip in clips:
+        with open_source(clip) as src:
+            assert sum(1 for _ in src) == 6
+
+
+def test_a_bimodal_model_is_not_batched_across_streams(bimodal_export: Path) -> None:
+    from hepascope.bench.multistream import batched_section
+
+    out = batched_section(bimodal_export, (1,), fps=30, seconds=1, engine="onnxruntime",
+                          threads=1)
+    assert "cannot be batched" in out["not_available"]
