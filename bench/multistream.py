@@ -119,9 +119,11 @@ def share_table(process: list[dict[str, Any]], batched: list[dict[str, Any]]
         for r in runs:
             rates = [s["results_per_s"] for s in r["per_stream"]]
             cpu = r.get("cpu_pct", r.get("total_cpu_pct"))
+            rss = r.get("rss_peak_mb") or sum(s.get("rss_peak_mb", 0) for s in r["per_stream"])
             row: dict[str, Any] = {"streams": r["streams"], "share_results_per_s": None,
                                    "ratio_min": None, "ratio_mean": None, "meets_goal": False,
-                                   "cpu_pct": cpu, "results_per_cpu_s": None}
+                                   "cpu_pct": cpu, "results_per_cpu_s": None,
+                                   "rss_peak_mb": round(rss, 1)}
             if cpu:  # on a shared machine the CPU a run gets varies: results per core-second
                 row["results_per_cpu_s"] = round(sum(rates) / (cpu / 100.0), 2)
             if single:
@@ -138,7 +140,8 @@ def share_table(process: list[dict[str, Any]], batched: list[dict[str, Any]]
             "definition": "ratio = a stream's results/s / (single-stream results/s / N); "
                           "single stream = the per-process run with N = 1; goal: ratio_min "
                           f">= {GOAL}; results_per_cpu_s = all streams' results/s / cores "
-                          "busy (cpu_pct / 100: the run's processes, children included)"}
+                          "busy (cpu_pct / 100: the run's processes, children included); "
+                          "rss_peak_mb: the batched process's peak, the per-process ones' sum"}
 
 
 def batched_section(model: Path, streams: tuple[int, ...], *, fps: float, seconds: float,
