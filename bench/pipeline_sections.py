@@ -6,7 +6,8 @@ dict (units in the key names) that ``hepascope bench`` puts in its report.
   (the overlay's receive side) in a thread: per-stage p50/p99, capture->publish and
   capture->overlay, results/s, drops, CPU and RSS.
 * ``naive_section``: decode a frame, run the torch model eagerly on CPU, print; one thread.
-* ``scaling_section``: 1, 2, 4 pipelines at once, one process per stream.
+* ``scaling_section``: 1, 2, 4 streams at once, one process per stream, and batched: one
+  process whose one model takes the newest frame of every stream as one batch.
 * ``slow_model_section``: inference slower than the source; latency per window against drops.
 
 Run one stream's section from a shell (what ``scaling_section`` starts per stream):
@@ -29,6 +30,12 @@ from typing import IO, Any
 
 import numpy as np
 
+from hepascope.bench.multistream import (
+    batched_section,
+    phantom_clips,
+    share_table,
+    stream_specs,
+)
 from hepascope.bench.pipeline_models import (
     calibrate_slow_model,
     open_torch_cpu,
@@ -253,12 +260,12 @@ def _worker_failed(proc: subprocess.Popen[str], what: str) -> RuntimeError:
     return RuntimeError(f"scaling worker {what} (exit {proc.returncode}): {err.strip()[-2000:]}")
 
 
-def _run_streams(model: Path, n: int, fps: float, seconds: float, engine: str,
+def _run_streams(model: Path, specs: list[str], fps: float, seconds: float, engine: str,
                  threads: int) -> list[dict[str, Any]]:
-    """``n`` one-stream processes, each with its own phantom seed and endpoint; all open
-    their model and source first, then start together (each says READY, waits for GO)."""
-    procs = [_start_worker(model, f"phantom:{7 + i}", fps, seconds, engine, threads)
-             for i in range(n)]
+    """One one-stream process per source in ``specs``, each with its own endpoint; all
+    open their model and source first, then start together (each says READY, waits for
+    GO)."""
+    procs = [_start_worker(model, spec, fps, seconds, engine, threads) for spec in specs]
     try:
         for p in procs:
             assert p.stdout is not None
@@ -284,16 +291,36 @@ def _run_streams(model: Path, n: int, fps: float, seconds: float, engine: str,
 
 
 def scaling_section(model: Path, *, streams: tuple[int, ...] = (1, 2, 4), fps: float = 30,
-                    seconds: float, engine: str = "onnxruntime") -> dict[str, Any]:
-    """N concurrent live pipelines on one machine, one process per stream (as separate
-    devices would be), each with ``cpu_cores // N`` engine threads (at least 1)."""
+                    seconds: float, engine: str = "onnxruntime", batched: bool = True,
+                    clips_dir: Path | None = None) -> dict[str, Any]:
+    """N concurrent streams: one process per stream (as separate devices would be), each
+    with ``cpu_cores // N`` engine threads (at least 1); ``batched``: also N streams in one
+    process, one model batching across them on every core (bench/multistream.py); both
+    against 1/N of one stream. Live phantoms, or phantom clips looped (``clips_dir``)."""
     if not streams or min(streams) < 1:
         raise ValueError(f"streams must be counts >= 1, got {streams}")
     budget = _cpu_budget()
+    clips = None if clips_dir is None else phantom_clips(clips_dir, max(streams), fps=fps)
+    runs = _process_runs(model, streams, fps, seconds, engine, budget, clips)
+    out: dict[str, Any] = {
+        "fps_target": fps, "seconds": seconds, "engine": engine, "cpu_cores": budget,
+        "model": f"{model.parent.name}/{model.name}" if model.is_file() else model.name,
+        "sources": "live phantom (a render per frame)" if clips is None
+        else "phantom clips replayed in a loop (a decode per frame)", "runs": runs}
+    if batched:
+        out["batched"] = batched_section(model, streams, fps=fps, seconds=seconds,
+                                         engine=engine, threads=budget, clips=clips)
+        out["share_of_single"] = share_table(runs, out["batched"].get("runs", []))
+    return out
+
+
+def _process_runs(model: Path, streams: tuple[int, ...], fps: float, seconds: float,
+                  engine: str, budget: int, clips: list[str] | None) -> list[dict[str, Any]]:
+    """The per-process mode: for each count N, N one-stream pipeline processes at once."""
     runs = []
     for n in streams:
         threads = max(1, budget // n)
-        per = _run_streams(model, n, fps, seconds, engine, threads)
+        per = _run_streams(model, stream_specs(n, clips), fps, seconds, engine, threads)
         keep = ("source", "frames_in", "frames_out", "dropped", "results_per_s",
                 "capture_to_publish_p50_ms", "capture_to_publish_p99_ms",
                 "capture_to_overlay_p50_ms", "capture_to_overlay_p99_ms", "cpu_pct",
@@ -309,8 +336,7 @@ def scaling_section(model: Path, *, streams: tuple[int, ...] = (1, 2, 4), fps: f
                      "worst_capture_to_publish_p99_ms": max(p99s) if p99s else None,
                      "total_cpu_pct": round(sum(r["cpu_pct"] for r in rows), 1),
                      "per_stream": rows})
-    return {"fps_target": fps, "seconds": seconds, "engine": engine, "cpu_cores": budget,
-            "runs": runs}
+    return runs
 
 
 def slow_model_section(*, fps: float, seconds: float, work_dir: Path,

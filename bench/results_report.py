@@ -232,6 +232,10 @@ def plot_scaling(res: dict[str, Any], path: Path) -> None:
     fig, (ax,) = _figure(1)
     n = [p[0] for p in pts]
     ax.plot(n, [p[1] for p in pts], "o-", lw=2, label="total")
+    batched = sc.get("batched", {}).get("runs", [])
+    if batched:  # one process, one model batching across the streams
+        ax.plot([r["streams"] for r in batched], [r["total_results_per_s"] for r in batched],
+                "s--", lw=2, color="C2", label="total, batched (one process)")
     for i, p in enumerate(pts):
         ax.plot([p[0]] * len(p[2]), p[2], "x", color="C1",
                 label="each stream" if i == 0 else None)

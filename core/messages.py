@@ -9,7 +9,9 @@ version). Subscribers validate every message and drop (and count) what does not 
 Unknown fields are allowed (a newer publisher may add optional ones); known fields must
 have their type and range. Schema 2 (from schema 1) added ``run_id``, ``status``,
 ``t_capture_utc_ns`` and ``fault`` to results, ``run_id``, ``inference_up`` (now
-required) and ``invalid_outputs`` to telemetry."""
+required) and ``invalid_outputs`` to telemetry. Within version 2, telemetry gained the
+optional ``result_age_ms`` and ``stale`` (a stream's freshness, sent by a multi-stream
+run, stream/multi.py); a result's ``stream`` tells the streams of such a run apart."""
 
 from __future__ import annotations
 
@@ -131,6 +133,11 @@ class Telemetry(msgspec.Struct, kw_only=True):
     inference: str | None = None
     inference_pid: Count | None = None
     inference_restarts: Count | None = None
+    result_age_ms: Annotated[Rate, Meta(description=(
+        "ms from the capture of the stream's newest published result to now"))] | None = None
+    stale: Annotated[bool, Meta(description=(
+        "no result yet, or the newest result's frame older than overlay.stale_ms"))] \
+        | None = None
 
     def __post_init__(self) -> None:
         if not all(math.isfinite(x) for x in (self.fps_in, self.fps_out, self.latency_p50_ms,

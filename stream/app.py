@@ -7,16 +7,19 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hepascope.core.config import Config
+from hepascope.core.errors import ConfigError
 from hepascope.engines import resolve_backend
+from hepascope.stream.batch import open_batch_model
 from hepascope.stream.igtl_out import serve_igtl
 from hepascope.stream.model_loader import open_clip_model
+from hepascope.stream.multi import MultiStream
 from hepascope.stream.pipeline import ResultListener, compose
 from hepascope.stream.publish import Publisher
 from hepascope.stream.record import SessionRecorder
@@ -116,6 +119,37 @@ def run_pipeline(req: RunRequest) -> dict[str, Any]:
                         "published": publisher.sent, "publish_dropped": publisher.dropped,
                         **(igtl.stats() if igtl else {})})
         return answers_last(summary)
+
+
+def run_streams(req: RunRequest, specs: Sequence[str]) -> dict[str, Any]:
+    """Run several sources through one model that batches across them (stream/multi.py),
+    in this process; return the summary (each stream's figures under ``streams``). A
+    recording, a clip model or the OpenIGTLink output are one stream's: refused here, as is
+    a window model (``ModelError``)."""
+    if req.record is not None or req.clip_model is not None or req.igtl_serve is not None:
+        raise ConfigError("--record, --clip-model and --igtl-serve take one --source")
+    engine_name = resolve_backend(req.model, req.engine)
+    with ExitStack() as stack:
+        model = open_batch_model(req.model, req.config, len(specs), backend=engine_name,
+                                 threads=req.threads, labels=req.labels)
+        stack.callback(model.close)
+        sources = [open_source(spec, req.options) for spec in specs]
+        for source in sources:  # a bad input fails before anything is bound
+            source.open()
+            stack.callback(source.close)
+        publisher = open_publisher(req)
+        stack.callback(publisher.close)
+        if req.on_bound is not None:
+            req.on_bound(publisher.bound)
+        multi = MultiStream(sources, model, publisher, req.config, engine_name=engine_name,
+                            listeners=req.listeners)
+        log.info("running %s -> %s (%s, batched) -> %s",
+                 ", ".join(s.source_id for s in sources), req.model.name, engine_name,
+                 publisher.bound)
+        with stop_on_signals(multi.stop_event):
+            summary = multi.run(req.duration_s)
+        return {**summary, "endpoint": publisher.bound, "published": publisher.sent,
+                "publish_dropped": publisher.dropped}
 
 
 def open_side_models(req: RunRequest, stack: ExitStack

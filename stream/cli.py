@@ -124,11 +124,28 @@ def _results_lost(summary: dict[str, Any]) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from hepascope.stream.app import run_pipeline
+    from hepascope.stream.app import run_pipeline, run_streams
 
-    summary = run_pipeline(_request(args, args.source, args.model))
+    if len(args.source) > 1:  # several streams, one model batching across them
+        summary = run_streams(_request(args, args.source[0], args.model), args.source)
+        _report_streams(summary, args.summary)
+        return 0
+    summary = run_pipeline(_request(args, args.source[0], args.model))
     _report(summary, args.summary)
     return _results_lost(summary)
+
+
+def _report_streams(summary: dict[str, Any], path: Path | None) -> None:
+    """One line per stream of a multi-stream run (and the summary's JSON to ``path``)."""
+    keys = ("frames_in", "frames_out", "dropped", "results_per_s", "latency_p50_ms",
+            "latency_p99_ms", "stale")
+    for s in summary["streams"]:
+        print(f"{s['source']}: " + "  ".join(f"{k}={s[k]}" for k in keys)
+              + (f"  error={s['error']}" if s["error"] else ""))
+    print(f"batches={summary['batches']}  frames_per_batch={summary['frames_per_batch']}")
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(summary, indent=2))
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -216,10 +233,11 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run the live pipeline: source -> model -> results channel",
                        description="Capture frames from SPEC, classify the newest one "
                        "continuously, publish results and telemetry over ZeroMQ.")
-    p.add_argument("--source", required=True, metavar="SPEC",
+    p.add_argument("--source", required=True, action="append", metavar="SPEC",
                    help="a video file, rtsp://..., udp://HOST:PORT, "
                    "igtl://HOST:PORT[?device=NAME], v4l2:/dev/videoN, cam:N, phantom:SEED, "
-                   "shm:NAME, FILE.dcm")
+                   "shm:NAME, FILE.dcm; repeated: several streams in one process, whose one "
+                   "single-frame model takes the newest frame of each as one batch")
     p.add_argument("--model", required=True, type=Path, metavar="PATH.onnx", help="ONNX classifier")
     p.add_argument("--record", type=Path, metavar="DIR", help="record frames and results to DIR")
     p.add_argument("--clip-model", type=Path, metavar="PATH",

@@ -260,8 +260,8 @@ def _publish_loop(sink: Sink, results: queue.Queue[tuple[dict[str, Any], ModelTa
             for listener in listeners:
                 listener.on_result(msg)
         if now >= next_telemetry:
-            sink.send(TOPIC_TELEMETRY, {**_telemetry(stats, now, stream, engine, ring_name,
-                                                     run.run_id), **info()})
+            sink.send(TOPIC_TELEMETRY, {**telemetry_message(stats, now, stream, engine,
+                                                            ring_name, run.run_id), **info()})
             next_telemetry = now + period_ns
         # on stop too, wait for the model threads: a result counted as out just before the
         # stop is still on its way into the queue (stop cannot lose it)
@@ -269,8 +269,8 @@ def _publish_loop(sink: Sink, results: queue.Queue[tuple[dict[str, Any], ModelTa
             return
 
 
-def _telemetry(stats: RunStats, now: int, stream: str, engine: str,
-               ring_name: str, run_id: str) -> dict[str, Any]:
+def telemetry_message(stats: RunStats, now: int, stream: str, engine: str,
+                      ring_name: str, run_id: str) -> dict[str, Any]:
     """The heartbeat: the main model's figures at the top level, every model's in ``models``.
     It goes on while the inference process is down (results stop: the overlay says STALE);
     the publish loop adds where inference runs, its pid, restarts and ``inference_up``."""

@@ -87,7 +87,7 @@ def test_pipeline_and_naive_sections_and_their_ratio(bimodal_export: Path) -> No
     assert ratio["at_least_2x_results_per_s"] == (ratio["results_per_s_ratio"] >= 2)
 
 
-def test_scaling_section_runs_one_process_per_stream(small_model: Path) -> None:
+def test_scaling_section_runs_per_process_and_batched(small_model: Path) -> None:
     out = scaling_section(small_model, streams=(1, 2), fps=30, seconds=SECONDS)
     assert [r["streams"] for r in out["runs"]] == [1, 2]
     for run in out["runs"]:
@@ -100,6 +100,22 @@ def test_scaling_section_runs_one_process_per_stream(small_model: Path) -> None:
         assert run["total_results_per_s"] == pytest.approx(
             sum(r["results_per_s"] for r in rows), abs=0.05)
         assert run["threads_per_stream"] >= 1
+    batched = out["batched"]["runs"]  # the small model's batch axis is static: one by one
+    assert [r["streams"] for r in batched] == [1, 2]
+    for run in batched:
+        assert [r["source"] for r in run["per_stream"]] == [f"phantom:{7 + i}"
+                                                          for i in range(run["streams"])]
+        assert all(0 < r["frames_out"] <= r["frames_in"] for r in run["per_stream"])
+        assert run["batches"] >= 1 and run["frames_per_batch"] >= 1
+    share = out["share_of_single"]
+    single = share["single_stream_results_per_s"]
+    assert single == out["runs"][0]["total_results_per_s"]
+    for mode, runs in (("process", out["runs"]), ("batched", batched)):
+        for row, run in zip(share[mode], runs, strict=True):
+            lowest = min(r["results_per_s"] for r in run["per_stream"])
+            assert row["ratio_min"] == pytest.approx(lowest * run["streams"] / single,
+                                                     abs=0.01)
+            assert row["meets_goal"] == (row["ratio_min"] >= share["goal_ratio"])
 
 
 def test_slow_model_drops_frames_and_windows_add_up(tmp_path: Path) -> None:
@@ -131,3 +147,23 @@ def test_resources_count_child_processes() -> None:
     usage = res.finish()
     assert Resources._cpu() - cpu0 >= 0.5  # the child's CPU time (not wall) is counted
     assert usage["cpu_pct"] > 0 and usage["rss_peak_mb"] > usage["rss_end_mb"] + 100
+
+
+def test_scaling_streams_can_be_phantom_clips(tmp_path: Path) -> None:
+    from hepascope.bench.multistream import phantom_clips, stream_specs
+    from hepascope.stream.sources import open_source
+
+    clips = phantom_clips(tmp_path, 2, fps=30, seconds=0.2)
+    assert stream_specs(1, clips) == clips[:1]
+    assert stream_specs(2, None) == ["phantom:7", "phantom:8"]
+    for clip in clips:
+        with open_source(clip) as src:
+            assert sum(1 for _ in src) == 6
+
+
+def test_a_bimodal_model_is_not_batched_across_streams(bimodal_export: Path) -> None:
+    from hepascope.bench.multistream import batched_section
+
+    out = batched_section(bimodal_export, (1,), fps=30, seconds=1, engine="onnxruntime",
+                          threads=1)
+    assert "cannot be batched" in out["not_available"]
