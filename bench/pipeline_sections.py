@@ -10,10 +10,8 @@ dict (units in the key names) that ``hepascope bench`` puts in its report.
   process whose one model takes the newest frame of every stream as one batch.
 * ``slow_model_section``: inference slower than the source; latency per window against drops.
 
-Run one stream's section from a shell (what ``scaling_section`` starts per stream):
-
-    python -m hepascope.bench.pipeline_sections --model DIR --fps 30 --seconds 10
-"""
+One stream's section from a shell (what ``scaling_section`` starts per stream):
+``python -m hepascope.bench.pipeline_sections --model DIR --fps 30 --seconds 10``."""
 
 from __future__ import annotations
 

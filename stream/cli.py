@@ -267,7 +267,11 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     _pipeline_args(p)
     _source_args(p)
     p.set_defaults(func=cmd_replay)
+    _add_overlay(sub)
 
+
+def _add_overlay(sub: argparse._SubParsersAction) -> None:
+    """Register ``overlay``."""
     p = sub.add_parser("overlay", help="draw results over the ultrasound, to MP4 or a window",
                        description="Subscribe to a pipeline's results and draw label, "
                        "probabilities, FPS and latency; NO DATA / STALE when results stop.")
