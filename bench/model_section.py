@@ -85,7 +85,7 @@ def from_export(path: Path) -> Graphs:
         name, params, flops = str(meta["model"]), count_params(model), 0
         for p in paths:
             eng = OnnxRuntimeEngine(p, threads=1)
-            xs = tuple(torch.zeros(1, *(int(x) for x in s.shape[1:]))  # type: ignore[arg-type]
+            xs = tuple(torch.zeros(1, *(int(x) for x in s.shape[1:]))
                        for s in eng.inputs)
             role = eng.metadata[META_ROLE]
             eng.close()

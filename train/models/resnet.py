@@ -73,4 +73,4 @@ def resnet18(**kwargs: object) -> ResNet:
 def resnet50(**kwargs: object) -> ResNet:
     """ResNet-50 (He et al. 2016; S2's model): bottleneck blocks [3, 4, 6, 3], 25.56 M
     parameters at 1000 classes, 3 chans."""
-    return ResNet((3, 4, 6, 3), **{"block": Bottleneck, **kwargs})  # type: ignore[arg-type]
+    return ResNet((3, 4, 6, 3), **{"block": Bottleneck, **kwargs})
