@@ -262,6 +262,23 @@ def _speed(directory: Path, int8_dir: Path,
             for name in BIMODAL_GRAPHS}
 
 
+def _machine() -> dict[str, Any]:
+    """Where the timings were taken: CPU, cores, and the load when timing began (other
+    work on the cores slows both precisions, interleaved, but widens the spread)."""
+    import os
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f
+                        if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": cpu_budget(),
+            "load_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
+
+
 def apply_precision(directory: Path, data: ArraySet, train_idx: np.ndarray,
                     val_idx: np.ndarray, temperature: float, *, seed: int = 0,
                     notes: dict[str, Any] | None = None, progress: Any = None,
@@ -285,6 +302,7 @@ def apply_precision(directory: Path, data: ArraySet, train_idx: np.ndarray,
         for name in BIMODAL_GRAPHS:
             quantize_int8(directory / name, q / name, feeds[name])
         say("timing fp32 against INT8 per graph")
+        machine = _machine()
         speed = _speed(directory, q, feeds)
         speedup = {n: min(v["speedup"] for v in s.values()) for n, s in speed.items()}
         faster = sorted(n for n, s in speedup.items() if s >= min_speedup)
@@ -308,7 +326,7 @@ def apply_precision(directory: Path, data: ArraySet, train_idx: np.ndarray,
         "quantization": {"format": "QDQ", "method": "minmax", "weights": "int8 per channel",
                          "activations": "uint8", "calibration_windows":
                          min(CALIB_WINDOWS, len(train_idx)), "from": "training windows"},
-        "onnxruntime": onnxruntime.__version__, "threads": thread_counts(),
+        "onnxruntime": onnxruntime.__version__, "threads": thread_counts(), "machine": machine,
         "date": time.strftime("%Y-%m-%d"), **(notes or {})}
     record(directory, block, files)
     return block
