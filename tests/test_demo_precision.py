@@ -154,3 +154,29 @@ def test_the_demo_can_force_fp32() -> None:
                                     "reason": "r"}
     assert _precision(m, True)["ran"] == "fp32"
     assert _precision({}, False)["ran"] == "fp32"
+
+
+def test_the_regenerated_validation_set_is_the_training_split() -> None:
+    """``demo_int8`` renders only the validation patients the trainer held out (same
+    ``holdout_split``), frame for frame as the recipe's phantom set holds them."""
+    from hepascope.train.calibrate import validation_indices
+    from hepascope.train.data import WindowSpec, build_phantom_set, make_specs, phantom_set_arrays
+    from hepascope.train.demo_int8 import pick_per_class, recipe_split, render_cases
+    from hepascope.train.demo_model import Recipe
+    from hepascope.train.trainer import TrainConfig
+
+    recipe = Recipe(cases_per_class=4, seed=3)
+    full = phantom_set_arrays(build_phantom_set(
+        n_cases_per_class=4, seconds_per_case=recipe.seconds_per_case, window=WindowSpec(),
+        specs=make_specs(load_config()), seed=recipe.data_seed, workers=1))
+    va = validation_indices(full, TrainConfig(val_fraction=recipe.val_fraction,
+                                              seed=recipe.seed))
+    train, val, per = recipe_split(recipe)
+    assert per == 4 and np.array_equal(np.unique(va // per), val)
+    assert len(np.intersect1d(train, val)) == 0 and len(train) + len(val) == 24
+    part = pick_per_class(val, 6, 6)
+    got = render_cases(recipe, part, 1)
+    rows = np.concatenate([np.arange(c * per, (c + 1) * per) for c in part])
+    assert np.array_equal(got.groups, full.groups[rows])
+    assert np.array_equal(got.bmode, full.bmode[rows]) and np.array_equal(got.ceus,
+                                                                          full.ceus[rows])
