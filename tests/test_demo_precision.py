@@ -180,3 +180,23 @@ def test_the_regenerated_validation_set_is_the_training_split() -> None:
     assert np.array_equal(got.groups, full.groups[rows])
     assert np.array_equal(got.bmode, full.bmode[rows]) and np.array_equal(got.ceus,
                                                                           full.ceus[rows])
+
+
+def test_a_retrained_demo_model_gets_its_precision_step(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ensure_model(retrain=True)`` with a tiny recipe: train, calibrate, export, then
+    the precision step on the training split's windows, recorded in the manifest."""
+    from rich.console import Console
+
+    from hepascope.train.demo_model import Recipe, ensure_model
+
+    def fake_time(fp32: Path, int8: Path, feed: Any, threads: int) -> dict[str, float]:
+        return {"fp32_p50_ms": 2.0, "int8_p50_ms": 1.0, "speedup": 2.0}
+
+    monkeypatch.setattr(dp, "time_graph", fake_time)
+    recipe = Recipe(cases_per_class=2, steps=2, batch_size=4, threads=1)
+    out = ensure_model(tmp_path, Console(stderr=True), retrain=True, recipe=recipe)
+    block = verify_model(out)["precision"]
+    assert block["validation"]["windows"] > 0 and block["precision"] in ("int8", "fp32")
+    assert block["quantization"]["from"] == "training windows"
+    assert (precision_entry(out) is not None) == (block["precision"] == "int8")
