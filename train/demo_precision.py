@@ -72,7 +72,7 @@ def decide(fp32_accuracy: float, int8_accuracy: float, speedup: dict[str, float]
                       f"changes by {-100 * drop:+.2f} points (limit -{100 * max_drop:g})"}
 
 
-def calibration_feeds(directory: Path, data: ArraySet, train_idx: np.ndarray,
+def int8_feeds(directory: Path, data: ArraySet, train_idx: np.ndarray,
                       seed: int = 0) -> dict[str, list[dict[str, np.ndarray]]]:
     """Batch-1 feeds per graph from up to ``CALIB_WINDOWS`` training windows (never
     validation ones): B-mode frames, one CEUS frame of each window, and for the head the
@@ -298,7 +298,7 @@ def apply_precision(directory: Path, data: ArraySet, train_idx: np.ndarray,
     with tempfile.TemporaryDirectory(prefix="hepascope-int8-") as tmp:
         q = Path(tmp)
         say(f"quantising the graphs on {min(CALIB_WINDOWS, len(train_idx))} training windows")
-        feeds = calibration_feeds(directory, data, train_idx, seed)
+        feeds = int8_feeds(directory, data, train_idx, seed)
         for name in BIMODAL_GRAPHS:
             quantize_int8(directory / name, q / name, feeds[name])
         say("timing fp32 against INT8 per graph")
