@@ -26,6 +26,8 @@ SINGLE_FILE = "model.onnx"  # a single-graph export's file name in its directory
 CHECKPOINT_WEIGHTS, CHECKPOINT_META = "model.safetensors", "model.json"  # a checkpoint's files
 WEIGHTS_FILES = (CHECKPOINT_WEIGHTS, CHECKPOINT_META)  # the checkpoint kept beside the graphs
 REPORT_FILE = "export.json"  # the export's parity figures
+MANIFEST_FILE = "manifest.json"  # a packaged model's files, SHA-256s, recipe and precision
+INT8_HEAD_FILE = "head.int8.onnx"  # the INT8 configuration's head; its parts name its encoders
 PROGRAM_SUFFIX = ".pt2"  # the torch.export program of a graph, beside it
 PROGRAM_META = "hepascope.json"  # a program's own record: model, labels, role
 

@@ -12,6 +12,7 @@ the classifier the pipeline runs: its results are verdicts (stream/verdict.py)."
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from hepascope.core.errors import ModelError
 from hepascope.core.export_format import (
     FORMAT_VERSION,
     HEAD_FILE,
+    INT8_HEAD_FILE,
+    MANIFEST_FILE,
     META_INPUTS,
     META_LABELS,
     META_MODEL,
@@ -41,6 +44,8 @@ from hepascope.stream.bimodal_streamer import BimodalStreamer, describe_parts
 from hepascope.stream.classifier import Classifier, FrameClassifier, read_calibration
 from hepascope.stream.clip import ClipStreamer
 from hepascope.stream.verdict import judged
+
+log = logging.getLogger(__name__)
 
 REQUIRED = {
     ROLE_HEAD: (META_VERSION, META_MODEL, META_ROLE, META_LABELS,
@@ -152,6 +157,24 @@ def _model_file(p: Path) -> Path:
     raise ModelError(f"{p}: no {HEAD_FILE} or {SINGLE_FILE}; not a hepascope export directory")
 
 
+def precision_entry(directory: Path) -> Path | None:
+    """``head.int8.onnx`` of an export directory whose manifest chose INT8 (its
+    ``precision`` block: INT8 where faster and as accurate, measured on ONNX Runtime's CPU
+    provider), else None: the fp32 graphs. Passing ``head.onnx`` itself forces fp32."""
+    try:
+        block = json.loads((directory / MANIFEST_FILE).read_text()).get("precision") or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(block, dict) or block.get("precision") != "int8":
+        return None
+    entry = directory / INT8_HEAD_FILE
+    if not entry.is_file():
+        log.warning("%s: the manifest chose INT8 but %s is missing; running fp32",
+                    directory, INT8_HEAD_FILE)
+        return None
+    return entry
+
+
 def open_clip_model(path: str | Path, *, backend: str = "onnxruntime", threads: int | None = 1,
                     every: int = 1) -> ClipStreamer:
     """A clip export (its file, or a directory holding ``model.onnx``) as a ``ClipStreamer``
@@ -173,13 +196,17 @@ def open_clip_model(path: str | Path, *, backend: str = "onnxruntime", threads: 
 def open_model(path: str | Path, config: Config, *, backend: str = "onnxruntime",
                threads: int | None = None, labels: tuple[str, ...] | None = None,
                verdicts: bool = True) -> Classifier:
-    """The classifier for ``path``: an export directory, its ``head.onnx``, a clip export
-    (run on every frame it is given), or any ONNX image classifier (labels from metadata,
-    ``labels``, or class0..N). ``backend`` "auto" is decided once, for every graph. Its
+    """The classifier for ``path``: an export directory (on ONNX Runtime, its INT8
+    configuration where its manifest chose it: ``precision_entry``), its ``head.onnx``, a
+    clip export (run on every frame it is given), or any ONNX image classifier (labels from
+    metadata, ``labels``, or class0..N). ``backend`` "auto" is decided once, for every graph. Its
     results are verdicts (calibrated, smoothed within a scene, with a status: see
     stream/verdict.py); ``verdicts=False``: the bare model, one frame's probabilities."""
     p = _model_file(Path(path))
     backend = resolve_backend(p, backend)
+    if backend == "onnxruntime" and Path(path).is_dir():
+        p = precision_entry(Path(path)) or p
+        log.info("%s: running %s", path, p.name)
     engine = open_engine(p, backend, threads=threads)
     try:
         calibration = read_calibration(engine.metadata, p.name)

@@ -144,28 +144,33 @@ def test_score_counts_abstentions_in_coverage_not_in_labelled_accuracy() -> None
 
 
 def test_the_shipped_model_loads_and_matches_its_manifest() -> None:
-    """The demo model in the package: every graph's SHA-256 is the manifest's, the live
-    loader opens it with the six classes, and a phantom frame gets probabilities."""
+    """The demo model in the package: every graph's SHA-256 is the manifest's (with the
+    INT8 configuration where its precision step chose it), the live loader opens it, in
+    that precision and in fp32, with the six classes, and a phantom frame gets
+    probabilities."""
     from hepascope.core.frame import Frame
     from hepascope.phantom import make_case
     from hepascope.stream.model_loader import open_model
     from hepascope.train.demo_model import GRAPHS, PACKAGED, file_sha256, verify_model
 
     manifest = verify_model(PACKAGED)
-    assert set(manifest["files"]) == set(GRAPHS)
+    precision = manifest.get("precision", {}).get("precision", "fp32")
+    int8 = {f for f in manifest["files"] if f.endswith(".int8.onnx")}
+    assert set(manifest["files"]) == set(GRAPHS) | int8 and bool(int8) == (precision == "int8")
     assert all(file_sha256(PACKAGED / n) == h for n, h in manifest["files"].items())
-    size_mb = sum((PACKAGED / n).stat().st_size for n in GRAPHS) / 2**20
-    print(f"\nshipped model {size_mb:.1f} MB, recipe {manifest['recipe']}, "
+    size_mb = sum((PACKAGED / n).stat().st_size for n in manifest["files"]) / 2**20
+    print(f"\nshipped model {size_mb:.1f} MB ({precision}), recipe {manifest['recipe']}, "
           f"temperature {manifest['temperature']}")
-    assert size_mb <= 20 and manifest["command"] == "hepascope demo --retrain"
-    model = open_model(PACKAGED, load_config(), backend="onnxruntime", threads=1)
-    try:
-        assert tuple(model.labels) == LESION_CLASSES
-        frame, _ = Phantom(make_case(5, "cyst"), ceus_t0_s=30).render(0)
-        probs, _ = model.predict(Frame(frame, 0, 0, "test", 0.0))
-        assert probs.shape == (6,) and abs(probs.sum() - 1) < 1e-6
-    finally:
-        model.close()
+    assert size_mb <= 25 and manifest["command"] == "hepascope demo --retrain"
+    frame, _ = Phantom(make_case(5, "cyst"), ceus_t0_s=30).render(0)
+    for path in (PACKAGED, PACKAGED / "head.onnx"):  # the manifest's precision; fp32
+        model = open_model(path, load_config(), backend="onnxruntime", threads=1)
+        try:
+            assert tuple(model.labels) == LESION_CLASSES
+            probs, _ = model.predict(Frame(frame, 0, 0, "test", 0.0))
+            assert probs.shape == (6,) and abs(probs.sum() - 1) < 1e-6
+        finally:
+            model.close()
 
 
 def test_a_damaged_shipped_model_is_refused(tmp_path: Path) -> None:

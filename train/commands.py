@@ -52,7 +52,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     recipe = Recipe(**{k: v for k, v in (("steps", args.steps),
                                          ("cases_per_class", args.cases_per_class))
                        if v is not None})
-    report: dict[str, Any] = run_demo(args.out, retrain=args.retrain, recipe=recipe)
+    report: dict[str, Any] = run_demo(args.out, retrain=args.retrain, recipe=recipe,
+                                      fp32=args.fp32)
     sc = report["scored"]
     print(json.dumps({"results_per_s": report["results_per_s"],
                       "latency_capture_to_publish_ms": report["latency_capture_to_publish_ms"],
@@ -88,4 +89,8 @@ def add_subcommands(sub: Any) -> None:
                    help="with --retrain: optimizer steps (default: the recipe's)")
     p.add_argument("--cases-per-class", type=int, default=None,
                    help="with --retrain: phantom patients per class (default: the recipe's)")
+    p.add_argument("--fp32", action="store_true",
+                   help="run the fp32 graphs even where the model's manifest chose INT8 "
+                   "(INT8 is chosen at export only where faster and within 1 point of "
+                   "fp32's validation accuracy)")
     p.set_defaults(func=cmd_demo)

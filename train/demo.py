@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from hepascope.core.errors import HepascopeError
+from hepascope.core.export_format import HEAD_FILE
 
 SESSION_SEEDS = (7, 8, 9)  # scored sessions; training cases come from a disjoint seed space
 SEGMENT_S = 6.0         # one patient every 6 s (training cases match it: data.LIVE_SEGMENT_S)
@@ -156,9 +157,11 @@ def _lockstep_scores(sessions: Sequence[Path], model: Path, labels: Sequence[str
 
 def run_demo(out: Path, *, retrain: bool = False, recipe: Any = None,
              session_seeds: Sequence[int] = SESSION_SEEDS,
-             segment_s: float = SEGMENT_S) -> dict[str, Any]:
+             segment_s: float = SEGMENT_S, fp32: bool = False) -> dict[str, Any]:
     """The demo: sessions and model (cached or packaged), the first session live through
-    the pipeline and overlay, every session scored in lockstep; writes report.json."""
+    the pipeline and overlay, every session scored in lockstep; writes report.json. The
+    model runs in the precision its manifest chose (INT8 where it pays), or fp32 with
+    ``fp32``."""
     from rich.console import Console
 
     from hepascope.train.demo_model import ensure_model, verify_model
@@ -172,12 +175,14 @@ def run_demo(out: Path, *, retrain: bool = False, recipe: Any = None,
     sessions = ensure_sessions(cache, console, session_seeds, segment_s)
     model = ensure_model(cache, console, retrain=retrain, recipe=recipe)
     manifest = verify_model(model)
+    precision = _precision(manifest, fp32)
+    graph = model / HEAD_FILE if precision["ran"] == "fp32" else model  # a dir: its manifest's
     t_ready = time.monotonic()
-    summary, live_results = _live_run(sessions[0], model, out, console)
+    summary, live_results = _live_run(sessions[0], graph, out, console)
     labels = tuple(live_results[0]["labels"]) if live_results else ()
     live = score(frame_scores(live_results, load_truth(sessions[0]), sessions[0].stem), labels)
     t_live = time.monotonic()
-    rows, per_session = _lockstep_scores(sessions, model, labels, console)
+    rows, per_session = _lockstep_scores(sessions, graph, labels, console)
     snap = snapshot(out / "overlay.mp4", out / "overlay.mp4.jsonl", out / "snapshot.png")
     report = {
         "frames_in": summary["frames_in"], "frames_out": summary["frames_out"],
@@ -189,6 +194,7 @@ def run_demo(out: Path, *, retrain: bool = False, recipe: Any = None,
         "stage_mean_ms": summary["stage_mean_ms"],
         "model": summary["model"], "model_dir": str(model), "engine": summary["engine"],
         "model_files_sha256": manifest["files"], "model_recipe": manifest.get("recipe"),
+        "precision": precision,
         "scored": {"how": "lockstep replay of every frame (stream.replay), one ORT thread",
                    **score(rows, labels)},
         "per_session": per_session,
@@ -207,6 +213,16 @@ def run_demo(out: Path, *, retrain: bool = False, recipe: Any = None,
     return report
 
 
+def _precision(manifest: dict[str, Any], fp32: bool) -> dict[str, Any]:
+    """What the manifest chose (and why), and what runs: fp32 when forced or chosen."""
+    block = manifest.get("precision") or {}
+    chosen = block.get("precision", "fp32")
+    return {"manifest": chosen, "ran": "fp32" if fp32 else chosen,
+            "int8_graphs": block.get("int8_graphs", []) if not fp32 else [],
+            "reason": "forced (--fp32)" if fp32 and chosen != "fp32"
+            else block.get("reason", "no precision step recorded")}
+
+
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f} %"
 
@@ -219,7 +235,8 @@ def _print_table(console: Any, r: dict[str, Any], out: Path) -> None:
     sc, live = r["scored"], r["live_accuracy"]
     classes = ", ".join(f"{c} {_pct(v['accuracy_labelled'])}"
                         for c, v in sc["per_class"].items())
-    for k, v in (("model / engine", f"{r['model']} / {r['engine']}"),
+    for k, v in (("model / engine", f"{r['model']} / {r['engine']} "
+                                    f"({r['precision']['ran']})"),
                  ("frames in / out / dropped", f"{r['frames_in']} / {r['frames_out']} / "
                                                f"{r['dropped']}"),
                  ("results/s (source 30 fps)", f"{r['results_per_s']:.1f}"),

@@ -17,12 +17,19 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from hepascope.core.errors import ModelError
-from hepascope.core.export_format import BIMODAL_GRAPHS, CHECKPOINT_META, CHECKPOINT_WEIGHTS
+from hepascope.core.export_format import (
+    BIMODAL_GRAPHS,
+    CHECKPOINT_META,
+    CHECKPOINT_WEIGHTS,
+    MANIFEST_FILE,
+)
 from hepascope.engines.plan import sha256_file as file_sha256  # the one file hash
 
 PACKAGED = Path(__file__).resolve().parent / "demo_model"
-MANIFEST = "manifest.json"
+MANIFEST = MANIFEST_FILE
 MANIFEST_VERSION = 1
 GRAPHS = BIMODAL_GRAPHS
 TRAIN_CODE = ("train.trainer", "train.steps", "train.samples", "train.augment", "train.models",
@@ -57,7 +64,7 @@ def verify_model(directory: Path) -> dict[str, Any]:
         files: dict[str, str] = manifest["files"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ModelError(f"{directory}: no readable {MANIFEST} ({e!r})") from e
-    for name in GRAPHS:
+    for name in (*GRAPHS, *(n for n in files if n not in GRAPHS)):  # + an INT8 configuration
         path = directory / name
         if name not in files or not path.is_file():
             raise ModelError(f"{directory}: {name} missing (manifest lists {sorted(files)})")
@@ -129,7 +136,23 @@ def _train_and_export(ckpt: Path, recipe: Recipe, cache: Path, console: Any) -> 
     (onnx_dir / CHECKPOINT_WEIGHTS).unlink(missing_ok=True)  # the graphs are what ships
     (onnx_dir / CHECKPOINT_META).unlink(missing_ok=True)
     write_manifest(onnx_dir, recipe, meta, calibration, report["max_abs_diff"])
+    _choose_precision(onnx_dir, data, cfg, calibration, console)
     return onnx_dir
+
+
+def _choose_precision(onnx_dir: Path, data: Any, cfg: Any, calibration: dict[str, Any],
+                      console: Any) -> None:
+    """INT8 graphs beside the fp32 ones when they are faster here and as accurate on the
+    validation windows (``demo_precision``); INT8 ranges from training windows only."""
+    from hepascope.train.calibrate import validation_indices
+    from hepascope.train.demo_precision import apply_precision
+
+    va = validation_indices(data, cfg)
+    tr = np.setdiff1d(np.arange(len(data)), va)
+    with console.status("INT8: quantising, timing and scoring against fp32..."):
+        block = apply_precision(onnx_dir, data, tr, va, float(calibration["temperature"]),
+                                seed=cfg.seed)
+    console.print(f"precision {block['precision']}: {block['reason']}")
 
 
 def _finished(ckpt: Path) -> bool:
