@@ -100,9 +100,10 @@ def training_case(plan: dict[str, Any]) -> PhantomCase:
                      patient_id=plan["patient_id"])
 
 
-def _render_case(job: tuple[dict[str, Any], int, WindowSpec, tuple[PreprocessSpec, ...]]
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """Worker: (bmode f16, ceus f16, frame indices, fatty grade) of one case."""
+def render_case(job: tuple[dict[str, Any], int, WindowSpec, tuple[PreprocessSpec, ...]]
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Worker: (bmode f16, ceus f16, frame indices, fatty grade) of one case (also what
+    ``train.demo_int8`` renders its validation cases with: the same frames)."""
     plan, n_frames, win, (sb, sc) = job
     case = training_case(plan)
     ph = Phantom(case, fps=win.fps, ceus_t0_s=plan["ceus_t0_s"], ceus_speed=plan["ceus_speed"])
@@ -196,7 +197,7 @@ def build_phantom_set(*, n_cases_per_class: int, seconds_per_case: float = 3.0,
     max_start = round(segment_s * window.fps) - (n_frames - 1) * window.interval_frames - 1
     plans = [case_plan(seed, i, classes, max(0, max_start)) for i in range(n_cases)]
     jobs = [(plan, n_frames, window, tuple(specs)) for plan in plans]
-    results = map_pool(_render_case, jobs, workers, progress)
+    results = map_pool(render_case, jobs, workers, progress)
     return PhantomSet(
         bmode=np.concatenate([r[0] for r in results]),
         ceus=np.concatenate([r[1] for r in results]),

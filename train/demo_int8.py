@@ -56,28 +56,6 @@ def pick_per_class(cases: np.ndarray, n: int | None, n_classes: int) -> np.ndarr
                                    for c in range(n_classes)]))
 
 
-def _render(job: tuple[dict[str, Any], int, Any, tuple[Any, Any]]
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """Worker: one case's (B-mode f16, CEUS f16, frame numbers, fatty grade), rendered as
-    ``train.data`` renders a phantom set's case (the fp32 accuracy the step measures, equal
-    to the training run's, checks that they agree)."""
-    from hepascope.core.preprocess import preprocess_view
-    from hepascope.phantom import Phantom
-    from hepascope.train.data import training_case
-
-    plan, n_frames, win, (sb, sc) = job
-    case = training_case(plan)
-    ph = Phantom(case, fps=win.fps, ceus_t0_s=plan["ceus_t0_s"], ceus_speed=plan["ceus_speed"])
-    idx = plan["start"] + np.arange(n_frames, dtype=np.int32) * win.interval_frames
-    bm = np.empty((n_frames, 1, *sb.size), np.float16)
-    ce = np.empty((n_frames, 1, *sc.size), np.float16)
-    for k, i in enumerate(idx):
-        frame, _ = ph.render(int(i))
-        bm[k] = preprocess_view(frame, sb, "bmode")
-        ce[k] = preprocess_view(frame, sc, "ceus")
-    return bm, ce, idx, case.fatty_grade
-
-
 def render_cases(recipe: Any, cases: np.ndarray, workers: int) -> ArraySet:
     """The recipe's phantom cases ``cases`` (as ``build_phantom_set`` renders them) as the
     trainer's windows."""
@@ -90,6 +68,7 @@ def render_cases(recipe: Any, cases: np.ndarray, workers: int) -> ArraySet:
         case_plan,
         make_specs,
         phantom_set_arrays,
+        render_case,
     )
     from hepascope.train.datasets.pool import map_pool
 
@@ -97,7 +76,7 @@ def render_cases(recipe: Any, cases: np.ndarray, workers: int) -> ArraySet:
     n_frames = round(recipe.seconds_per_case * win.fps) // win.interval_frames
     max_start = max(0, round(LIVE_SEGMENT_S * win.fps) - (n_frames - 1) * win.interval_frames - 1)
     plans = [case_plan(recipe.data_seed, int(i), LESION_CLASSES, max_start) for i in cases]
-    res = map_pool(_render, [(p, n_frames, win, specs) for p in plans], workers, None)
+    res = map_pool(render_case, [(p, n_frames, win, specs) for p in plans], workers, None)
     pset = PhantomSet(
         bmode=np.concatenate([r[0] for r in res]), ceus=np.concatenate([r[1] for r in res]),
         case_index=np.repeat(np.arange(len(plans), dtype=np.int32), n_frames),
