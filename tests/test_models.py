@@ -25,6 +25,11 @@ from support.models import small_model as _small  # noqa: E402
 
 from hepascope.core.errors import ModelError  # noqa: E402
 from hepascope.train.cli import bimodal_models, registered_models  # noqa: E402
+from hepascope.train.engine_build.trt_ops import (  # noqa: E402
+    SUPPORTED,
+    check_trt_ops,
+    graph_ops,
+)
 from hepascope.train.export import (  # noqa: E402
     export_bimodal,
     export_checkpoint,
@@ -64,6 +69,10 @@ def test_model_trains_counts_and_exports(name: str, tmp_path: Path) -> None:
     files = sorted(p.name for p in tmp_path.glob("*.onnx"))
     assert files == (["bmode_encoder.onnx", "ceus_encoder.onnx", "head.onnx"] if kind is None
                      else ["model.onnx"])
+    for path in sorted(tmp_path.glob("*.onnx")):  # TensorRT 10 parses each, no plugin needed
+        assert check_trt_ops(path) == [], path.name
+        ops = graph_ops(path)
+        assert ops <= SUPPORTED and ({"Conv", "Relu"} <= ops or path.name == "head.onnx")
 
 
 @pytest.mark.parametrize(("name", "kwargs", "millions", "tol"), [
