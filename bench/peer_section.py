@@ -202,7 +202,7 @@ def peer_section(peer: str, *, work: Path, seconds: float, pairs: int,
     if "not_available" in avail:
         return {"peer": peer, **avail}
     model, clip = peer_model(work), peer_video(work, video)
-    facts = video_facts(clip)
+    facts = {**video_facts(clip), "made_in_run": video is None}
     threads = cpu_budget()
     runs = measure_pairs(model, clip, fps=facts["fps"], seconds=seconds, pairs=pairs,
                          threads=threads)
@@ -264,6 +264,7 @@ def peer_md(sec: dict[str, Any] | None) -> list[str]:
     if "error" in sec:
         out += [f"A run failed: {sec['error']}", ""]
     v = sec["video"]
-    out += [f"Video {v['width']}x{v['height']} at {v['fps']:g} frames/s ({v['path']}); "
+    where = "a phantom clip made in the run" if v.get("made_in_run") else v["path"]
+    out += [f"Video {v['width']}x{v['height']} at {v['fps']:g} frames/s ({where}); "
             f"model {sec['model']}.", "", *(f"* {line}" for line in METHOD), ""]
     return out

@@ -69,6 +69,15 @@ def _stage_table(rows: list[dict[str, Any]], rx: dict[tuple[str, int], int],
     return table
 
 
+def _steady(rows: list[dict[str, Any]], c2p: list[float]) -> dict[str, float | None]:
+    """Results/s and capture->publish p50/p99 from the first result on (start-up and the
+    first inference left out), as the FAST peer is timed (``bench/peer_section.py``)."""
+    span_s = (rows[-1]["t_publish_ns"] - rows[0]["t_publish_ns"]) / 1e9 if rows else 0.0
+    return {"steady_results_per_s": round((len(rows) - 1) / span_s, 2) if span_s > 0 else None,
+            "steady_capture_to_publish_p50_ms": pct(c2p[1:], 50),
+            "steady_capture_to_publish_p99_ms": pct(c2p[1:], 99)}
+
+
 def pipeline_section(model: Path, *, source: str = "phantom:7", fps: float, seconds: float,
                      engine: str = "onnxruntime", threads: int | None = None,
                      wait_start: Callable[[], None] | None = None,
@@ -101,7 +110,6 @@ def pipeline_section(model: Path, *, source: str = "phantom:7", fps: float, seco
     matched = [r for r in rows if (r["model"], r["seq"]) in probe.rx]
     c2o = [(probe.rx[(r["model"], r["seq"])] - r["t_capture_ns"]) * _MS for r in matched]
     c2p_matched = [(r["t_publish_ns"] - r["t_capture_ns"]) * _MS for r in matched]
-    span_s = (rows[-1]["t_publish_ns"] - rows[0]["t_publish_ns"]) / 1e9 if rows else 0.0
     return {
         "source": summary["source"], "model": summary["model"], "engine": summary["engine"],
         "fps_target": fps, "seconds": summary["seconds"], "threads": threads,
@@ -114,10 +122,7 @@ def pipeline_section(model: Path, *, source: str = "phantom:7", fps: float, seco
         # the same results' capture->publish, so the two can be compared one to one
         "matched_capture_to_publish_p50_ms": pct(c2p_matched, 50),
         "matched_capture_to_publish_p99_ms": pct(c2p_matched, 99),
-        # from the first result on (start-up and first inference out), as the FAST peer's
-        "steady_results_per_s": round((len(rows) - 1) / span_s, 2) if span_s > 0 else None,
-        "steady_capture_to_publish_p50_ms": pct(c2p[1:], 50),
-        "steady_capture_to_publish_p99_ms": pct(c2p[1:], 99),
+        **_steady(rows, c2p),
         "overlay_received": probe.received, "overlay_matched": len(matched),
         "publish_dropped": summary["publish_dropped"],
         # unpaced sources only: frames after which decoding waited for the model to take one
