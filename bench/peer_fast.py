@@ -6,6 +6,9 @@ results pulled with ``DataStream`` as a FAST user does.
     python -m hepascope.bench.peer_fast --video F.mp4 --model model.onnx --seconds 8 \\
         [--unpaced] [--size 112 112] [--mean 0.5] [--std 0.25]
 
+Not ``MovieStreamer``: it plays a file in real time only (Qt Multimedia over GStreamer)
+and its frames carry no presentation time or frame number to time a result against.
+
 It runs in a process of its own (``run_fast``): FAST loads its own ONNX Runtime (1.22 in
 pyfast 4.18) and Qt, prints a banner on stdout and must be imported in a main thread; its
 figures come back as one ``PEER_RESULT {json}`` line.

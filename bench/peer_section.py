@@ -43,6 +43,10 @@ METHOD = (
     "pipeline, PythonStreamer -> ColorToGrayscale -> ImageResizer (bilinear, "
     "blurOnDownsampling off) -> NeuralNetwork (ONNXRuntime engine), results read with "
     "DataStream, in a child process (bench/peer_fast.py).",
+    "Not FAST's MovieStreamer: it plays a file in real time through Qt Multimedia "
+    "(GStreamer), so it has no unpaced mode, and its frames carry no presentation time or "
+    "frame number (getTimestamp 1, creation time in ms since FAST started; the network's "
+    "output 0, as read in pyfast 4.18), so capture -> result cannot be taken from it.",
     "Same preprocessing: grey, resize to the model's input, (x / 255 - mean) / std (FAST: "
     "scaleFactor 1/255, meanIntensity 255 * mean, standardDeviationIntensity std).",
     "Unpaced: frames decoded as fast as each pipeline takes them (hepascope: its unpaced "
