@@ -200,8 +200,9 @@ def _pct(values: list[float], q: float) -> float | None:
 
 def run_fast(video: Path, model: Path, *, seconds: float, unpaced: bool, size: tuple[int, int],
              mean: float, std: float, timeout_s: float = 120.0) -> dict[str, Any]:
-    """``measure`` in a child process; its dict, or ``{"error": ...}`` with the child's last
-    error line (a crash in FAST cannot take the bench with it)."""
+    """``measure`` in a child process; its dict, ``{"not_available": why}`` where FAST does
+    not load there, or ``{"error": ...}`` with the child's last error line (a crash in FAST
+    cannot take the bench with it)."""
     cmd = [sys.executable, "-m", "hepascope.bench.peer_fast", "--video", str(video),
            "--model", str(model), "--seconds", str(seconds), "--size", str(size[0]),
            str(size[1]), "--mean", str(mean), "--std", str(std)]
@@ -232,6 +233,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mean", type=float, default=0.5)
     p.add_argument("--std", type=float, default=0.25)
     args = p.parse_args(argv)
+    try:
+        import fast  # noqa: F401 (here, so that a FAST that cannot load is a skip, not a failure)
+    except (ImportError, OSError) as e:
+        print(RESULT_TAG + json.dumps({"not_available": f"pyfast does not load: {e}"}),
+              flush=True)
+        os._exit(0)
     try:
         out = measure(args.video, args.model, seconds=args.seconds, unpaced=args.unpaced,
                       size=tuple(args.size), mean=args.mean, std=args.std)

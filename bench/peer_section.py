@@ -126,7 +126,7 @@ def _fast_run(model: Path, video: Path, *, seconds: float, unpaced: bool) -> dic
     r = run_fast(video, model, seconds=seconds, unpaced=unpaced, size=spec.size,
                  mean=spec.params.mean, std=spec.params.std,
                  timeout_s=max(120.0, 4 * seconds + 60.0))
-    if "error" in r:
+    if "error" in r or "not_available" in r:
         return r
     return {"results_per_s": r["results_per_s"], "p50_ms": r["capture_to_result_p50_ms"],
             "p99_ms": r["capture_to_result_p99_ms"], "frames_in": r["frames_in"],
@@ -173,7 +173,7 @@ def _progress(text: str) -> None:
 def measure_pairs(model: Path, video: Path, *, fps: float, seconds: float, pairs: int,
                   threads: int) -> dict[str, list[dict[str, Any]]]:
     """``pairs`` ABAB pairs per mode (hepascope, then FAST); each row both sides' figures,
-    a side's ``error`` in its place when a run failed."""
+    a side's ``error`` in its place when a run failed; cut short where FAST does not load."""
     out: dict[str, list[dict[str, Any]]] = {mode: [] for mode in MODES}
     for mode in MODES:
         unpaced = mode == "unpaced"
@@ -186,9 +186,10 @@ def measure_pairs(model: Path, video: Path, *, fps: float, seconds: float, pairs
                 log.info("peer: hepascope run failed", exc_info=e)
                 hep = {"error": f"{type(e).__name__}: {e}"}
             _progress(f"{mode} pair {i + 1}/{pairs}: FAST")
-            out[mode].append({"pair": i + 1, "hepascope": hep,
-                              "fast": _fast_run(model, video, seconds=seconds,
-                                                unpaced=unpaced)})
+            fast = _fast_run(model, video, seconds=seconds, unpaced=unpaced)
+            out[mode].append({"pair": i + 1, "hepascope": hep, "fast": fast})
+            if "not_available" in fast:
+                return out
     return out
 
 
@@ -210,6 +211,10 @@ def peer_section(peer: str, *, work: Path, seconds: float, pairs: int,
     threads = cpu_budget()
     runs = measure_pairs(model, clip, fps=facts["fps"], seconds=seconds, pairs=pairs,
                          threads=threads)
+    skipped = [r["fast"]["not_available"] for rows in runs.values() for r in rows
+               if "not_available" in r["fast"]]
+    if skipped:  # installed, with OpenCL, yet FAST does not load (a system library missing)
+        return {"peer": peer, "not_available": skipped[0]}
     import onnxruntime
 
     out: dict[str, Any] = {
