@@ -133,6 +133,44 @@ def _fast_run(model: Path, video: Path, *, seconds: float, unpaced: bool) -> dic
             "dropped": r["dropped"]}
 
 
+def session_check(model: Path, threads: int, calls: int = 40) -> dict[str, Any]:
+    """The model call alone, batch 1, median of ``calls`` after 3 warm-up calls, in this
+    process: hepascope's tuned ONNX Runtime session against ONNX Runtime's defaults (what
+    FAST's engine opens; pyfast exposes no session options) at the same thread count. How
+    much of the pipelines' ratio the session settings alone account for."""
+    import time
+
+    import numpy as np
+    import onnxruntime as ort
+
+    from hepascope.engines.onnxruntime import OnnxRuntimeEngine
+
+    tuned = OnnxRuntimeEngine(model, threads=threads)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    plain = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+    spec = tuned.inputs[0]
+    feed = {spec.name: np.zeros((1, *(int(d or 1) for d in spec.shape[1:])), np.float32)}
+
+    def median_ms(call: Any) -> float:
+        for _ in range(3):
+            call()
+        times = []
+        for _ in range(calls):
+            t0 = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - t0)
+        return round(float(np.median(times)) * 1e3, 3)
+
+    try:
+        a = median_ms(lambda: tuned.infer(feed))
+        b = median_ms(lambda: plain.run(None, feed))
+    finally:
+        tuned.close()
+    return {"hepascope_session_p50_ms": a, "ort_default_session_p50_ms": b,
+            "default_over_hepascope_x": _ratio(b, a), "threads": threads}
+
+
 def _ratio(a: Any, b: Any) -> float | None:
     return round(a / b, 3) if isinstance(a, int | float) and isinstance(b, int | float) \
         and b > 0 else None
@@ -226,7 +264,8 @@ def peer_section(peer: str, *, work: Path, seconds: float, pairs: int,
                     f"pyfast sets none); {cpu_budget()} cores here"},
         "onnxruntime": {"hepascope": onnxruntime.__version__,
                         "fast": "the build bundled with pyfast"},
-        "summary": summarize(_ok_rows(runs)), "runs": runs}
+        "summary": summarize(_ok_rows(runs)),
+        "model_call": session_check(model, threads), "runs": runs}
     failed = [f"{mode} pair {r['pair']} {side}: {r[side]['error']}"
               for mode, rows in runs.items() for r in rows for side in ("hepascope", "fast")
               if "error" in r[side]]
@@ -272,6 +311,14 @@ def peer_md(sec: dict[str, Any] | None) -> list[str]:
             f"latency p50 and p99 below FAST's: {met[goals['paced_latency_below_fast']]}.", ""]
     if "error" in sec:
         out += [f"A run failed: {sec['error']}", ""]
+    mc = sec.get("model_call")
+    if mc:
+        out += [f"The model call alone, same ONNX Runtime and {mc['threads']} threads, in one "
+                f"process: hepascope's tuned session {_num(mc['hepascope_session_p50_ms'])} ms,"
+                f" ONNX Runtime's defaults (what FAST's engine opens) "
+                f"{_num(mc['ort_default_session_p50_ms'])} ms: the session settings alone "
+                f"make the call {_num(mc['default_over_hepascope_x'])}x faster (part of the "
+                "ratios above).", ""]
     v = sec["video"]
     where = "a phantom clip made in the run" if v.get("made_in_run") else v["path"]
     out += [f"Video {v['width']}x{v['height']} at {v['fps']:g} frames/s ({where}); "

@@ -12,7 +12,7 @@ import pytest
 
 from hepascope.bench import peer_fast
 from hepascope.bench.cli import add_subcommands
-from hepascope.bench.peer_section import peer_md, peer_section, summarize
+from hepascope.bench.peer_section import peer_md, peer_section, session_check, summarize
 from hepascope.bench.run import failed_sections
 
 
@@ -70,10 +70,13 @@ def test_ratios_are_medians_of_per_pair_ratios_and_the_report_shows_them() -> No
     sec = {"peer": "fast", "fast_version": "4.18.0", "opencl_platforms": ["PoCL"],
            "threads": {"hepascope_ort_intra_op": 2, "fast_ort_intra_op": "default"},
            "pairs": 3, "seconds_per_run": 8.0, "summary": s, "model": "resnet18",
-           "video": {"path": "v.mp4", "width": 640, "height": 480, "fps": 30.0}}
+           "video": {"path": "v.mp4", "width": 640, "height": 480, "fps": 30.0},
+           "model_call": {"hepascope_session_p50_ms": 10.0, "ort_default_session_p50_ms": 18.0,
+                          "default_over_hepascope_x": 1.8, "threads": 2}}
     text = "\n".join(peer_md(sec))
     assert "| unpaced | results_per_s | 30 | 20 | 1.5 |" in text
     assert "goal >= 1.5: met" in text and "FAST 4.18.0" in text and "PoCL" in text
+    assert "make the call 1.8x faster" in text
 
 
 def test_a_small_real_run_against_fast(tmp_path: Path) -> None:
@@ -104,3 +107,11 @@ def test_a_fast_that_does_not_load_in_the_child_is_a_skip(monkeypatch: pytest.Mo
     r = peer_fast.run_fast(tmp_path / "v.mp4", tmp_path / "m.onnx", seconds=1.0, unpaced=True,
                            size=(64, 64), mean=0.5, std=0.25, timeout_s=60)
     assert r == {"not_available": "pyfast does not load: libGL.so.1: cannot open shared object"}
+
+
+def test_session_check_times_both_sessions_on_the_same_model(tmp_path: Path) -> None:
+    from hepascope.bench.soak import make_model
+
+    r = session_check(make_model(tmp_path / "m.onnx"), threads=1, calls=3)
+    assert r["hepascope_session_p50_ms"] > 0 and r["ort_default_session_p50_ms"] > 0
+    assert r["default_over_hepascope_x"] > 0 and r["threads"] == 1
