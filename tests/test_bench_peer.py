@@ -67,6 +67,7 @@ def test_ratios_are_medians_of_per_pair_ratios_and_the_report_shows_them() -> No
     assert s["unpaced"]["hepascope"]["results_per_s"] == 30
     assert s["paced"]["ratio_x"] == {"results_per_s": 1.0, "p50_ms": 0.4, "p99_ms": 0.5}
     assert s["goals"]["unpaced_met"] is True and s["goals"]["paced_latency_below_fast"] is True
+    assert s["goals"]["unpaced_pairs_met"] == [2, 3] and s["goals"]["paced_pairs_below"] == [1, 1]
     sec = {"peer": "fast", "fast_version": "4.18.0", "opencl_platforms": ["PoCL"],
            "threads": {"hepascope_ort_intra_op": 2, "fast_ort_intra_op": "default"},
            "pairs": 3, "seconds_per_run": 8.0, "summary": s, "model": "resnet18",
@@ -75,6 +76,7 @@ def test_ratios_are_medians_of_per_pair_ratios_and_the_report_shows_them() -> No
                           "default_over_hepascope_x": 1.8, "threads": 2}}
     text = "\n".join(peer_md(sec))
     assert "| unpaced | results_per_s | 30 | 20 | 1.5 |" in text
+    assert "goal >= 1.5: met, in 2 of 3 pairs" in text and "both below in 1 of 1 pairs" in text
     assert "goal >= 1.5: met" in text and "FAST 4.18.0" in text and "PoCL" in text
     assert "make the call 1.8x faster" in text
 
