@@ -134,37 +134,31 @@ def _fast_run(model: Path, video: Path, *, seconds: float, unpaced: bool) -> dic
 
 
 def session_check(model: Path, threads: int, calls: int = 40) -> dict[str, Any]:
-    """The model call alone, batch 1, median of ``calls`` after 3 warm-up calls, the two
-    sessions called in turn, in this process: hepascope's tuned ONNX Runtime session
-    against ONNX Runtime's defaults (what FAST's engine opens; pyfast exposes no session
-    options) at the same thread count. How much of the pipelines' ratio the session
-    settings alone account for."""
-    import time
-
+    """The model call alone, batch 1, in this process: hepascope's tuned ONNX Runtime
+    session against ONNX Runtime's defaults (what FAST's engine opens; pyfast exposes no
+    session options), interleaved in chunks after pauses (``engine_compare.time_variants``:
+    the default session's spinning threads park before the other's turn); medians. How
+    much of the pipelines' ratio the session settings alone account for."""
     import numpy as np
     import onnxruntime as ort
 
+    from hepascope.bench.engine_compare import time_variants
+    from hepascope.bench.variant import Variant
     from hepascope.engines.onnxruntime import OnnxRuntimeEngine
 
     tuned = OnnxRuntimeEngine(model, threads=threads)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    plain = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+    plain = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     spec = tuned.inputs[0]
-    feed = {spec.name: np.zeros((1, *(int(d or 1) for d in spec.shape[1:])), np.float32)}
-
-    calls_by_side = {"tuned": lambda: tuned.infer(feed), "plain": lambda: plain.run(None, feed)}
-    times: dict[str, list[float]] = {k: [] for k in calls_by_side}
+    x = np.zeros((1, *(int(d or 1) for d in spec.shape[1:])), np.float32)
+    variants = [Variant("hepascope", "tuned session", [lambda a: tuned.infer({spec.name: a})],
+                        tuned.close, 0.0),
+                Variant("ort_defaults", "ONNX Runtime's defaults",
+                        [lambda a: plain.run(None, {spec.name: a})], lambda: None, 0.0)]
     try:
-        for i in range(calls + 3):  # call by call in turn: a load change hits both
-            for side, call in calls_by_side.items():
-                t0 = time.perf_counter()
-                call()
-                if i >= 3:  # 3 warm-up calls each
-                    times[side].append(time.perf_counter() - t0)
+        ms = time_variants(variants, x, calls, warmup=3)
     finally:
         tuned.close()
-    a, b = (round(float(np.median(times[k])) * 1e3, 3) for k in ("tuned", "plain"))
+    a, b = (round(float(np.median(ms[k])), 3) for k in ("hepascope", "ort_defaults"))
     return {"hepascope_session_p50_ms": a, "ort_default_session_p50_ms": b,
             "default_over_hepascope_x": _ratio(b, a), "threads": threads}
 
@@ -327,9 +321,10 @@ def peer_md(sec: dict[str, Any] | None) -> list[str]:
         out += [f"A run failed: {sec['error']}", ""]
     mc = sec.get("model_call")
     if mc:
-        out += [f"The model call alone, same ONNX Runtime and {mc['threads']} threads, in one "
-                f"process: hepascope's tuned session {_num(mc['hepascope_session_p50_ms'])} ms,"
-                f" ONNX Runtime's defaults (what FAST's engine opens) "
+        out += [f"The model call alone, this process's ONNX Runtime, chunks in turn: "
+                f"hepascope's tuned session ({mc['threads']} threads) "
+                f"{_num(mc['hepascope_session_p50_ms'])} ms, ONNX Runtime's defaults (what "
+                "FAST's engine opens) "
                 f"{_num(mc['ort_default_session_p50_ms'])} ms: the session settings alone "
                 f"make the call {_num(mc['default_over_hepascope_x'])}x faster (part of the "
                 "ratios above).", ""]
