@@ -30,6 +30,7 @@ import numpy as np
 from hepascope.core.config import load_config
 from hepascope.core.errors import guard_main
 from hepascope.core.export_format import BIMODAL_GRAPHS, HEAD_FILE, META_ROLE, SINGLE_FILE
+from hepascope.core.preprocess import PreprocessSpec
 from hepascope.engines.onnxruntime import OnnxRuntimeEngine
 
 LABELS = ["normal", "cyst", "hemangioma", "hcc", "metastasis", "fatty_sparing"]
@@ -65,9 +66,13 @@ def matmul_peak(n: int = 8192, reps: int = 10) -> dict[str, float]:
     return out
 
 
-def export(name: str, kwargs: dict[str, Any], out: Path) -> tuple[list[Path], int]:
+def export(name: str, kwargs: dict[str, Any], out: Path,
+           specs: tuple[PreprocessSpec, PreprocessSpec] | None = None
+           ) -> tuple[list[Path], int]:
     """Export registered model ``name`` (random weights) with its checkpoint beside; return
-    the graphs the live path runs per frame, in order, and the model's FLOPs per frame."""
+    the graphs the live path runs per frame, in order, and the model's FLOPs per frame.
+    ``specs`` (B-mode, CEUS) replace the config's preprocessing, sizes included (the FAST
+    peer's plain resize + normalise over the whole frame, ``bench/peer_section.py``)."""
     import torch
 
     from hepascope.train.data import make_specs
@@ -80,7 +85,7 @@ def export(name: str, kwargs: dict[str, Any], out: Path) -> tuple[list[Path], in
     m: Any = model
     bsize = tuple(kwargs.get("bmode_size", m.default_input_size[-2:]))
     csize = tuple(kwargs.get("ceus_size", m.default_input_size[-2:]))
-    bspec, cspec = make_specs(load_config(), bsize, csize)
+    bspec, cspec = specs or make_specs(load_config(), bsize, csize)
     window = int(kwargs.get("window", m.default_input_size[0] if m.input_kind == "clip" else 6))
     meta = {"model": name, "labels": LABELS[: kwargs["num_classes"]], "window": window,
             "interval_s": 0.5, "kwargs": kwargs,

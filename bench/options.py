@@ -37,6 +37,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true",
                    help="small budgets: every section, in under 5 minutes on 2 cores")
     p.add_argument("--no-int8", action="store_true", help="skip the ONNX Runtime INT8 variant")
+    p.add_argument("--peer", choices=["fast"], help="also run a peer framework beside the "
+                   "live pipeline on the same video and model, alternating (fast: FAST via "
+                   "pyfast, needs an OpenCL platform); the report gives the ratios")
+    p.add_argument("--video", type=Path, metavar="FILE", help="the peer section's video "
+                   "(default: a 640x480 30 fps phantom clip made in the run)")
+    p.add_argument("--pairs", type=positive(int), default=3, metavar="N",
+                   help="ABAB pairs per peer mode, unpaced and paced (default 3)")
     p.add_argument("--out", type=Path, metavar="DIR",
                    help="results directory (default bench/results/<machine>/<date>)")
     # budgets for tests and quick looks

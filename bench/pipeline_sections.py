@@ -74,12 +74,23 @@ def _stage_table(rows: list[dict[str, Any]], rx: dict[tuple[str, int], int],
     return table
 
 
+def _steady(rows: list[dict[str, Any]], c2p: list[float]) -> dict[str, float | None]:
+    """Results/s and capture->publish p50/p99 from the first result on (start-up and the
+    first inference left out), as the FAST peer is timed (``bench/peer_section.py``)."""
+    span_s = (rows[-1]["t_publish_ns"] - rows[0]["t_publish_ns"]) / 1e9 if rows else 0.0
+    return {"steady_results_per_s": round((len(rows) - 1) / span_s, 2) if span_s > 0 else None,
+            "steady_capture_to_publish_p50_ms": pct(c2p[1:], 50),
+            "steady_capture_to_publish_p99_ms": pct(c2p[1:], 99)}
+
+
 def pipeline_section(model: Path, *, source: str = "phantom:7", fps: float, seconds: float,
                      engine: str = "onnxruntime", threads: int | None = None,
-                     wait_start: Callable[[], None] | None = None) -> dict[str, Any]:
+                     wait_start: Callable[[], None] | None = None,
+                     max_rate: bool = False) -> dict[str, Any]:
     """The live path on ``source`` paced at ``fps`` for ``seconds``, with a subscriber
     measuring capture->overlay. ``wait_start`` (scaling) is called once everything is
-    open, just before frames flow. Figures are the main model's."""
+    open, just before frames flow. ``max_rate``: unpaced (a file decoded as fast as the
+    model takes frames; the FAST peer's throughput). Figures are the main model's."""
     if fps <= 0 or seconds <= 0:
         raise ValueError(f"fps and seconds must be > 0, got {fps}, {seconds}")
     decode_ms = decode_cost_ms(source, fps)
@@ -94,8 +105,8 @@ def pipeline_section(model: Path, *, source: str = "phantom:7", fps: float, seco
     try:
         summary = run_pipeline(RunRequest(
             source=source, model=model, config=load_config(), publish="tcp://127.0.0.1:*",
-            options=source_options(source, fps), duration_s=seconds, engine=engine,
-            threads=threads, listeners=(listener,), on_bound=bound))
+            options=source_options(source, fps, max_rate=max_rate), duration_s=seconds,
+            engine=engine, threads=threads, listeners=(listener,), on_bound=bound))
     finally:
         probe.close()
     usage = res.finish()
@@ -116,6 +127,7 @@ def pipeline_section(model: Path, *, source: str = "phantom:7", fps: float, seco
         # the same results' capture->publish, so the two can be compared one to one
         "matched_capture_to_publish_p50_ms": pct(c2p_matched, 50),
         "matched_capture_to_publish_p99_ms": pct(c2p_matched, 99),
+        **_steady(rows, c2p),
         "overlay_received": probe.received, "overlay_matched": len(matched),
         "publish_dropped": summary["publish_dropped"],
         # unpaced sources only: frames after which decoding waited for the model to take one

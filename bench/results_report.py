@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hepascope.bench.headline import headline_md
+from hepascope.bench.peer_section import peer_md
 from hepascope.bench.results_keys import find_value, flatten, unit
 
 PIPELINE_SECTIONS = ("pipeline", "naive", "baseline_ratio", "pipeline_60fps", "naive_60fps",
@@ -370,6 +371,7 @@ def summary_md(res: dict[str, Any]) -> str:
     for name in PIPELINE_SECTIONS:
         lines += _section_md(name, res.get(name, {}))
     lines += ["![per-stage latency](stages.png)", "", "![stream scaling](scaling.png)", "",
+              *peer_md(res.get("peer")),
               "## Seed paper beside ours", "", *_seed_md(res), "## Method", "",
               *_method_md(res)]
     return "\n".join(lines) + "\n"

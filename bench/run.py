@@ -204,7 +204,9 @@ def run_bench(args: argparse.Namespace, command: str, work: Path) -> dict[str, A
     seconds = args.seconds or float(base["seconds"])
     t_start = time.perf_counter()
     names = _model_list(args)
-    steps = Steps(2 + bool(args.model) + len(names) + 8)  # peak, exports, models, pipeline
+    peer = getattr(args, "peer", None)
+    # peak, exports, models, pipeline, peer
+    steps = Steps(2 + bool(args.model) + len(names) + 8 + bool(peer))
     res: dict[str, Any] = {"facts": facts(args.device, command, quick)}
     t0 = steps.start("peak")
     res["peak"] = peaks(args.device, args.peak_sizes or tuple(base["peak_sizes"]))
@@ -225,6 +227,8 @@ def run_bench(args: argparse.Namespace, command: str, work: Path) -> dict[str, A
     res.update(pipeline_sections(live, device=args.device, seconds=seconds,
                                  streams=args.streams, work=work, steps=steps,
                                  scaling_model=_single_frame_model(live, graphs)))
+    if peer:
+        res["peer"] = _peer_entry(args, work, seconds, steps)
     res["seed_paper"] = seed_paper(res)
     res["headline"] = headline(res)
     res["budget"] = {"runs": budget.runs, "batches": list(budget.batches),
@@ -249,6 +253,22 @@ def _model_entry(g: Graphs, args: argparse.Namespace, work: Path, budget: Budget
                 "gmacs": None if g.flops is None else g.flops / 2e9,
                 "graphs": [p.name for p in g.paths], "inputs": g.inputs, "engines": {},
                 "error": f"{type(e).__name__}: {e}"}
+
+
+def _peer_entry(args: argparse.Namespace, work: Path, seconds: float,
+                steps: Steps) -> dict[str, Any]:
+    """The ``--peer`` section (``bench/peer_section.py``), or its ``error`` (logged)."""
+    from hepascope.bench.peer_section import peer_section
+
+    t0 = steps.start(f"peer {args.peer}")
+    try:
+        entry = peer_section(args.peer, work=work / "peer", seconds=seconds,
+                             pairs=args.pairs, video=args.video)
+    except Exception as e:  # reported in the summary and the exit status; others stand
+        log.info("bench section peer failed", exc_info=e)
+        entry = {"peer": args.peer, "error": f"{type(e).__name__}: {e}"}
+    steps.end(f"peer {args.peer}", t0, entry)
+    return entry
 
 
 def _pipeline_model(given: Path | None, graphs: list[Graphs], work: Path) -> Path:

@@ -115,9 +115,11 @@ def judge(samples: list[Sample], limits: Limits) -> tuple[dict[str, Any], list[s
 
 
 def make_clip(path: Path, *, seconds: float = 4.0, fps: int = 30, gop: int = 15,
-              seed: int = 0) -> Path:
-    """An H.264 MP4 of the phantom's dual-view session (768x384, the default layout)."""
+              seed: int = 0, size: tuple[int, int] | None = None) -> Path:
+    """An H.264 MP4 of the phantom's dual-view session (768x384, the default layout), or
+    of its frames resized to ``size`` (W, H; the FAST peer's 640x480 single view)."""
     import av
+    import cv2
 
     from hepascope.stream.sources.phantom import PhantomSource
 
@@ -128,9 +130,12 @@ def make_clip(path: Path, *, seconds: float = 4.0, fps: int = 30, gop: int = 15,
             "preset": "ultrafast", "tune": "zerolatency", "crf": "28", "g": str(gop),
             "bf": "0"})
         for i, frame in zip(range(n), src, strict=False):
+            bgr = frame.bgr() if size is None else cv2.resize(frame.bgr(), size,
+                                                              interpolation=cv2.INTER_AREA)
             if i == 0:
-                stream.width, stream.height, stream.pix_fmt = frame.width, frame.height, "yuv420p"
-            vf = av.VideoFrame.from_ndarray(frame.bgr(), format="bgr24")
+                stream.height, stream.width = bgr.shape[:2]
+                stream.pix_fmt = "yuv420p"
+            vf = av.VideoFrame.from_ndarray(bgr, format="bgr24")
             vf.pts, vf.time_base = i, Fraction(1, fps)
             out.mux(stream.encode(vf))
         out.mux(stream.encode())
