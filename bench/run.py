@@ -145,13 +145,15 @@ def failed_sections(res: dict[str, Any]) -> list[str]:
 def pipeline_sections(model: Path, *, device: str, seconds: float, streams: tuple[int, ...],
                       work: Path, steps: Steps | None = None,
                       scaling_model: Path | None = None) -> dict[str, Any]:
-    """The live-pipeline sections of ``bench/pipeline_sections.py``, each {"not_available": why}
+    """The live-pipeline sections (``bench/pipeline_sections.py``, the naive baseline of
+    ``bench/naive.py``), each {"not_available": why}
     where the module is missing, {"error": ...} where it failed (logged). ``scaling_model``:
     what the scaling section runs (default ``model``): a single-frame classifier, so that
     its batched mode can batch it."""
     names = ("pipeline", "naive", "baseline_ratio", "pipeline_60fps", "naive_60fps",
              "baseline_ratio_60fps", "scaling", "slow_model")
     try:
+        from hepascope.bench import naive as nv
         from hepascope.bench import pipeline_sections as pl
     except ImportError as e:
         return {n: {"not_available": f"bench/pipeline_sections.py: {e}"} for n in names}
@@ -160,14 +162,14 @@ def pipeline_sections(model: Path, *, device: str, seconds: float, streams: tupl
     calls: dict[str, Any] = {
         "pipeline": lambda: pl.pipeline_section(model, source="phantom:7", fps=PIPELINE_FPS,
                                                 seconds=seconds, engine=engine),
-        "naive": lambda: pl.naive_section(model, source="phantom:7", fps=PIPELINE_FPS,
+        "naive": lambda: nv.naive_section(model, source="phantom:7", fps=PIPELINE_FPS,
                                           seconds=seconds),
-        "baseline_ratio": lambda: pl.baseline_ratio(out["pipeline"], out["naive"]),
+        "baseline_ratio": lambda: nv.baseline_ratio(out["pipeline"], out["naive"]),
         "pipeline_60fps": lambda: pl.pipeline_section(model, source="phantom:7", fps=FAST_FPS,
                                                       seconds=seconds, engine=engine),
-        "naive_60fps": lambda: pl.naive_section(model, source="phantom:7", fps=FAST_FPS,
+        "naive_60fps": lambda: nv.naive_section(model, source="phantom:7", fps=FAST_FPS,
                                                 seconds=seconds),
-        "baseline_ratio_60fps": lambda: pl.baseline_ratio(out["pipeline_60fps"],
+        "baseline_ratio_60fps": lambda: nv.baseline_ratio(out["pipeline_60fps"],
                                                           out["naive_60fps"]),
         # looped phantom clips: a decode per frame, so the model's sharing is measured
         "scaling": lambda: pl.scaling_section(scaling_model or model, streams=streams,

@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 from support.models import BIMODAL_SMALL, shrink_kwargs, small_export_meta, small_model
 
+from hepascope.bench.naive import baseline_ratio, naive_section
 from hepascope.bench.pipeline_sections import (
-    baseline_ratio,
-    naive_section,
     pipeline_section,
     scaling_section,
     slow_model_section,
