@@ -43,3 +43,21 @@ def video30(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def small_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_classifier(tmp_path_factory.mktemp("models") / "small.onnx")
+
+
+@pytest.fixture(scope="session")
+def bimodal_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small bimodal export with its checkpoint and programs (the torch engine runs them),
+    made once: the bench's sections and its end-to-end run time it."""
+    import torch
+    from support.models import BIMODAL_SMALL, shrink_kwargs, small_export_meta, small_model
+
+    from hepascope.train.export import export_checkpoint
+
+    torch.manual_seed(0)
+    model, size = small_model("bimodal_resnet18_lite")
+    out = tmp_path_factory.mktemp("bimodal")
+    kwargs = {"num_classes": 3, **BIMODAL_SMALL, **shrink_kwargs("bimodal_resnet18_lite")}
+    export_checkpoint(model, {**small_export_meta("bimodal_resnet18_lite", size),  # type: ignore[arg-type]
+                              "kwargs": kwargs}, out)
+    return out

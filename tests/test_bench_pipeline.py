@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from support.models import BIMODAL_SMALL, shrink_kwargs, small_export_meta, small_model
 
 from hepascope.bench.naive import baseline_ratio, naive_section
 from hepascope.bench.pipeline_sections import (
@@ -19,22 +18,6 @@ from hepascope.bench.pipeline_sections import (
 
 SECONDS = 2.0
 STAGES = {"capture_decode", "ring", "preprocess", "infer", "publish", "overlay_receive"}
-
-
-@pytest.fixture(scope="module")
-def bimodal_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small bimodal export with its programs (the torch engine runs them)."""
-    import torch
-
-    from hepascope.train.export import export_checkpoint
-
-    torch.manual_seed(0)
-    model, size = small_model("bimodal_resnet18_lite")
-    out = tmp_path_factory.mktemp("bimodal")
-    kwargs = {"num_classes": 3, **BIMODAL_SMALL, **shrink_kwargs("bimodal_resnet18_lite")}
-    export_checkpoint(model, {**small_export_meta("bimodal_resnet18_lite", size),  # type: ignore[arg-type]
-                              "kwargs": kwargs}, out)
-    return out
 
 
 def _p50_le_p99(d: dict[str, object], prefix: str) -> None:
