@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from hepascope.core.config import load_config
+from hepascope.core.errors import guard_main
 from hepascope.core.preprocess import PreprocessSpec
 
 # torch, the torch backend and the model code are imported inside the functions (the layer
@@ -99,8 +100,10 @@ def compare(model_name: str, size: int, rounds: int) -> dict[str, dict[str, floa
     return out
 
 
+@guard_main
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m hepascope.bench.torch_program",
+                                description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="bimodal_resnet18_lite")
     p.add_argument("--size", type=int, default=112)
     p.add_argument("--rounds", type=int, default=150)
