@@ -33,6 +33,7 @@ def test_bench_registration_is_torch_free_and_parses() -> None:
         parser.parse_args(["bench", "--streams", "0"])
 
 
+@pytest.mark.slow  # the whole command (~30 s); its sections are tested one by one by default
 def test_bench_tiny_budget_writes_every_file_and_section(tmp_path: Path,
                                                          bimodal_export: Path) -> None:
     """The whole command on a small bimodal export (``--model``; ``--models ,``: no other

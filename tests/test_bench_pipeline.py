@@ -70,7 +70,7 @@ def test_pipeline_and_naive_sections_and_their_ratio(bimodal_export: Path) -> No
 
 
 def test_scaling_section_runs_per_process_and_batched(small_model: Path) -> None:
-    out = scaling_section(small_model, streams=(1, 2), fps=30, seconds=SECONDS)
+    out = scaling_section(small_model, streams=(1, 2), fps=30, seconds=1.0)
     assert [r["streams"] for r in out["runs"]] == [1, 2]
     for run in out["runs"]:
         rows = run["per_stream"]

@@ -55,7 +55,7 @@ def test_slow_inference_drops_frames_and_keeps_latency_flat(tmp_path: Path,
                                                             video30: Path) -> None:
     # ~4 convolutions of 64 channels at 128x128: slower than the 33 ms frame interval
     slow = make_classifier(tmp_path / "slow.onnx", heavy=6, shape=(1, 1, 128, 128))
-    summary, sink = _run(video30, slow, duration_s=8, loop=True)
+    summary, sink = _run(video30, slow, duration_s=5, loop=True)
     results = sink.of(TOPIC_RESULT)
     infer_ms = float(np.median([r["latency_ms"]["infer"] for r in results]))
     totals = [r["latency_ms"]["total"] for r in results]

@@ -83,7 +83,7 @@ def rtsp(url: str, read_timeout_s: float = 1.0) -> Callable[[], RtspSource]:
 
 @pytest.mark.timeout(90)
 def test_frames_keep_flowing_across_server_kills(clip: Path) -> None:
-    cycles = 3
+    cycles = 2
     with RtspServer(clip, loop=True, max_lifetime=80) as srv:
         port = srv.port
         src = Reconnecting(rtsp(srv.url), backoff_initial_s=0.05, backoff_max_s=0.5)
