@@ -192,7 +192,7 @@ def test_a_damaged_shipped_model_is_refused(tmp_path: Path) -> None:
 
 def test_a_quick_demo_reports_the_scored_figures(tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    """Two 6-s sessions (1-s patients) with the shipped model: the live run and the
+    """Two 3-s sessions (0.5-s patients) with the shipped model: the live run and the
     lockstep scoring of 12 patients, with every figure the report promises."""
     import time
 
@@ -200,10 +200,10 @@ def test_a_quick_demo_reports_the_scored_figures(tmp_path: Path,
 
     monkeypatch.setenv("HEPASCOPE_CACHE", str(tmp_path / "cache"))
     t0 = time.monotonic()
-    r = run_demo(tmp_path / "out", session_seeds=(7, 8), segment_s=1.0)
+    r = run_demo(tmp_path / "out", session_seeds=(7, 8), segment_s=0.5)
     print(f"\nquick demo {time.monotonic() - t0:.1f} s: {json.dumps(r['seconds'])}")
     sc = r["scored"]
-    assert sc["patients"] == 12 and sc["sessions"] == 2 and sc["frames"] == 360
+    assert sc["patients"] == 12 and sc["sessions"] == 2 and sc["frames"] == 180
     for k in ("coverage", "accuracy_labelled", "accuracy_all", "ece"):
         assert sc[k] is not None and 0 <= sc[k] <= 1, k
     assert len(sc["per_patient"]) == 12 and set(sc["per_class"]) == set(LESION_CLASSES)

@@ -61,8 +61,14 @@ def _compare(name: str, factory: pytest.TempPathFactory, device: str) -> None:
         ref.close()
 
 
+# the three slowest families on the CPU (VGG, Inception, DenseNet-3D, 3-8 s each) are the
+# long variant (--slow): the fp16 path they share with the others runs by default on six
+CPU_SLOW = ("vgg16_bn", "se_inception_resnet_v2", "dense3d")
+
+
 @cpu_fp16
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in CPU_SLOW
+                                  else n for n in FAMILIES])
 def test_fp16_matches_fp32_on_cpu(name: str, tmp_path_factory: pytest.TempPathFactory) -> None:
     _compare(name, tmp_path_factory, "cpu")
 
