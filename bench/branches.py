@@ -65,7 +65,7 @@ def _merge(d: Path) -> Path:
 
 def _inputs(engine: OnnxRuntimeEngine) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
-    return {s.name: rng.standard_normal([1, *(int(d or 1) for d in s.shape[1:])]
+    return {s.name: rng.standard_normal(s.at_batch(1, unknown=1)
                                         ).astype(np.float32) for s in engine.inputs}
 
 

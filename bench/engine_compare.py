@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import gc
 import json
 import subprocess
 import sys
@@ -28,6 +27,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from hepascope.bench.ort_peak import ort_matmul_peak
 from hepascope.bench.variant import Variant
 from hepascope.core.errors import ConfigError, DataError, guard_main
 from hepascope.core.export_format import SINGLE_FILE
+from hepascope.core.timing import interleaved_ms
 from hepascope.engines.onnxruntime import OnnxRuntimeEngine, OrtTuning, cpu_budget
 from hepascope.train.engine_build.calib import Samples, load_samples
 
@@ -142,31 +143,14 @@ KNOBS: tuple[tuple[str, str, dict[str, Any]], ...] = (
 
 def time_variants(variants: list[Variant], x: np.ndarray, runs: int, *, chunk: int = 10,
                   warmup: int = 10) -> dict[str, np.ndarray]:
-    """Latency (ms) of ``runs`` batch-1 calls of each variant, interleaved: rounds of
-    ``chunk`` timed calls per variant, the order rotating each round, each chunk after a
-    30 ms pause (so spinning threads of the previous variant have parked) and one untimed
-    call (the switch's cache misses are not the variant's), on the variant's next session
-    copy (identical sessions differ by up to 15% here, by where their buffers landed)."""
-    for v in variants:
-        for _ in range(warmup):
-            v.run(x)
-    times: dict[str, list[float]] = {v.name: [] for v in variants}
-    rounds = -(-runs // chunk)
-    gc.disable()
-    try:
-        for r in range(rounds):
-            order = variants[r % len(variants):] + variants[:r % len(variants)]
-            for v in order:
-                run = v.runs[r % len(v.runs)]
-                time.sleep(0.03)
-                run(x)
-                for _ in range(min(chunk, runs - r * chunk)):
-                    t0 = time.perf_counter_ns()
-                    run(x)
-                    times[v.name].append((time.perf_counter_ns() - t0) / 1e6)
-    finally:
-        gc.enable()
-    return {k: np.array(v) for k, v in times.items()}
+    """Latency (ms) of ``runs`` batch-1 calls of each variant, interleaved
+    (``core.timing.interleaved_ms``): rounds of ``chunk`` timed calls per variant, the order
+    rotating each round, each chunk after a 30 ms pause (so spinning threads of the previous
+    variant have parked) and one untimed call (the switch's cache misses are not the
+    variant's), on the variant's next session copy (identical sessions differ by up to 15%
+    here, by where their buffers landed)."""
+    calls = {v.name: [partial(run, x) for run in v.runs] for v in variants}
+    return interleaved_ms(calls, runs, chunk=chunk, warmup=warmup, settle=1, pause_s=0.03)
 
 
 def predict(v: Variant, samples: Samples) -> np.ndarray:

@@ -98,7 +98,7 @@ def export(name: str, kwargs: dict[str, Any], out: Path,
     for path in paths:
         eng = OnnxRuntimeEngine(path, threads=1)
         role = eng.metadata[META_ROLE]
-        xs = tuple(torch.zeros(1, *(int(d) for d in s.shape[1:]))
+        xs = tuple(torch.zeros(s.at_batch(1))
                    for s in eng.inputs)
         eng.close()
         flops += count_flops(graph_module(model, role), xs)
@@ -107,7 +107,7 @@ def export(name: str, kwargs: dict[str, Any], out: Path,
 
 def _feeds(engine: Any, batch: int, seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return {s.name: rng.normal(size=(batch, *s.shape[1:])).astype(np.float32)
+    return {s.name: rng.normal(size=s.at_batch(batch)).astype(np.float32)
             for s in engine.inputs}
 
 

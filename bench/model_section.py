@@ -85,7 +85,7 @@ def from_export(path: Path) -> Graphs:
         name, params, flops = str(meta["model"]), count_params(model), 0
         for p in paths:
             eng = OnnxRuntimeEngine(p, threads=1)
-            xs = tuple(torch.zeros(1, *(int(x) for x in s.shape[1:]))
+            xs = tuple(torch.zeros(s.at_batch(1))
                        for s in eng.inputs)
             role = eng.metadata[META_ROLE]
             eng.close()
@@ -105,7 +105,7 @@ def _describe(paths: list[Path]) -> list[str]:
 def feeds(engine: Any, batch: int, seed: int) -> dict[str, np.ndarray]:
     """Standard-normal inputs (the preprocessed frames' scale) at ``batch``."""
     rng = np.random.default_rng(seed)
-    return {s.name: rng.standard_normal((batch, *s.shape[1:])).astype(np.float32)
+    return {s.name: rng.standard_normal(s.at_batch(batch)).astype(np.float32)
             for s in engine.inputs}
 
 

@@ -149,11 +149,12 @@ def session_check(model: Path, threads: int, calls: int = 40) -> dict[str, Any]:
     tuned = OnnxRuntimeEngine(model, threads=threads)
     plain = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     spec = tuned.inputs[0]
-    x = np.zeros((1, *(int(d or 1) for d in spec.shape[1:])), np.float32)
-    variants = [Variant("hepascope", "tuned session", [lambda a: tuned.infer({spec.name: a})],
-                        tuned.close, 0.0),
+    x = np.zeros(spec.at_batch(1, unknown=1), np.float32)
+    first = tuned.outputs[0].name
+    variants = [Variant("hepascope", "tuned session",
+                        [lambda a: tuned.infer({spec.name: a})[first]], tuned.close, 0.0),
                 Variant("ort_defaults", "ONNX Runtime's defaults",
-                        [lambda a: plain.run(None, {spec.name: a})], lambda: None, 0.0)]
+                        [lambda a: plain.run(None, {spec.name: a})[0]], lambda: None, 0.0)]
     try:
         ms = time_variants(variants, x, calls, warmup=3)
     finally:

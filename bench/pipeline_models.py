@@ -138,7 +138,7 @@ def infer_ms(path: Path, *, threads: int = 1, runs: int = 5) -> float:
     """Median ONNX Runtime inference time of ``path`` (ms), after one warm-up run."""
     eng = open_engine(path, "onnxruntime", threads=threads)
     try:
-        feeds = {s.name: np.zeros([1, *(d if isinstance(d, int) else 1 for d in s.shape[1:])],
+        feeds = {s.name: np.zeros(s.at_batch(1, unknown=1),
                                   s.dtype) for s in eng.inputs}
         eng.infer(feeds)
         times = []

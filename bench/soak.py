@@ -135,7 +135,7 @@ def make_clip(path: Path, *, seconds: float = 4.0, fps: int = 30, gop: int = 15,
             if i == 0:
                 stream.height, stream.width = bgr.shape[:2]
                 stream.pix_fmt = "yuv420p"
-            vf = av.VideoFrame.from_ndarray(bgr, format="bgr24")
+            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(bgr, np.uint8), format="bgr24")
             vf.pts, vf.time_base = i, Fraction(1, fps)
             out.mux(stream.encode(vf))
         out.mux(stream.encode())

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import copy
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import numpy as np
 from hepascope.core.config import load_config
 from hepascope.core.errors import guard_main
 from hepascope.core.preprocess import PreprocessSpec
+from hepascope.core.timing import interleaved_ms
 
 # torch, the torch backend and the model code are imported inside the functions (the layer
 # contract: torch only in train/, and lazily in the torch backend and the bench)
@@ -42,17 +42,14 @@ def _export(model_name: str, size: int, out: Path) -> Any:
 
 
 def _interleave(runs: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
-    """p50 ms of each run, called in turn round by round (the first eighth discarded)."""
+    """p50 ms of each run, one call per turn (``core.timing.interleaved_ms``), after
+    ``rounds // 8`` untimed calls of each."""
     import torch
 
-    t: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(rounds):
-        for name, run in runs.items():
-            t0 = time.perf_counter()
-            with torch.inference_mode():
-                run()
-            t[name].append(time.perf_counter() - t0)
-    return {k: float(np.median(v[rounds // 8:]) * 1e3) for k, v in t.items()}
+    with torch.inference_mode():
+        ms = interleaved_ms({k: [run] for k, run in runs.items()}, rounds, chunk=1,
+                            warmup=rounds // 8, settle=0)
+    return {k: float(np.median(v)) for k, v in ms.items()}
 
 
 def _graph_runs(graph: Path, model: Any) -> tuple[dict[str, Callable[[], object]], list[Any]]:
@@ -65,7 +62,7 @@ def _graph_runs(graph: Path, model: Any) -> tuple[dict[str, Callable[[], object]
 
     lean = torch_engine.TorchEngine(graph, device="cpu", threads=1)
     real = torch_engine.lean_module
-    torch_engine.lean_module = lambda m: m
+    torch_engine.lean_module = lambda gm: gm
     try:
         plain = torch_engine.TorchEngine(graph, device="cpu", threads=1)
     finally:
@@ -73,7 +70,7 @@ def _graph_runs(graph: Path, model: Any) -> tuple[dict[str, Callable[[], object]
     eager = prepare_module(graph_module(copy.deepcopy(model), graph.stem), device="cpu",
                            fp16=False, channels_last=False)
     rng = np.random.default_rng(0)
-    feeds = {s.name: rng.standard_normal((1, *s.shape[1:])).astype(np.float32)
+    feeds = {s.name: rng.standard_normal(s.at_batch(1)).astype(np.float32)
              for s in lean.inputs}
     x = torch.from_numpy(next(iter(feeds.values())))
     return {"lean": lambda: lean.infer(feeds), "plain": lambda: plain.infer(feeds),

@@ -27,6 +27,19 @@ class TensorSpec:
     def static(self) -> bool:
         return all(isinstance(d, int) for d in self.shape)
 
+    def at_batch(self, batch: int = 1, unknown: int | None = None) -> tuple[int, ...]:
+        """The shape with ``batch`` as its first size; another size that is not static
+        becomes ``unknown``, or raises ``ModelError`` when that is None."""
+        dims = []
+        for d in self.shape[1:]:
+            if not isinstance(d, int):
+                if unknown is None:
+                    raise ModelError(f"{self.describe()}: a size other than the batch is not "
+                                     "static")
+                d = unknown
+            dims.append(d)
+        return (batch, *dims)
+
     def describe(self) -> str:
         dims = ",".join(str(d) if isinstance(d, int) else "?" for d in self.shape)
         return f"{self.name}[{dims}] {self.dtype}"

@@ -167,7 +167,7 @@ class TrtEngine:
         """Set every input's shape at ``batch`` and read the outputs' shapes."""
         shapes: dict[str, tuple[int, ...]] = {}
         for s in self.inputs:
-            shape = (batch, *(int(d) for d in s.shape[1:]))
+            shape = s.at_batch(batch)
             if not self._context.set_input_shape(s.name, shape):
                 raise ModelError(f"{self.plan.name}: TensorRT refused input {s.name!r} of "
                                  f"shape {shape} ({self._logger.last_error()})")

@@ -213,8 +213,7 @@ class TorchEngine:
                  self.path.name, device, self.fp16, self.channels_last, self.cuda_graph)
         if cuda and all(s.static for s in self._batch_one()):
             try:  # the live path's batch 1, warmed up (and captured) now, not on frame one
-                self.infer({s.name: np.zeros(s.shape, s.dtype)
-                            for s in self._batch_one()})
+                self.infer({s.name: np.zeros(s.at_batch(1), s.dtype) for s in self.inputs})
             except BaseException:
                 self.close()
                 raise

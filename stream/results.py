@@ -17,6 +17,17 @@ from hepascope.stream.classifier import Classifier
 MS = 1e-6  # ns -> ms
 
 
+class Named(Protocol):
+    """What a result message is built from: the model's name and class labels (a main
+    model, a side model, one stream's verdict of a batched model)."""
+
+    @property
+    def labels(self) -> tuple[str, ...]: ...
+
+    @property
+    def model_name(self) -> str: ...
+
+
 class SideModel(Protocol):
     """A model run beside the main one on its own cadence (``ClipStreamer``): ``step`` sees
     every frame its thread takes and returns probabilities and stage times (ms) only for
@@ -42,7 +53,7 @@ def side_step(model: SideModel, frame: Frame, t_read: int) -> dict[str, Any] | N
     return None if out is None else result_message(model, frame, t_read, out)
 
 
-def result_message(model: Classifier | SideModel, frame: Frame, t_read: int,
+def result_message(model: Named, frame: Frame, t_read: int,
                    out: tuple[np.ndarray, dict[str, float]]) -> dict[str, Any]:
     """The result map of ``model``'s output on ``frame``: its top class and the status the
     model gives in ``result_fields()`` (``ok`` if none: a verdict is ``uncertain`` or

@@ -14,7 +14,7 @@ from hepascope.stream.ring_owner import this_process
 try:
     from hepascope.stream import ring_native
 except ImportError as exc:  # not built: import still works, using a ring says how to fix
-    ring_native = None
+    ring_native = None  # type: ignore[assignment]
     _IMPORT_ERROR: ImportError | None = exc
 else:
     _IMPORT_ERROR = None

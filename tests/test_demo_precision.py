@@ -15,6 +15,8 @@ import pytest
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
+from support.bimodal import tiny_bimodal_export  # noqa: E402
+
 from hepascope.core.config import load_config  # noqa: E402
 from hepascope.core.export_format import (  # noqa: E402
     BIMODAL_GRAPHS,
@@ -27,10 +29,7 @@ from hepascope.core.frame import Frame  # noqa: E402
 from hepascope.phantom import Phantom, make_case  # noqa: E402
 from hepascope.stream.model_loader import open_model, precision_entry  # noqa: E402
 from hepascope.train import demo_precision as dp  # noqa: E402
-from hepascope.train.datasets.phantom import ClipWindow, phantom_arrays  # noqa: E402
 from hepascope.train.demo_model import verify_model  # noqa: E402
-from hepascope.train.export import export_bimodal  # noqa: E402
-from hepascope.train.models import create_model  # noqa: E402
 
 BM, CE, HEAD = BIMODAL_GRAPHS
 
@@ -58,15 +57,7 @@ def test_int8_only_where_faster() -> None:
 def export(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A random-weight bimodal export with a manifest, and phantom windows for it."""
     d = tmp_path_factory.mktemp("precision")
-    data = phantom_arrays("sol2", patients_per_class=3, samples_per_patient=2,
-                          kinds={"bimodal"}, bmode_size=(48, 48), ceus_size=(32, 32),
-                          window=ClipWindow(2, 1 / 3), workers=1)
-    torch.manual_seed(0)
-    model = create_model("bimodal_resnet18_lite", num_classes=2, window=2, width=16,
-                         ceus_width=8, bmode_size=(48, 48), ceus_size=(32, 32))
-    export_bimodal(model, {"model": "bimodal_resnet18_lite", "labels": list(data.classes),
-                           "window": 2, "interval_s": 1 / 3, "preprocess": data.preprocess},
-                   d / "onnx")
+    data = tiny_bimodal_export(d / "onnx", patients_per_class=3)
     files = {n: dp.sha256_file(d / "onnx" / n) for n in BIMODAL_GRAPHS}
     (d / "onnx" / MANIFEST_FILE).write_text(json.dumps({"files": files, "temperature": 1.0}))
     return {"dir": d / "onnx", "data": data}

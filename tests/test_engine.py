@@ -86,3 +86,14 @@ def test_logits_become_probabilities_and_label_counts_are_checked(tmp_path: Path
     onnx.save(model, str(path))
     with pytest.raises(ModelError, match="not valid JSON"):
         FrameClassifier(open_engine(path), load_config())
+
+
+def test_a_spec_at_a_batch_size_keeps_its_static_sizes_and_refuses_an_unknown_one() -> None:
+    from hepascope.engines.interface import TensorSpec
+
+    spec = TensorSpec("bmode", (None, 1, 64, 64), np.dtype(np.float32))
+    assert spec.at_batch(8) == (8, 1, 64, 64)
+    ragged = TensorSpec("bmode", (None, 1, "h", 64), np.dtype(np.float32))
+    assert ragged.at_batch(2, unknown=32) == (2, 1, 32, 64)
+    with pytest.raises(ModelError, match="not static"):
+        ragged.at_batch(1)

@@ -13,6 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
+from support.bimodal import tiny_bimodal_export  # noqa: E402
 from support.models import make_classifier  # noqa: E402
 
 from hepascope.core.config import load_config  # noqa: E402
@@ -23,14 +24,13 @@ from hepascope.phantom.patient import make_case  # noqa: E402
 from hepascope.phantom.render import Phantom  # noqa: E402
 from hepascope.stream.model_loader import open_model  # noqa: E402
 from hepascope.train.datasets.phantom import (  # noqa: E402
-    ClipWindow,
     phantom_arrays,
     write_task_dataset,
 )
 from hepascope.train.engine_build.calib import calibration_feeds, load_samples  # noqa: E402
 from hepascope.train.engine_build.quantize import main as quantize_main  # noqa: E402
 from hepascope.train.engine_build.quantize import quantize_int8  # noqa: E402
-from hepascope.train.export import export_bimodal, export_single  # noqa: E402
+from hepascope.train.export import export_single  # noqa: E402
 from hepascope.train.models import create_model  # noqa: E402
 
 # INT8 vs float on these frames: max |probability difference| (measured 0.01 on this model)
@@ -166,16 +166,8 @@ def test_quantize_cli(setup: dict[str, Any], tmp_path: Path,
 def test_bimodal_encoders_calibrate_and_quantise(tmp_path: Path) -> None:
     """Each encoder of a bimodal export gets its own view's frames (the CEUS encoder the
     newest frame of each window); the head, fed features, is refused."""
-    data = phantom_arrays("sol2", patients_per_class=2, samples_per_patient=2,
-                          kinds={"bimodal"}, bmode_size=(48, 48), ceus_size=(32, 32),
-                          window=ClipWindow(2, 1 / 3), workers=1)
+    data = tiny_bimodal_export(tmp_path / "onnx", patients_per_class=2)
     npz = data.save(tmp_path / "bimodal.npz")
-    torch.manual_seed(0)
-    model = create_model("bimodal_resnet18_lite", num_classes=2, window=2, width=16,
-                         ceus_width=8, bmode_size=(48, 48), ceus_size=(32, 32))
-    export_bimodal(model, {"model": "bimodal_resnet18_lite", "labels": list(data.classes),
-                           "window": 2, "interval_s": 1 / 3, "preprocess": data.preprocess},
-                   tmp_path / "onnx")
     newest = {"bmode_encoder": data.bmode, "ceus_encoder": data.ceus[:, -1]}
     for part, name in (("bmode_encoder", "bmode"), ("ceus_encoder", "ceus")):
         path = tmp_path / "onnx" / f"{part}.onnx"

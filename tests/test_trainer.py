@@ -130,3 +130,29 @@ def test_ddp_two_cpu_ranks_train_identical_weights(tmp_path: Path) -> None:
     meta = json.loads((tmp_path / "model.json").read_text())
     assert meta["train"]["world_size"] == 2
     assert meta["train"]["final_weights_sha256"] == digests[0]
+
+
+@pytest.mark.parametrize("select_after, best, ran", [(0.0, 1, 2), (0.5, 4, 5)])
+def test_an_early_validation_peak_is_not_kept_after_select_after(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, select_after: float, best: int,
+        ran: int) -> None:
+    """Validation that peaks by chance in epoch 1 (scripted from outside the trainer): with
+    ``select_after`` 0 that epoch is kept and the run stops a patience later; with 0.5
+    nothing stops before epoch 3 of 6, where selection starts again: the best of the later
+    epochs is kept and the run stops a patience after it."""
+    import hepascope.train.trainer as trainer
+
+    scores = iter([0.9, 0.5, 0.6, 0.8, 0.7, 0.6])
+
+    def scripted(*args: object, **kwargs: object) -> dict[str, object]:
+        s = next(scores)
+        return {"loss": 1.0 - s, "accuracy": s, "macro_f1": s, "sensitivity": {"a": s, "b": s},
+                "specificity": {"a": s, "b": s}, "confusion": [[1, 0], [0, 1]], "n_samples": 2}
+
+    monkeypatch.setattr(trainer, "evaluate", scripted)
+    cfg = TrainConfig(model="resnet18", epochs=6, batch_size=8, num_threads=1, device="cpu",
+                      model_args=SMALL["resnet18"], patience=1, select_after=select_after)
+    res = train(make_arrays(), cfg, tmp_path, progress=False)
+    assert (res.best_epoch, res.epochs_run, res.stopped) == (best, ran, "early")
+    with pytest.raises(ValueError, match="select_after"):
+        TrainConfig(select_after=1.0)

@@ -79,6 +79,10 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    default="balanced_accuracy",
                    help="validation score for best epoch and early stopping (default "
                    "balanced_accuracy, ties to the lower loss)")
+    g.add_argument("--select-after", type=_share, metavar="SHARE",
+                   help="keep no best weights and stop nothing before this share of the "
+                   "epochs (default: --data: 0.5, a small validation set peaks by chance "
+                   "early; phantom: 0)")
     g.add_argument("--ema-span", type=_unit, metavar="SHARE", default=0.0,
                    help="validate and keep an average of the weights with this time constant "
                    "(share of all steps; default 0: off)")
@@ -105,6 +109,13 @@ def _unit(text: str) -> float:
     value = float(text)
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
     return value
 
 
@@ -157,11 +168,18 @@ def train_config(args: argparse.Namespace, model: str, data: Any = None,
 
         patience = patience_for(epochs) if args.data is not None else 3
         _note(args, "patience", patience)
+    select_after = args.select_after
+    if select_after is None:
+        from hepascope.train.datasets.probe import SELECT_AFTER
+
+        select_after = SELECT_AFTER if args.data is not None else 0.0
+        _note(args, "select_after", select_after)
     try:
         return TrainConfig(model=model, epochs=epochs, batch_size=args.batch_size,
                            lr=args.lr, weight_decay=args.weight_decay, optimizer=args.optimizer,
                            seed=args.seed, num_threads=args.threads, patience=patience,
                            monitor=args.monitor, ema_span=args.ema_span,
+                           select_after=select_after,
                            max_minutes=args.max_minutes, val_fraction=args.val_fraction,
                            balanced=not args.no_balance, augment=not args.no_augment,
                            device=args.device, amp=not args.no_amp,

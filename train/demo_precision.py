@@ -19,11 +19,13 @@ import json
 import shutil
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from hepascope.core.errors import DataError
 from hepascope.core.export_format import (
     BIMODAL_GRAPHS,
     BMODE_FILE,
@@ -35,6 +37,7 @@ from hepascope.core.export_format import (
     ROLE_BMODE,
     ROLE_CEUS,
 )
+from hepascope.core.timing import interleaved_ms
 from hepascope.engines.onnxruntime import OnnxRuntimeEngine, cpu_budget
 from hepascope.engines.plan import sha256_file
 from hepascope.train.datasets.arrays import ArraySet
@@ -77,9 +80,10 @@ def int8_feeds(directory: Path, data: ArraySet, train_idx: np.ndarray,
     """Batch-1 feeds per graph from up to ``CALIB_WINDOWS`` training windows (never
     validation ones): B-mode frames, one CEUS frame of each window, and for the head the
     fp32 encoders' features of those windows."""
+    bmodes, ceus = _views(data)
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.choice(train_idx, min(CALIB_WINDOWS, len(train_idx)), replace=False))
-    frames = rng.integers(0, data.ceus.shape[1], len(pick))
+    frames = rng.integers(0, ceus.shape[1], len(pick))
     engines = _open(directory, BIMODAL_GRAPHS, cpu_budget())
     try:
         bname, cname = engines[BMODE_FILE].inputs[0].name, engines[CEUS_FILE].inputs[0].name
@@ -87,8 +91,8 @@ def int8_feeds(directory: Path, data: ArraySet, train_idx: np.ndarray,
         heads = _head_feeds(engines[HEAD_FILE], bfeat, cfeat)
     finally:
         _close(engines)
-    bm = np.asarray(data.bmode[pick], np.float32)
-    ce = np.asarray(data.ceus[pick, frames], np.float32)
+    bm = np.asarray(bmodes[pick], np.float32)
+    ce = np.asarray(ceus[pick, frames], np.float32)
     return {BMODE_FILE: [{bname: bm[i:i + 1]} for i in range(len(pick))],
             CEUS_FILE: [{cname: ce[i:i + 1]} for i in range(len(pick))],
             HEAD_FILE: [{k: v[i:i + 1] for k, v in heads.items()} for i in range(len(pick))]}
@@ -118,14 +122,22 @@ def _encode(engine: OnnxRuntimeEngine, x: np.ndarray) -> np.ndarray:
                            .copy() for i in range(0, len(x), BATCH)])
 
 
+def _views(data: ArraySet) -> tuple[np.ndarray, np.ndarray]:
+    """(B-mode frames, CEUS windows) of a bimodal set; ``DataError`` when one is missing."""
+    if data.bmode is None or data.ceus is None:
+        raise DataError("the INT8 check needs bimodal data (B-mode frames and CEUS windows)")
+    return data.bmode, data.ceus
+
+
 def _features(bmode: OnnxRuntimeEngine, ceus: OnnxRuntimeEngine, data: ArraySet,
               idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(B-mode features (n, F), CEUS features (n, T, G)) of windows ``idx``."""
+    bmodes, windows = _views(data)
     b, c = [], []
     for i in range(0, len(idx), BATCH):
         k = idx[i:i + BATCH]
-        b.append(_encode(bmode, data.bmode[k]))
-        win = np.asarray(data.ceus[k], np.float32)
+        b.append(_encode(bmode, bmodes[k]))
+        win = np.asarray(windows[k], np.float32)
         c.append(_encode(ceus, win.reshape(-1, *win.shape[2:])).reshape(len(k), win.shape[1], -1))
     return np.concatenate(b), np.concatenate(c)
 
@@ -144,26 +156,18 @@ def _head_probs(head: OnnxRuntimeEngine, bfeat: np.ndarray, cfeat: np.ndarray) -
 
 def time_graph(fp32: Path, int8: Path, feed: dict[str, np.ndarray], threads: int,
                runs: int = TIMED_RUNS, chunk: int = 10) -> dict[str, float]:
-    """p50 latency (ms) of batch-1 ``feed`` through the two graphs, interleaved: rounds of
-    ``chunk`` calls each, the order alternating, after an untimed call (so a background
-    load hits both alike)."""
+    """p50 latency (ms) of batch-1 ``feed`` through the two graphs, interleaved
+    (``core.timing.interleaved_ms``): rounds of ``chunk`` calls each, the order alternating,
+    after an untimed call (so a background load hits both alike)."""
     engines = [OnnxRuntimeEngine(p, threads=threads) for p in (fp32, int8)]
-    times: list[list[float]] = [[], []]
     try:
-        for e in engines:
-            for _ in range(10):
-                e.infer(feed)
-        for r in range(-(-runs // chunk)):
-            for j in ((0, 1) if r % 2 == 0 else (1, 0)):
-                engines[j].infer(feed)
-                for _ in range(chunk):
-                    t0 = time.perf_counter_ns()
-                    engines[j].infer(feed)
-                    times[j].append((time.perf_counter_ns() - t0) / 1e6)
+        ms = interleaved_ms({k: [partial(e.infer, feed)] for k, e in zip(("fp32", "int8"),
+                                                                         engines, strict=True)},
+                            runs, chunk=chunk, warmup=10, settle=1)
     finally:
         for e in engines:
             e.close()
-    p50 = [float(np.median(t)) for t in times]
+    p50 = [float(np.median(ms[k])) for k in ("fp32", "int8")]
     return {"fp32_p50_ms": round(p50[0], 4), "int8_p50_ms": round(p50[1], 4),
             "speedup": round(p50[0] / p50[1], 4)}
 

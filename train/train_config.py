@@ -28,6 +28,11 @@ class TrainConfig:
     # the lower loss) or the loss alone. Validation sets of a few dozen patients make the
     # loss swing with one over-confident mistake while the model is still improving.
     monitor: str = "balanced_accuracy"
+    # share of the scheduled epochs before which validation keeps no weights for good and
+    # stops nothing: selection restarts at that epoch. A validation set of a few dozen
+    # patients peaks by chance while the rate is still high; a model kept from such an early
+    # epoch (and a run stopped a patience later) is what made the worst folds on real data
+    select_after: float = 0.0
     max_minutes: float | None = None
     # step budget: optimizer steps in all (epochs = as many as that takes, the last one
     # partial); the schedule spans exactly these steps and there is no early stopping
@@ -65,6 +70,8 @@ class TrainConfig:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.monitor not in ("balanced_accuracy", "loss"):
             raise ValueError(f"monitor must be balanced_accuracy or loss, got {self.monitor!r}")
+        if not 0 <= self.select_after < 1:
+            raise ValueError(f"select_after must be in [0, 1), got {self.select_after}")
         if not 0 <= self.ema_span <= 1:
             raise ValueError(f"ema_span must be in [0, 1], got {self.ema_span}")
         if not 0 <= self.partial_window <= 1:

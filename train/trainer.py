@@ -180,7 +180,7 @@ def _setup(data: ArraySet, cfg: TrainConfig, train_idx: np.ndarray | None,
         raise DataError(f"{len(train_ds)} training samples: nothing to train on")
     kwargs = {**model_kwargs(data, kind), **dict(cfg.model_args)}
     net = create_model(cfg.model, **kwargs).to(ctx.device)
-    net.to(memory_format=memory_format(kind))
+    net.to(memory_format=memory_format(kind))  # type: ignore[call-overload]
     opt = make_optimizer(net, cfg)
     total = cfg.steps if cfg.steps is not None else cfg.epochs * len(loader)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total, int(cfg.warmup_frac * total)))
@@ -252,6 +252,7 @@ def _train(data: ArraySet, cfg: TrainConfig, out: Path, train_idx: np.ndarray | 
         run.train_ds.rng.bit_generator.state = st["augment_rng"][ctx.rank]
     deadline = None if cfg.max_minutes is None else t_start + 60 * cfg.max_minutes
     last = run.n_epochs if stop_after is None else min(run.n_epochs, first + stop_after - 1)
+    select_from = max(1, math.ceil(cfg.select_after * run.n_epochs))
     with progress_bar(progress and ctx.is_main, console) as bar:
         for epoch in range(first, last + 1):
             t_ep = time.monotonic()
@@ -270,13 +271,15 @@ def _train(data: ArraySet, cfg: TrainConfig, out: Path, train_idx: np.ndarray | 
                               f"loss {train_loss:.3f}  val loss {m['loss']:.3f}  val acc "
                               f"{m['accuracy']:.3f}  ({time.monotonic() - t_ep:.0f} s)")
             score = _score(m, cfg.monitor)
+            if epoch == select_from:  # earlier epochs only held a fallback
+                best_score = (-math.inf, -math.inf)
             if score > best_score:
                 best_score, res.best_epoch, res.metrics = score, epoch, m
                 if ctx.is_main:
                     save_model(out, run.kept, {**run.meta, "metrics": _val_metrics(
                         m, data, run.val_ds.indices)})
             elif (cfg.steps is None and epoch - res.best_epoch >= cfg.patience
-                  and epoch < run.n_epochs):
+                  and res.best_epoch >= select_from and epoch < run.n_epochs):
                 res.stopped = "early"
             _save_state(out, run, epoch, best_score, res)
             if res.stopped != "epochs":

@@ -98,6 +98,9 @@ def epochs_for(class_counts: list[int], share: float, batch_size: int, balanced:
     return int(np.clip(-(-TARGET_STEPS // steps), *EPOCH_RANGE))
 
 
+SELECT_AFTER = 0.5  # the second half of the schedule, where the rate has come down, keeps
+
+
 def patience_for(epochs: int) -> int:
     """Early-stopping patience: a third of the epochs, at least 3 (a validation set of a
     few dozen patients makes single epochs noisy)."""

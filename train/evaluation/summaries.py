@@ -7,7 +7,7 @@ every headline figure can be recomputed."""
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +116,7 @@ def caps_warning(model: str, capped: Sequence[dict[str, Any]], folds: int) -> st
     return f"{model}: {len(capped)} of {folds} folds cut short by a cap ({parts})"
 
 
-def write_predictions(grouped: dict[str, Sequence[Any]], classes: Sequence[str],
+def write_predictions(grouped: Mapping[str, Sequence[Any]], classes: Sequence[str],
                       path: Path) -> None:
     """``predictions.csv``: model, fold, path, patient, true label, the calibrated
     probability of each class, predicted label, confidence, status, and the fold's

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -64,13 +64,13 @@ class ResNet(nn.Module):
 
 
 @register_model
-def resnet18(**kwargs: object) -> ResNet:
+def resnet18(**kwargs: Any) -> ResNet:
     """ResNet-18 (He et al. 2016; S0, S2, S3): 11.69 M parameters at 1000 classes, 3 chans."""
-    return ResNet((2, 2, 2, 2), **kwargs)  # type: ignore[arg-type]
+    return ResNet((2, 2, 2, 2), **kwargs)
 
 
 @register_model
-def resnet50(**kwargs: object) -> ResNet:
+def resnet50(**kwargs: Any) -> ResNet:
     """ResNet-50 (He et al. 2016; S2's model): bottleneck blocks [3, 4, 6, 3], 25.56 M
     parameters at 1000 classes, 3 chans."""
     return ResNet((3, 4, 6, 3), **{"block": Bottleneck, **kwargs})
