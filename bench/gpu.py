@@ -76,8 +76,7 @@ def export(name: str, kwargs: dict[str, Any], out: Path,
     import torch
 
     from hepascope.train.data import make_specs
-    from hepascope.train.export import export_checkpoint, graph_module
-    from hepascope.train.flops import count_flops
+    from hepascope.train.export import export_checkpoint
     from hepascope.train.models import create_model
 
     torch.manual_seed(0)
@@ -94,20 +93,31 @@ def export(name: str, kwargs: dict[str, Any], out: Path,
     # per frame the live path encodes the new B-mode and CEUS frames once, then fuses
     paths = ([out / f for f in BIMODAL_GRAPHS]
              if (out / HEAD_FILE).is_file() else [out / SINGLE_FILE])
+    return paths, graph_flops(model, paths)
+
+
+def graph_flops(model: Any, paths: list[Path]) -> int:
+    """FLOPs of one batch-1 pass through each graph of ``paths`` (the part of ``model``
+    each graph's role names), summed: the model's FLOPs per frame on the live path."""
+    import torch
+
+    from hepascope.train.export import graph_module
+    from hepascope.train.flops import count_flops
+
     flops = 0
     for path in paths:
         eng = OnnxRuntimeEngine(path, threads=1)
         role = eng.metadata[META_ROLE]
-        xs = tuple(torch.zeros(s.at_batch(1))
-                   for s in eng.inputs)
+        xs = tuple(torch.zeros(s.at_batch(1)) for s in eng.inputs)
         eng.close()
         flops += count_flops(graph_module(model, role), xs)
-    return paths, flops
+    return flops
 
 
-def _feeds(engine: Any, batch: int, seed: int) -> dict[str, np.ndarray]:
+def feeds(engine: Any, batch: int, seed: int) -> dict[str, np.ndarray]:
+    """Standard-normal inputs (the preprocessed frames' scale) at ``batch``."""
     rng = np.random.default_rng(seed)
-    return {s.name: rng.normal(size=s.at_batch(batch)).astype(np.float32)
+    return {s.name: rng.standard_normal(s.at_batch(batch)).astype(np.float32)
             for s in engine.inputs}
 
 
@@ -136,8 +146,8 @@ def bench_chain(paths: list[Path], runs: int, batch: int) -> dict[str, dict[str,
     per_graph = [engines_for(p) for p in paths]
     names = list(per_graph[0])
     try:
-        one = [_feeds(next(iter(g.values())), 1, i) for i, g in enumerate(per_graph)]
-        big = [_feeds(next(iter(g.values())), batch, i) for i, g in enumerate(per_graph)]
+        one = [feeds(next(iter(g.values())), 1, i) for i, g in enumerate(per_graph)]
+        big = [feeds(next(iter(g.values())), batch, i) for i, g in enumerate(per_graph)]
         res: dict[str, dict[str, float]] = {}
         lat: dict[str, list[float]] = {n: [] for n in names}
         for n in names:  # warm-up (graph capture, cuDNN autotuning, ORT arenas)
@@ -164,7 +174,7 @@ def bench_chain(paths: list[Path], runs: int, batch: int) -> dict[str, dict[str,
                 worst = 0.0
                 for g in per_graph:
                     for seed in range(4):
-                        f = _feeds(g[n], 4, 100 + seed)
+                        f = feeds(g[n], 4, 100 + seed)
                         want = {k: v.copy() for k, v in g["torch-cuda-fp32"].infer(f).items()}
                         got = g[n].infer(f)
                         worst = max(worst, *(float(np.abs(got[k] - want[k]).max()

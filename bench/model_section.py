@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 
 from hepascope.bench.engine_compare import time_variants
+from hepascope.bench.gpu import feeds, graph_flops
 from hepascope.bench.variant import Variant
 from hepascope.core.errors import HepascopeError
-from hepascope.core.export_format import META_ROLE
 from hepascope.engines.onnxruntime import OnnxRuntimeEngine
 
 # name -> constructor kwargs: the live models at the sizes the live path runs them
@@ -75,21 +75,12 @@ def from_export(path: Path) -> Graphs:
     ckpt = weights_dir(d) or (d.parent if weights_dir(d.parent) else None)
     name = d.name
     if ckpt is not None:
-        import torch
-
         from hepascope.train.checkpoint import load_checkpoint
-        from hepascope.train.export import graph_module
-        from hepascope.train.flops import count_flops, count_params
+        from hepascope.train.flops import count_params
 
         model, meta = load_checkpoint(ckpt)
-        name, params, flops = str(meta["model"]), count_params(model), 0
-        for p in paths:
-            eng = OnnxRuntimeEngine(p, threads=1)
-            xs = tuple(torch.zeros(s.at_batch(1))
-                       for s in eng.inputs)
-            role = eng.metadata[META_ROLE]
-            eng.close()
-            flops += count_flops(graph_module(model, role), xs)
+        name, params = str(meta["model"]), count_params(model)
+        flops = graph_flops(model, paths)
     return Graphs(name, paths, params, flops, _describe(paths))
 
 
@@ -100,13 +91,6 @@ def _describe(paths: list[Path]) -> list[str]:
         out += [f"{p.stem}:{s.describe()}" for s in eng.inputs]
         eng.close()
     return out
-
-
-def feeds(engine: Any, batch: int, seed: int) -> dict[str, np.ndarray]:
-    """Standard-normal inputs (the preprocessed frames' scale) at ``batch``."""
-    rng = np.random.default_rng(seed)
-    return {s.name: rng.standard_normal(s.at_batch(batch)).astype(np.float32)
-            for s in engine.inputs}
 
 
 def _int8_paths(g: Graphs, work: Path) -> list[Path]:

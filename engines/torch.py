@@ -211,16 +211,12 @@ class TorchEngine:
         self.replays = 0  # CUDA graph replays so far (what a test checks the path by)
         log.info("torch engine: %s on %s (fp16 %s, channels_last %s, CUDA graph %s)",
                  self.path.name, device, self.fp16, self.channels_last, self.cuda_graph)
-        if cuda and all(s.static for s in self._batch_one()):
+        if cuda and all(isinstance(d, int) for s in self.inputs for d in s.shape[1:]):
             try:  # the live path's batch 1, warmed up (and captured) now, not on frame one
                 self.infer({s.name: np.zeros(s.at_batch(1), s.dtype) for s in self.inputs})
             except BaseException:
                 self.close()
                 raise
-
-    def _batch_one(self) -> tuple[TensorSpec, ...]:
-        """The inputs' specs at batch 1."""
-        return tuple(TensorSpec(s.name, (1, *s.shape[1:]), s.dtype) for s in self.inputs)
 
     # ----------------------------------------------------------------- running
 

@@ -80,9 +80,7 @@ def _newest_first(reader: RingReader, step: Step, tally: ModelTally,
         if frame is None or frame.seq <= last:
             continue
         t_read = progress.begin()
-        tally.dropped += frame.seq - last - 1
-        tally.frames_seen += 1
-        tally.saw(frame.seq)
+        tally.took(frame.seq, last)
         last = frame.seq
         msg = step(frame, t_read)
         progress.end(t_read)

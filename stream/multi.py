@@ -30,10 +30,10 @@ from typing import Any
 from hepascope.core.config import Config
 from hepascope.core.errors import ModelOutputError
 from hepascope.core.frame import Frame
-from hepascope.core.messages import MODEL_FAULT, TOPIC_RESULT, TOPIC_TELEMETRY, RunStamp
+from hepascope.core.messages import MODEL_FAULT, TOPIC_TELEMETRY, RunStamp
 from hepascope.stream.batch import BatchClassifier
 from hepascope.stream.grab import Backpressure, LazyRing, grab_loop, source_health
-from hepascope.stream.pipeline import ResultListener, Sink, telemetry_message
+from hepascope.stream.pipeline import ResultListener, Sink, publish_result, telemetry_message
 from hepascope.stream.results import result_message
 from hepascope.stream.ring import RingReader
 from hepascope.stream.sources.base import Source
@@ -206,10 +206,7 @@ class MultiStream:
         frame, st.seen = st.reader.latest(), written
         if frame is None or frame.seq <= st.last:
             return None
-        tally = st.stats.main
-        tally.dropped += frame.seq - st.last - 1
-        tally.frames_seen += 1
-        tally.saw(frame.seq)
+        st.stats.main.took(frame.seq, st.last)
         st.last = frame.seq
         return frame, time.monotonic_ns()
 
@@ -255,18 +252,9 @@ class MultiStream:
 
     def _send_result(self, msg: dict[str, Any], i: int, now: int) -> None:
         st = self.streams[i]
-        t_inf = msg.pop("_t_infer_ns")
-        msg["t_publish_ns"] = now
-        self.run_stamp.stamp(msg)
-        lat = msg["latency_ms"]
-        lat["publish"] = (now - t_inf) * _MS
-        lat["total"] = (now - msg["t_capture_ns"]) * _MS
-        self.sink.send(TOPIC_RESULT, msg)
-        st.stats.main.add(lat, now)
-        st.stats.answers.add(msg)
+        publish_result(msg, now, self.run_stamp, self.sink, st.stats.main, st.stats,
+                       self.listeners)
         st.newest_capture_ns = max(st.newest_capture_ns, msg["t_capture_ns"])
-        for listener in self.listeners:
-            listener.on_result(msg)
 
     def freshness(self, st: StreamState, now: int) -> dict[str, Any]:
         """``result_age_ms`` (absent before the first result) and ``stale``: no result yet

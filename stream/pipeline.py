@@ -233,6 +233,24 @@ def _lower_priority(nice: int) -> None:
         log.warning("could not lower a side model's priority: %s", e)
 
 
+def publish_result(msg: dict[str, Any], now: int, run: RunStamp, sink: Sink,
+                   tally: ModelTally, stats: RunStats,
+                   listeners: tuple[ResultListener, ...]) -> None:
+    """Send one result at ``now``: its publish time, run stamp and publish / total
+    latency added; counted in its model's ``tally`` and ``stats``' answers; listeners told."""
+    t_inf = msg.pop("_t_infer_ns")
+    msg["t_publish_ns"] = now
+    run.stamp(msg)
+    lat = msg["latency_ms"]
+    lat["publish"] = (now - t_inf) * _MS
+    lat["total"] = (now - msg["t_capture_ns"]) * _MS
+    sink.send(TOPIC_RESULT, msg)
+    tally.add(lat, now)
+    stats.answers.add(msg)
+    for listener in listeners:
+        listener.on_result(msg)
+
+
 def _publish_loop(sink: Sink, results: queue.Queue[tuple[dict[str, Any], ModelTally]],
                   inferring_done: Callable[[], bool], stats: RunStats,
                   config: PipelineConfig, listeners: tuple[ResultListener, ...], stream: str,
@@ -247,18 +265,7 @@ def _publish_loop(sink: Sink, results: queue.Queue[tuple[dict[str, Any], ModelTa
             item = None
         now = time.monotonic_ns()
         if item is not None:
-            msg, tally = item
-            t_inf = msg.pop("_t_infer_ns")
-            msg["t_publish_ns"] = now
-            run.stamp(msg)
-            lat = msg["latency_ms"]
-            lat["publish"] = (now - t_inf) * _MS
-            lat["total"] = (now - msg["t_capture_ns"]) * _MS
-            sink.send(TOPIC_RESULT, msg)
-            tally.add(lat, now)
-            stats.answers.add(msg)
-            for listener in listeners:
-                listener.on_result(msg)
+            publish_result(item[0], now, run, sink, item[1], stats, listeners)
         if now >= next_telemetry:
             sink.send(TOPIC_TELEMETRY, {**telemetry_message(stats, now, stream, engine,
                                                             ring_name, run.run_id), **info()})

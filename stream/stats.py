@@ -117,6 +117,13 @@ class ModelTally:
     def __post_init__(self) -> None:
         self.window = LatencyWindow(self.window_size)
 
+    def took(self, seq: int, last: int) -> None:
+        """The model took frame ``seq``; the frames between it and ``last``, the one it
+        took before, it never took: dropped."""
+        self.dropped += max(seq - last - 1, 0)
+        self.frames_seen += 1
+        self.saw(seq)
+
     def saw(self, seq: int) -> None:
         """The model took frame ``seq`` (wakes a grabber waiting to decode the next)."""
         with self.seen:

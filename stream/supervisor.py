@@ -236,9 +236,7 @@ class InferenceProcess:
 
         def on_result(msg: dict[str, Any]) -> None:
             nonlocal last
-            tally.dropped += max(msg["seq"] - last - 1, 0)
-            tally.frames_seen += 1
-            tally.saw(msg["seq"])
+            tally.took(msg["seq"], last)
             tally.count_result(msg["seq"], msg.get("status") == MODEL_FAULT)
             last = max(last, msg["seq"])
             self._watch.step_done()

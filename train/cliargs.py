@@ -79,11 +79,11 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    default="balanced_accuracy",
                    help="validation score for best epoch and early stopping (default "
                    "balanced_accuracy, ties to the lower loss)")
-    g.add_argument("--select-after", type=_share, metavar="SHARE",
+    g.add_argument("--select-after", type=_share(one=False), metavar="SHARE",
                    help="keep no best weights and stop nothing before this share of the "
                    "epochs (default: --data: 0.5, a small validation set peaks by chance "
                    "early; phantom: 0)")
-    g.add_argument("--ema-span", type=_unit, metavar="SHARE", default=0.0,
+    g.add_argument("--ema-span", type=_share(), metavar="SHARE", default=0.0,
                    help="validate and keep an average of the weights with this time constant "
                    "(share of all steps; default 0: off)")
     g.add_argument("--val-fraction", type=float, default=0.25,
@@ -97,7 +97,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-augment", action="store_true", help="no augmentation")
     g.add_argument("--no-balance", action="store_true", help="no class-balanced sampling")
     g.add_argument("--threads", type=positive(int), help="torch threads (default: all cores)")
-    g.add_argument("--target-accuracy", type=_fraction, default=0.95, metavar="A",
+    g.add_argument("--target-accuracy", type=_share(zero=False), default=0.95, metavar="A",
                    help="abstention: the calibrated-confidence threshold is the lowest whose "
                    "selective accuracy on the validation patients reaches A; below it a "
                    "result is 'uncertain' (default 0.95)")
@@ -105,25 +105,18 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    help="extra model constructor argument, repeatable (e.g. width=32)")
 
 
-def _unit(text: str) -> float:
-    value = float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
-    return value
+def _share(*, zero: bool = True, one: bool = True) -> Any:
+    """argparse type: a float in the unit interval, 0 and 1 included as asked."""
+    ends = f"{'[' if zero else '('}0, 1{']' if one else ')'}"
 
+    def parse(text: str) -> float:
+        value = float(text)
+        if not ((value >= 0 if zero else value > 0) and (value <= 1 if one else value < 1)):
+            raise argparse.ArgumentTypeError(f"must be in {ends}, got {text}")
+        return value
 
-def _share(text: str) -> float:
-    value = float(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return value
+    parse.__name__ = "number"  # argparse: "invalid number value: 'x'"
+    return parse
 
 
 def _model_args(pairs: list[str]) -> tuple[tuple[str, Any], ...]:

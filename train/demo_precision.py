@@ -161,8 +161,8 @@ def time_graph(fp32: Path, int8: Path, feed: dict[str, np.ndarray], threads: int
     after an untimed call (so a background load hits both alike)."""
     engines = [OnnxRuntimeEngine(p, threads=threads) for p in (fp32, int8)]
     try:
-        ms = interleaved_ms({k: [partial(e.infer, feed)] for k, e in zip(("fp32", "int8"),
-                                                                         engines, strict=True)},
+        ms = interleaved_ms({"fp32": [partial(engines[0].infer, feed)],
+                             "int8": [partial(engines[1].infer, feed)]},
                             runs, chunk=chunk, warmup=10, settle=1)
     finally:
         for e in engines:

@@ -98,7 +98,7 @@ def epochs_for(class_counts: list[int], share: float, batch_size: int, balanced:
     return int(np.clip(-(-TARGET_STEPS // steps), *EPOCH_RANGE))
 
 
-SELECT_AFTER = 0.5  # the second half of the schedule, where the rate has come down, keeps
+SELECT_AFTER = 0.5  # weights are kept from the schedule's second half (the rate has come down)
 
 
 def patience_for(epochs: int) -> int:
