@@ -49,8 +49,11 @@ METHOD = (
     "output 0, as read in pyfast 4.18), so capture -> result cannot be taken from it.",
     "Same preprocessing: grey, resize to the model's input, (x / 255 - mean) / std (FAST: "
     "scaleFactor 1/255, meanIntensity 255 * mean, standardDeviationIntensity std).",
-    "Unpaced: frames decoded as fast as each pipeline takes them (hepascope: its unpaced "
-    "source waits for the model; FAST: ProcessAllFrames); results per second of the run.",
+    "Unpaced: every frame decoded once and inferred once, as fast as each pipeline takes "
+    "them (hepascope: its unpaced source waits for the model, whose process takes the "
+    "frames waiting, up to pipeline.unpaced_batch = 4, in one engine run; FAST: "
+    "ProcessAllFrames, one frame per NeuralNetwork run as built here; FAST's "
+    "ImagesToBatch was not tried); results per second of the run.",
     "Paced at the video's rate, newest frame wins on both sides (FAST: NewestFrameOnly). "
     "Latency = result time - capture time, on the same monotonic clock; capture = when "
     "FileSource hands the decoded, due frame on (the same code on both sides); result = "

@@ -108,6 +108,10 @@ class PipelineConfig:
     inference_hang_min_s: float = 1.0
     inference_hang_max_s: float = 10.0
     inference_max_invalid: int = 30  # model-fault results in a row that are a fault
+    # an unpaced source (a file replayed as fast as it decodes) keeps frames waiting: the
+    # main model takes up to this many, oldest first, in one engine run (1: one at a time).
+    # A live source's model always takes the newest frame alone (latency first)
+    unpaced_batch: int = 4
 
     def __post_init__(self) -> None:
         if self.inference not in ("process", "thread"):
@@ -123,6 +127,10 @@ class PipelineConfig:
             raise ConfigError("pipeline.inference_max_invalid must be >= 1")
         if self.ring_slots < 2:
             raise ConfigError("pipeline.ring_slots must be >= 2")
+        if not 1 <= self.unpaced_batch <= self.ring_slots // 2:
+            raise ConfigError(f"pipeline.unpaced_batch must be in [1, ring_slots / 2] (a "
+                              f"batch in flight and the next one decoded fit in the ring), "
+                              f"got {self.unpaced_batch} with {self.ring_slots} slots")
         if not (0 < self.telemetry_period_s <= 1.0):
             raise ConfigError("pipeline.telemetry_period_s must be in (0, 1]: it is the heartbeat")
         if self.latency_window < 10:

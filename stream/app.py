@@ -80,13 +80,15 @@ def run_pipeline(req: RunRequest) -> dict[str, Any]:
     opened first so a bad input fails before anything is bound or recorded."""
     engine_name = resolve_backend(req.model, req.engine)  # "auto" decided (and logged) here
     with ExitStack() as stack:
+        source = open_source(req.source, req.options)  # not open yet: is it paced?
         # in a supervised child process by default: its model-load errors come back here
+        unpaced = getattr(source, "unpaced", False)
+        batch = req.config.pipeline.unpaced_batch if unpaced else None
         classifier = open_inference(req.inference or req.config.pipeline.inference, req.model,
                                     req.config, backend=engine_name, threads=req.threads,
-                                    labels=req.labels)
+                                    labels=req.labels, batch=batch)
         stack.callback(classifier.close)
         side, clip_engine = open_side_models(req, stack)
-        source = open_source(req.source, req.options)
         source.open()
         stack.callback(source.close)  # the grabber closes it too; close() is idempotent
         pub_cfg = req.config.publish

@@ -20,7 +20,7 @@ from hepascope.core.config import Config
 from hepascope.core.errors import ModelError
 from hepascope.core.frame import Frame
 from hepascope.core.geometry import Rect
-from hepascope.stream.classifier import FrameClassifier, read_calibration
+from hepascope.stream.classifier import Classifier, FrameClassifier, read_calibration
 from hepascope.stream.model_loader import open_model
 from hepascope.stream.verdict import JudgedClassifier, judged
 
@@ -49,6 +49,11 @@ class _Row:
         """Nothing to close: the engine belongs to the batch classifier."""
 
 
+def batch_axis_free(clf: FrameClassifier) -> bool:
+    """Whether every input of ``clf``'s graph takes any batch size."""
+    return all(bool(s.shape) and s.shape[0] is None for s in clf.engine.inputs)
+
+
 class BatchClassifier:
     """A ``FrameClassifier`` run on a batch of frames from ``streams`` streams, with one
     ``JudgedClassifier`` per stream (``verdicts=False``: bare probabilities, as
@@ -60,7 +65,7 @@ class BatchClassifier:
             raise ValueError(f"streams must be >= 1, got {streams}")
         self.clf, self.streams = clf, streams
         self.labels, self.model_name = clf.labels, clf.model_name
-        self.batchable = all(s.shape and s.shape[0] is None for s in clf.engine.inputs)
+        self.batchable = batch_axis_free(clf)
         self._rows = [_Row(clf.labels, clf.model_name, clf.scene_rect)
                       for _ in range(streams)]
         self.judges: list[JudgedClassifier] | None = None
@@ -99,16 +104,35 @@ class BatchClassifier:
         if len(frames) != len(streams) or len(set(streams)) != len(streams):
             raise ValueError("one frame per stream, each stream at most once per batch")
         outs = self.infer(frames)
+        return [self.verdict(i, f, out) for f, i, out in zip(frames, streams, outs, strict=True)]
+
+    def verdict(self, i: int, frame: Frame, out: Output) -> Output:
+        """Stream ``i``'s verdict on ``out``, the batch's output for ``frame`` (the bare
+        output without verdicts). A stream's frames must come in capture order; build each
+        one's result message before the next verdict (its status is the latest one's)."""
         if self.judges is None:
-            return outs
-        judged_outs = []
-        for frame, i, out in zip(frames, streams, outs, strict=True):
-            self._rows[i].put(out)
-            judged_outs.append(self.judges[i].predict(frame))
-        return judged_outs
+            return out
+        self._rows[i].put(out)
+        return self.judges[i].predict(frame)
 
     def close(self) -> None:
         self.clf.close()
+
+
+def open_batched(path: str | Path, config: Config, batch: int, *, backend: str = "onnxruntime",
+                 threads: int | None = None, labels: tuple[str, ...] | None = None,
+                 ) -> tuple[Classifier | BatchClassifier, int]:
+    """One stream's main model and the frames it takes per engine run: a
+    ``BatchClassifier`` of one stream and ``batch`` where the model batches (a single-frame
+    graph with a free batch axis), else the classifier ``open_model`` gives and 1 (a window
+    model's cache takes frames one by one; a static batch axis gains nothing)."""
+    if batch > 1:
+        clf = open_model(path, config, backend=backend, threads=threads, labels=labels,
+                         verdicts=False)
+        if isinstance(clf, FrameClassifier) and batch_axis_free(clf):
+            return BatchClassifier(clf, 1, config), batch
+        clf.close()
+    return open_model(path, config, backend=backend, threads=threads, labels=labels), 1
 
 
 def open_batch_model(path: str | Path, config: Config, streams: int, *,

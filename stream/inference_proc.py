@@ -10,7 +10,9 @@ construction (``results.main_step``). That loop beats in a shared-memory ``Progr
 block the parent reads without the child's help (``stream/progress.py``): a stopped or
 stuck child is found hung and killed. It speaks tuples over two one-way pipes:
 
-    child -> parent:  (READY, model_name, labels)  the model is open
+    child -> parent:  (READY, model_name, labels, batch)  the model is open; unpaced, it
+                                                 takes up to ``batch`` waiting frames per
+                                                 run (live: 0, the newest frame alone)
                       (RESULT, msg)                one result map, as the thread would queue it
                       (ERROR, exception)           why it is about to exit non-zero
                       (END,)                       it stopped as asked, nothing more will come
@@ -35,9 +37,9 @@ from typing import Any
 
 from hepascope.core.config import Config
 from hepascope.core.errors import HepascopeError
-from hepascope.stream.inference_loop import infer_loop
+from hepascope.stream.inference_loop import Batched, Step, infer_loop, one_by_one
 from hepascope.stream.progress import Progress
-from hepascope.stream.results import main_step
+from hepascope.stream.results import main_batch_step, main_step
 from hepascope.stream.stats import ModelTally
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,9 @@ class ModelSpec:
     backend: str = "onnxruntime"
     threads: int | None = None
     labels: tuple[str, ...] | None = None
+    # None: a live source, the newest frame wins; n: unpaced, every frame in order, up to
+    # n in one engine run where the model batches
+    batch: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.path, Path):
@@ -67,6 +72,8 @@ class ModelSpec:
                              "child opens it: 'auto' would be decided again in every child")
         if self.threads is not None and self.threads <= 0:
             raise ValueError(f"ModelSpec.threads must be None or > 0, got {self.threads}")
+        if self.batch is not None and self.batch < 1:
+            raise ValueError(f"ModelSpec.batch must be None or >= 1, got {self.batch}")
 
 
 class _Control:
@@ -136,17 +143,27 @@ def child_main(spec: ModelSpec, out: Connection, ctl: Connection, log_level: int
     from hepascope.core.logs import configure
 
     configure(log_level, name=f"hepascope[inference {os.getpid()}]")  # text or JSON: as the parent
-    from hepascope.stream.model_loader import open_model
+    from hepascope.stream.batch import BatchClassifier, open_batched
 
     try:
-        classifier = open_model(spec.path, spec.config, backend=spec.backend,
-                                threads=spec.threads, labels=spec.labels)
+        classifier, batch = open_batched(spec.path, spec.config, spec.batch or 1,
+                                         backend=spec.backend, threads=spec.threads,
+                                         labels=spec.labels)
     except BaseException as e:
         _report(out, e)
         sys.exit(EXIT_LOAD_FAILED)
     try:
-        out.send((READY, classifier.model_name, tuple(classifier.labels)))
-        _serve(classifier, out, ctl, progress, spec.config.pipeline.inference_max_invalid)
+        out.send((READY, classifier.model_name, tuple(classifier.labels),
+                  0 if spec.batch is None else batch))
+        step: Step | Batched
+        if isinstance(classifier, BatchClassifier):
+            step = Batched(partial(main_batch_step, classifier), batch)
+        else:
+            single: Step = partial(main_step, classifier)
+            # unpaced: every frame, in order, one at a time; live: the newest frame
+            step = single if spec.batch is None else Batched(one_by_one(single), 1)
+        _serve(step, classifier.model_name, out, ctl, progress,
+               spec.config.pipeline.inference_max_invalid)
     except BaseException as e:
         _report(out, e)
         sys.exit(EXIT_FAILED)
@@ -155,9 +172,9 @@ def child_main(spec: ModelSpec, out: Connection, ctl: Connection, log_level: int
     out.send((END,))
 
 
-def _serve(classifier: Any, out: Connection, ctl: Connection, progress: Progress,
-           max_invalid: int) -> None:
+def _serve(step: Step | Batched, model_name: str, out: Connection, ctl: Connection,
+           progress: Progress, max_invalid: int) -> None:
     control = _Control(ctl)
     threading.Thread(target=control.run, name="hepascope-infer-control", daemon=True).start()
-    infer_loop(partial(main_step, classifier), ModelTally(classifier.model_name), control,
-               control.source_done, control.stop, _Sender(out), progress, max_invalid)
+    infer_loop(step, ModelTally(model_name), control, control.source_done, control.stop,
+               _Sender(out), progress, max_invalid)

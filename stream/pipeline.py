@@ -192,10 +192,13 @@ def compose(source: Source, classifier: Classifier | InferenceProcess, sink: Sin
 def _backpressure(source: Source, classifier: Classifier | InferenceProcess,
                   stats: RunStats) -> Backpressure | None:
     """For an unpaced source, decoding held to the main model's pace (``grab.py``): the
-    model takes frames in this process, or answers them from its child (one in flight)."""
+    model takes frames in this process, or answers them from its child, a batch (up to
+    ``InferenceProcess.batch`` frames) in flight while the next one is decoded."""
     if not getattr(source, "unpaced", False):
         return None
-    return Backpressure(stats.main, 1 if isinstance(classifier, InferenceProcess) else 0)
+    if isinstance(classifier, InferenceProcess):
+        return Backpressure(stats.main, 2 * max(classifier.batch, 1) - 1)
+    return Backpressure(stats.main, 0)
 
 
 def _model_steps(classifier: Classifier | InferenceProcess,

@@ -48,6 +48,28 @@ def main_step(classifier: Classifier, frame: Frame, t_read: int) -> dict[str, An
     return result_message(classifier, frame, t_read, classifier.predict(frame))
 
 
+class SequenceModel(Protocol):
+    """One stream's batching model (``stream.batch.BatchClassifier``) as the main step
+    sees it: bare outputs of frames in one engine run, then the stream's verdicts in
+    order, and what result messages are built from."""
+
+    def infer(self, frames: list[Frame]) -> list[tuple[np.ndarray, dict[str, float]]]: ...
+
+    def verdict(self, i: int, frame: Frame, out: tuple[np.ndarray, dict[str, float]]
+                ) -> tuple[np.ndarray, dict[str, float]]: ...
+
+    def stream_model(self, i: int) -> Named: ...
+
+
+def main_batch_step(model: SequenceModel, frames: list[Frame], t_read: int
+                    ) -> list[dict[str, Any]]:
+    """The main model's step on frames of one stream in capture order (an unpaced source):
+    one engine run, then each frame's verdict and its result message, in order."""
+    named = model.stream_model(0)
+    return [result_message(named, f, t_read, model.verdict(0, f, out))
+            for f, out in zip(frames, model.infer(frames), strict=True)]
+
+
 def side_step(model: SideModel, frame: Frame, t_read: int) -> dict[str, Any] | None:
     out = model.step(frame)
     return None if out is None else result_message(model, frame, t_read, out)

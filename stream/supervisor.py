@@ -195,11 +195,11 @@ class InferenceProcess:
         if got is None:
             child.stop(self.policy.stop_timeout_s)
             return None
-        self.model_name, self.labels = got
+        self.model_name, self.labels, self.batch = got
         return child
 
     def _await_ready(self, child: _Child, stop: threading.Event | None,
-                     ) -> tuple[str, tuple[str, ...]] | None:
+                     ) -> tuple[str, tuple[str, ...], int] | None:
         deadline = time.monotonic() + self.policy.load_timeout_s
         while stop is None or not stop.is_set():
             ready = wait([child.out, child.proc.sentinel], timeout=_POLL_S)
@@ -209,7 +209,7 @@ class InferenceProcess:
                 except EOFError:
                     raise _ChildFailed(child.reap(), None) from None
                 if kind == proto.READY:
-                    return str(rest[0]), tuple(rest[1])
+                    return str(rest[0]), tuple(rest[1]), int(rest[2])
                 if kind == proto.ERROR:
                     raise _ChildFailed(child.reap(), rest[0])
             elif ready:
@@ -224,6 +224,7 @@ class InferenceProcess:
         """Fields of the heartbeat and the run summary."""
         return {"inference": "process", "inference_pid": self.pid,
                 "inference_restarts": self.restarts, "inference_up": self._child is not None,
+                "inference_batch": self.batch,
                 "inference_hang_bound_s": round(self._watch.bound_s(), 3)}
 
     def serve(self, ring: RingHandle, source_done: threading.Event, stop: threading.Event,
@@ -351,16 +352,19 @@ class InferenceProcess:
 
 def open_inference(mode: str, path: Path, config: Config, *, backend: str,
                    threads: int | None = None, labels: tuple[str, ...] | None = None,
-                   ) -> Classifier | InferenceProcess:
+                   batch: int | None = None) -> Classifier | InferenceProcess:
     """The main model in a supervised child process (``process``) or in this one
-    (``thread``). ``backend`` must already be resolved (not "auto")."""
+    (``thread``). ``backend`` must already be resolved (not "auto"). ``batch`` (an unpaced
+    source; None: live): the child takes every frame in order, up to that many per engine
+    run where the model batches (``InferenceProcess.batch`` says how many: 0 live); a
+    thread takes the newest frame."""
     if mode not in MODES:
         raise ConfigError(f"inference must be one of {', '.join(MODES)}, got {mode!r}")
     if mode == "thread":
         from hepascope.stream.model_loader import open_model
 
         return open_model(path, config, backend=backend, threads=threads, labels=labels)
-    spec = ModelSpec(Path(path), config, backend, threads, labels)
+    spec = ModelSpec(Path(path), config, backend, threads, labels, batch)
     pipe = config.pipeline
     return InferenceProcess(spec, RestartPolicy(
         max_crashes=pipe.inference_max_crashes, window_s=pipe.inference_crash_window_s,

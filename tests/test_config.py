@@ -59,6 +59,8 @@ def test_unknown_keys_name_the_nearest_valid_one(raw: dict[str, Any], want: str)
     (_cfg(pipeline={"inference": "gpu"}),
      "pipeline.inference must be process or thread, got 'gpu'"),
     (_cfg(pipeline={"ring_slots": 1}), "pipeline.ring_slots must be >= 2"),
+    (_cfg(pipeline={"unpaced_batch": 5}), "pipeline.unpaced_batch must be in [1, ring_slots "
+     "/ 2] (a batch in flight and the next one decoded fit in the ring), got 5 with 8 slots"),
     (_cfg(overlay={"heartbeat_timeout_ms": 100}),
      "overlay.heartbeat_timeout_ms must be >= 2 x pipeline.telemetry_period_s"),
 ])

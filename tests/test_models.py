@@ -45,6 +45,7 @@ from hepascope.train.models import (  # noqa: E402
 )
 from hepascope.train.models.card import card_row, format_table  # noqa: E402
 from hepascope.train.models.layers import StaticAdaptiveAvgPool  # noqa: E402
+from hepascope.train.steps import shifted_logits  # noqa: E402
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -73,6 +74,23 @@ def test_model_trains_counts_and_exports(name: str, tmp_path: Path) -> None:
         assert check_trt_ops(path) == [], path.name
         ops = graph_ops(path)
         assert ops <= SUPPORTED and ({"Conv", "Relu"} <= ops or path.name == "head.onnx")
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_get_classifier_makes_the_logits(name: str) -> None:
+    """The layer ``get_classifier`` names adds its bias last: a shift of it (the trainer's
+    class-mix restore) moves each logit by exactly that much, and is undone bit for bit."""
+    torch.manual_seed(0)
+    model, size = _small(name)
+    xs = example_inputs(model.eval(), batch=2, size=size)
+    shift = np.array([0.5, -0.25, -0.25])
+    with torch.no_grad():
+        before = model(*xs)
+        with shifted_logits(model, shift) as m:
+            moved = m(*xs)
+        after = model(*xs)
+    assert torch.allclose(moved - before, torch.tensor(shift, dtype=moved.dtype), atol=1e-5)
+    assert torch.equal(after, before)
 
 
 @pytest.mark.parametrize(("name", "kwargs", "millions", "tol"), [

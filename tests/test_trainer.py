@@ -156,3 +156,27 @@ def test_an_early_validation_peak_is_not_kept_after_select_after(
     assert (res.best_epoch, res.epochs_run, res.stopped) == (best, ran, "early")
     with pytest.raises(ValueError, match="select_after"):
         TrainConfig(select_after=1.0)
+
+
+def test_restore_prior_gives_the_saved_logits_the_training_class_shares(tmp_path: Path) -> None:
+    """Balanced sampling on a 2:1 learning part: with ``restore_prior`` the saved model's
+    logits are the same run's plus the log class shares (centred); training itself, and so
+    the final weights, are untouched."""
+    data = make_arrays(n_patients=10)  # patient p has class p % 2, 3 samples each
+    rows = {p: np.arange(3 * p, 3 * p + 3) for p in range(10)}
+    tr = np.concatenate([rows[p] for p in (0, 2, 4, 6, 1, 3)])  # 12 of a, 6 of b
+    va = np.concatenate([rows[8], rows[5]])
+    logits, digests = [], []
+    for restore in (False, True):
+        cfg = TrainConfig(model="resnet18", epochs=2, batch_size=8, num_threads=1,
+                          device="cpu", model_args=SMALL["resnet18"], restore_prior=restore)
+        res = train(data, cfg, tmp_path / str(restore), train_idx=tr, val_idx=va,
+                    progress=False)
+        net, meta = load_checkpoint(tmp_path / str(restore))
+        with torch.no_grad():
+            logits.append(net.eval()(torch.from_numpy(data.bmode.astype(np.float32))).numpy())
+        digests.append(res.weights_sha256)
+    share = np.log(np.array([12.0, 6.0]) / 18)
+    assert meta["train"]["logit_shift"] == pytest.approx(share - share.mean())
+    assert np.allclose(logits[1] - logits[0], share - share.mean(), atol=1e-5)
+    assert digests[0] == digests[1]

@@ -96,6 +96,11 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-amp", action="store_true", help="no mixed precision on GPU")
     g.add_argument("--no-augment", action="store_true", help="no augmentation")
     g.add_argument("--no-balance", action="store_true", help="no class-balanced sampling")
+    g.add_argument("--class-mix", choices=["data", "even"],
+                   help="the class mix the saved model's probabilities are for after "
+                   "balanced sampling: data (the training labels' shares, so top-1 and "
+                   "confidence hold on data like it) or even (default: --data: data; "
+                   "phantom: even, its classes are even)")
     g.add_argument("--threads", type=positive(int), help="torch threads (default: all cores)")
     g.add_argument("--target-accuracy", type=_share(zero=False), default=0.95, metavar="A",
                    help="abstention: the calibrated-confidence threshold is the lowest whose "
@@ -167,12 +172,15 @@ def train_config(args: argparse.Namespace, model: str, data: Any = None,
 
         select_after = SELECT_AFTER if args.data is not None else 0.0
         _note(args, "select_after", select_after)
+    class_mix = args.class_mix or ("data" if args.data is not None else "even")
+    if args.class_mix is None and not args.no_balance:
+        _note(args, "class_mix", class_mix)
     try:
         return TrainConfig(model=model, epochs=epochs, batch_size=args.batch_size,
                            lr=args.lr, weight_decay=args.weight_decay, optimizer=args.optimizer,
                            seed=args.seed, num_threads=args.threads, patience=patience,
                            monitor=args.monitor, ema_span=args.ema_span,
-                           select_after=select_after,
+                           select_after=select_after, restore_prior=class_mix == "data",
                            max_minutes=args.max_minutes, val_fraction=args.val_fraction,
                            balanced=not args.no_balance, augment=not args.no_augment,
                            device=args.device, amp=not args.no_amp,

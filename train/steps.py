@@ -7,6 +7,8 @@ from __future__ import annotations
 import copy
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -113,3 +115,34 @@ class WeightAverage:
                 v.mul_(d).add_(src[k].detach(), alpha=1.0 - d)
             else:
                 v.copy_(src[k])
+
+
+def prior_shift(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """Log class shares of the training labels, centred (a class absent counts once): what
+    a class-balanced sampler hid from the model. Added to its logits they turn its
+    class-balanced posteriors back into those of the data (Menon et al. 2021, logit
+    adjustment), so top-1 accuracy and confidences hold at the data's class mix."""
+    counts = np.maximum(np.bincount(labels, minlength=n_classes)[:n_classes], 1)
+    log_share = np.log(counts / counts.sum())
+    return log_share - log_share.mean()
+
+
+@contextmanager
+def shifted_logits(model: nn.Module, shift: np.ndarray | None) -> Iterator[nn.Module]:
+    """``model`` with ``shift`` added to its classifier's bias (``get_classifier``) inside
+    the block, restored bit for bit after; None: unchanged."""
+    head = None if shift is None else model.get_classifier()  # type: ignore[operator]
+    bias = getattr(head, "bias", None)
+    if shift is None or bias is None:
+        if shift is not None:
+            raise ValueError(f"{type(model).__name__}'s classifier has no bias to shift")
+        yield model
+        return
+    kept = bias.detach().clone()
+    with torch.no_grad():
+        bias.add_(torch.as_tensor(shift, dtype=bias.dtype, device=bias.device))
+    try:
+        yield model
+    finally:
+        with torch.no_grad():
+            bias.copy_(kept)

@@ -41,6 +41,11 @@ class TrainConfig:
     partial_window: float = 0.0  # share of training windows cut short (samples.ArrayDataset)
     val_fraction: float = 0.25
     balanced: bool = True
+    # the saved weights' logits get the log class shares of the training labels back
+    # (steps.prior_shift) when ``balanced`` sampling hid them: probabilities and top-1 then
+    # hold at the data's class mix instead of an even one (selection is unchanged: it
+    # monitors balanced accuracy on the weights as trained)
+    restore_prior: bool = False
     augment: bool = True
     device: str = "auto"
     amp: bool = True  # mixed precision (fp16 autocast + grad scaling), GPU only

@@ -50,7 +50,9 @@ from hepascope.train.steps import (
     lr_lambda,
     make_optimizer,
     memory_format,
+    prior_shift,
     progress_bar,
+    shifted_logits,
     to_device,
 )
 
@@ -153,6 +155,7 @@ class _Run:
     meta: dict[str, Any]
     use_amp: bool
     avg: WeightAverage | None  # the averaged weights, validated and kept when on
+    shift: np.ndarray | None  # added to the saved logits (cfg.restore_prior), else None
 
     @property
     def kept(self) -> nn.Module:
@@ -186,10 +189,22 @@ def _setup(data: ArraySet, cfg: TrainConfig, train_idx: np.ndarray | None,
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total, int(cfg.warmup_frac * total)))
     use_amp = cfg.amp and ctx.device.type == "cuda"
     avg = WeightAverage(net, max(1.0, cfg.ema_span * total)) if cfg.ema_span > 0 else None
+    shift = _shift(cfg, data.labels[tr_idx], len(data.classes))
+    meta = _meta(cfg, kind, kwargs, data, tr_idx, va_idx, ctx)
+    meta["train"]["logit_shift"] = None if shift is None else [float(v) for v in shift]
     return _Run(ctx, kind, net, ddp.wrap(net, ctx), opt, sched,
                 torch.amp.GradScaler("cuda", enabled=use_amp), loader, sampler, train_ds,
-                val_ds, total, math.ceil(total / len(loader)),
-                _meta(cfg, kind, kwargs, data, tr_idx, va_idx, ctx), use_amp, avg)
+                val_ds, total, math.ceil(total / len(loader)), meta, use_amp, avg, shift)
+
+
+def _shift(cfg: TrainConfig, labels: np.ndarray, n_classes: int) -> np.ndarray | None:
+    """The logit shift the saved weights get: the training labels' log class shares when a
+    balanced sampler hid them and ``restore_prior`` asks for them back; None when classes
+    are even (a shift of zero) or not asked."""
+    if not (cfg.balanced and cfg.restore_prior):
+        return None
+    shift = prior_shift(labels, n_classes)
+    return None if np.allclose(shift, 0.0) else shift
 
 
 def _train_epoch(run: _Run, cfg: TrainConfig, bar: rp.Progress, epoch: int,
@@ -274,10 +289,13 @@ def _train(data: ArraySet, cfg: TrainConfig, out: Path, train_idx: np.ndarray | 
             if epoch == select_from:  # earlier epochs only held a fallback
                 best_score = (-math.inf, -math.inf)
             if score > best_score:
-                best_score, res.best_epoch, res.metrics = score, epoch, m
-                if ctx.is_main:
-                    save_model(out, run.kept, {**run.meta, "metrics": _val_metrics(
-                        m, data, run.val_ds.indices)})
+                best_score, res.best_epoch = score, epoch
+                with shifted_logits(run.kept, run.shift) as kept:  # the weights as saved
+                    res.metrics = m if run.shift is None else evaluate(
+                        kept, run.val_ds, device=ctx.device)
+                    if ctx.is_main:
+                        save_model(out, kept, {**run.meta, "metrics": _val_metrics(
+                            res.metrics, data, run.val_ds.indices)})
             elif (cfg.steps is None and epoch - res.best_epoch >= cfg.patience
                   and res.best_epoch >= select_from and epoch < run.n_epochs):
                 res.stopped = "early"

@@ -72,6 +72,10 @@ class BimodalResNet(nn.Module):
         self.classifier = nn.Sequential(nn.Linear(cb + 2 * cc, hidden), nn.ReLU(inplace=True),
                                         nn.Dropout(drop_rate), nn.Linear(hidden, num_classes))
 
+    def get_classifier(self) -> nn.Module:
+        """The layer that makes the logits (timm's name): the trainer shifts its bias."""
+        return self.classifier[-1]
+
     def _branch(self, name: str) -> ResNet:
         enc = self.bmode if name == "bmode" else self.ceus
         if enc is None:

@@ -49,6 +49,10 @@ class Clip3D(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def get_classifier(self) -> nn.Module:
+        """The layer that makes the logits (timm's name): the trainer shifts its bias."""
+        return self.fc
+
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = x.mean(dim=(2, 3, 4))
         return x if pre_logits else self.fc(x)

@@ -148,6 +148,10 @@ class InceptionResNetV2(nn.Module):
         c = self.stage_c(self.reduce_b(b))
         return [a, b, c] if self.fusion else [c]
 
+    def get_classifier(self) -> nn.Module:
+        """The layer that makes the logits (timm's name): the trainer shifts its bias."""
+        return self.fc
+
     def forward_head(self, x: list[torch.Tensor], pre_logits: bool = False) -> torch.Tensor:
         z = torch.cat([f.mean(dim=(2, 3)) for f in x], dim=1)
         return z if pre_logits else self.fc(self.drop(z))

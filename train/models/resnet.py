@@ -55,6 +55,10 @@ class ResNet(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.stages(self.stem(x))
 
+    def get_classifier(self) -> nn.Module:
+        """The layer that makes the logits (timm's name): the trainer shifts its bias."""
+        return self.fc
+
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = x.mean(dim=(2, 3))  # global average pool as a ReduceMean: exports cleanly
         return x if pre_logits else self.fc(self.drop(x))

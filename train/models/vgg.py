@@ -64,6 +64,10 @@ class VGG(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
 
+    def get_classifier(self) -> nn.Module:
+        """The layer that makes the logits (timm's name): the trainer shifts its bias."""
+        return self.fc
+
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.pre_logits(self.pool(x).flatten(1))
         return x if pre_logits else self.fc(x)
