@@ -80,9 +80,11 @@ def infer_loop(step: Step | Batched, tally: ModelTally, ring: RingHandle,
             if stop.is_set() or source_done.is_set():
                 return
         with RingReader(ring.name, start="oldest") as reader:
-            take = (_Newest(reader) if not isinstance(step, Batched)
-                    else _InOrder(reader, step.size))
-            run = step.step if isinstance(step, Batched) else one_by_one(step)
+            take: _Newest | _InOrder
+            if isinstance(step, Batched):
+                take, run = _InOrder(reader, step.size), step.step
+            else:
+                take, run = _Newest(reader), one_by_one(step)
             _loop(take, run, tally, source_done, stop, results, progress, max_invalid)
     finally:
         progress.set_phase(FINISHING)
