@@ -26,6 +26,7 @@ from hepascope.core.errors import ConfigError
 from hepascope.core.geometry import Rect, SectorGeometry
 
 CONFIG_VERSION = 1
+GPU_PREPROCESS = ("auto", "on", "off")  # pipeline.gpu_preprocess
 T = TypeVar("T")
 
 
@@ -112,8 +113,18 @@ class PipelineConfig:
     # main model takes up to this many, oldest first, in one engine run (1: one at a time).
     # A live source's model always takes the newest frame alone (latency first)
     unpaced_batch: int = 4
+    # a single-frame model's preprocessing as CUDA kernels writing the engine's input on the
+    # GPU (stream/classifier.py): auto (where the engine can be fed on the device, else the
+    # host, saying why), on (or the run does not start), off (the host). YAML's bare on/off
+    # are booleans: taken as "on"/"off"
+    gpu_preprocess: str | bool = "auto"
 
     def __post_init__(self) -> None:
+        if isinstance(self.gpu_preprocess, bool):
+            object.__setattr__(self, "gpu_preprocess", "on" if self.gpu_preprocess else "off")
+        if self.gpu_preprocess not in GPU_PREPROCESS:
+            raise ConfigError(f"pipeline.gpu_preprocess must be auto, on or off, "
+                              f"got {self.gpu_preprocess!r}")
         if self.inference not in ("process", "thread"):
             raise ConfigError(f"pipeline.inference must be process or thread, "
                               f"got {self.inference!r}")

@@ -60,6 +60,17 @@ def _load_kernels(drv: Any) -> tuple[Any, str]:
                          f"compiling kernels/preprocess.cu failed: {e}") from e
 
 
+def probe_kernels(context: CudaContext) -> str:
+    """Where the kernels come from ("fatbin PATH" or "nvcc"), loaded in ``context`` and
+    dropped again: what a caller checks before relying on a ``GpuPreprocessor`` built
+    later (the live path builds one on its first frame). ``ModelError`` says why not."""
+    drv = driver()
+    with context:
+        module, source = _load_kernels(drv)
+        del module  # unloaded with the context current
+    return source
+
+
 _SIGNATURES = {  # pycuda prepare formats (P pointer, i int, f float), kernel argument order
     "hs_area_frame": "P iiii P i iiii iiif PPPPPP P iiii fff",
     "hs_area_plane": "P i iiif PPPPPP P iiii fff",

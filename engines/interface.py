@@ -5,12 +5,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from hepascope.core.errors import ModelError
 from hepascope.core.export_format import WEIGHTS_FILES
+
+if TYPE_CHECKING:
+    from hepascope.engines.cuda import CudaContext
 
 Dim = int | str | None  # a static size, or a symbolic / unknown one
 
@@ -58,6 +61,36 @@ class Engine(Protocol):
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class DeviceFed(Protocol):
+    """An engine (besides ``Engine``) whose inputs can be written on the GPU: a CUDA
+    kernel writes ``device_inputs(batch)`` on ``device_stream`` in ``cuda_context``, then
+    ``infer_device()`` runs on what the input buffers hold, with no host->device copy of
+    inputs (the live path's GPU preprocessing, stream/classifier.py). Optional: an engine
+    without it is fed from the host through ``infer``. Its attributes never raise, so an
+    ``isinstance`` check is safe on a closed engine."""
+
+    @property
+    def cuda_context(self) -> CudaContext:
+        """The CUDA context the engine's buffers live in (the device's primary one)."""
+        ...
+
+    @property
+    def device_stream(self) -> Any:
+        """The pycuda ``Stream`` that ``infer_device`` runs on: queue input writes on it."""
+        ...
+
+    def device_inputs(self, batch: int = 1) -> dict[str, int]:
+        """Device pointers of the input buffers by tensor name, the engine set to
+        ``batch`` (each holds ``spec.at_batch(batch)`` elements, C order, input dtype)."""
+        ...
+
+    def infer_device(self) -> dict[str, np.ndarray]:
+        """Run on what the input buffers hold (after the work queued on ``device_stream``);
+        results are new host arrays, the caller's."""
+        ...
 
 
 def check_feeds(inputs: tuple[TensorSpec, ...], feeds: dict[str, np.ndarray]) -> None:

@@ -6,9 +6,12 @@ Loading checks the plan's sidecar against the running TensorRT, the GPU and the 
 beside it (``engines/plan.py``), then allocates pinned host and device buffers once by
 tensor name at the largest batch, sets every tensor address once, and runs each ``infer``
 as async copies in, ``execute_async_v3``, async copies out, on one CUDA stream, optionally
-replayed as a CUDA graph captured per batch size. ``tensorrt`` and ``pycuda`` are imported
-when an engine is made, so that ``import hepascope.engines.tensorrt`` works anywhere; a
-missing one is a ``ModelError("TensorRT engine unavailable: ...")``.
+replayed as a CUDA graph captured per batch size. It is also ``DeviceFed``
+(engines/interface.py): a CUDA kernel (the live path's GPU preprocessing) may write the
+input buffers on its stream, and ``infer_device`` runs without the inputs' copies.
+``tensorrt`` and ``pycuda`` are imported when an engine is made, so that
+``import hepascope.engines.tensorrt`` works anywhere; a missing one is a
+``ModelError("TensorRT engine unavailable: ...")``.
 """
 
 from __future__ import annotations
@@ -88,8 +91,9 @@ def numpy_dtype(trt: ModuleType, dtype: Any, name: str) -> np.dtype:
 
 
 class TrtEngine:
-    """A TensorRT plan on the GPU (see the module doc). Results are views of pinned
-    buffers reused by the next ``infer``: copy one to keep it."""
+    """A TensorRT plan on the GPU (see the module doc). Results are new arrays, copied
+    from the pinned output buffers (class scores: a few bytes), so they stay valid after
+    the next ``infer`` and after ``close``, which frees those buffers."""
 
     name = "tensorrt"
 
@@ -102,7 +106,7 @@ class TrtEngine:
         sidecar = read_sidecar(self.plan)
         self._ctx = CudaContext(device)
         self._buffers: DeviceBuffers | None = None
-        self._graphs: dict[int, CudaGraph] = {}
+        self._graphs: dict[tuple[int, bool], CudaGraph] = {}  # (batch, with input copies)
         self._context: Any = None
         self._engine: Any = None
         try:
@@ -194,10 +198,11 @@ class TrtEngine:
     def _count(self, name: str) -> int:
         return int(np.prod(self._shapes[name]))
 
-    def _enqueue(self) -> None:
-        """Copies in, execute, copies out: all async on the one stream."""
+    def _enqueue(self, copy_inputs: bool = True) -> None:
+        """Copies in (unless the inputs are on the device already), execute, copies out:
+        all async on the one stream."""
         assert self._buffers is not None
-        for s in self.inputs:
+        for s in self.inputs if copy_inputs else ():
             self._buffers.to_device(s.name, self._count(s.name))
         ok = cuda_check("execute_async_v3", self._context.execute_async_v3,
                         self._buffers.stream_handle)
@@ -207,21 +212,40 @@ class TrtEngine:
         for s in self.outputs:
             self._buffers.to_host(s.name, self._count(s.name))
 
-    def _graph(self) -> CudaGraph:
-        graph = self._graphs.get(self._batch)
+    def _graph(self, copy_inputs: bool = True) -> CudaGraph:
+        """The graph of ``_enqueue(copy_inputs)`` at the current batch, captured on first
+        use. ``infer_device`` has graphs of its own, without the input copies: replaying
+        ``infer``'s would copy the pinned host inputs over what a kernel wrote on the
+        device. Its own capture (rather than a plain enqueue) keeps the graph's one launch
+        instead of TensorRT's per-layer launches on the live path."""
+        key = (self._batch, copy_inputs)
+        graph = self._graphs.get(key)
         if graph is None:
             assert self._buffers is not None
             # TensorRT defers some work after a shape change to the next enqueue, which
             # must not be the captured one: run once outside the capture first.
-            self._enqueue()
+            self._enqueue(copy_inputs)
             self._buffers.synchronize()
             try:
-                graph = CudaGraph(self._buffers.stream_handle, self._enqueue)
+                graph = CudaGraph(self._buffers.stream_handle,
+                                  lambda: self._enqueue(copy_inputs))
             except CudaError as e:
                 raise ModelError(f"{self.plan.name}: CUDA graph capture failed ({e}); run "
                                  "without the CUDA graph") from e
-            self._graphs[self._batch] = graph
+            self._graphs[key] = graph
         return graph
+
+    def _run(self, copy_inputs: bool) -> dict[str, np.ndarray]:
+        """Enqueue (or replay) at the current batch, wait, and copy the outputs out of the
+        pinned buffers; the context is current."""
+        assert self._buffers is not None
+        if self.cuda_graph:
+            self._graph(copy_inputs).launch()
+        else:
+            self._enqueue(copy_inputs)
+        self._buffers.synchronize()
+        return {s.name: self._buffers.view(s.name, self._shapes[s.name]).copy()
+                for s in self.outputs}
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self._buffers is None:
@@ -234,12 +258,39 @@ class TrtEngine:
             for s in self.inputs:
                 np.copyto(self._buffers.view(s.name, self._shapes[s.name]), feeds[s.name],
                           casting="same_kind")
-            if self.cuda_graph:
-                self._graph().launch()
-            else:
-                self._enqueue()
-            self._buffers.synchronize()
-        return {s.name: self._buffers.view(s.name, self._shapes[s.name]) for s in self.outputs}
+            return self._run(copy_inputs=True)
+
+    # ---------------------------------------------------------------- DeviceFed
+
+    @property
+    def cuda_context(self) -> CudaContext:
+        return self._ctx
+
+    @property
+    def device_stream(self) -> Any:
+        """The pycuda stream of every copy and ``execute_async_v3`` (None after close)."""
+        return None if self._buffers is None else self._buffers.stream
+
+    def device_inputs(self, batch: int = 1) -> dict[str, int]:
+        """The input buffers' device pointers, the engine set to ``batch`` (the addresses
+        TensorRT was given once: the buffers hold the largest batch, a smaller one is
+        their prefix)."""
+        if self._buffers is None:
+            raise ModelError(f"{self.plan.name}: engine used after close()")
+        if not 1 <= batch <= self.max_batch:
+            raise ModelError(f"batch {batch} is outside this plan's 1..{self.max_batch}")
+        with self._ctx:
+            if batch != self._batch:
+                self._set_batch(batch)
+        return {s.name: self._buffers.device_ptr(s.name) for s in self.inputs}
+
+    def infer_device(self) -> dict[str, np.ndarray]:
+        """``infer`` on what the input device buffers hold at the batch ``device_inputs``
+        set, after the work queued on ``device_stream``: no host->device copy of inputs."""
+        if self._buffers is None:
+            raise ModelError(f"{self.plan.name}: engine used after close()")
+        with self._ctx:
+            return self._run(copy_inputs=False)
 
     def close(self) -> None:
         """Free the graphs, the execution context, the engine, the buffers and the stream,

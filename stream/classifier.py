@@ -5,7 +5,9 @@ What a model needs is read from its metadata where present (``hepascope.labels``
 ``hepascope.output``, ``hepascope.inputs``), else inferred from its input shapes; a model
 the frames cannot feed is refused with one clear ``ModelInputError``. Its calibration
 (``META_TEMPERATURE``, ``META_ABSTAIN``: JSON numbers in the metadata of the graph that
-gives the probabilities, the head of a bimodal export) is read by ``read_calibration``."""
+gives the probabilities, the head of a bimodal export) is read by ``read_calibration``.
+``predict`` may preprocess on the GPU, straight into the engine's input buffer
+(``GpuFeed``; ``pipeline.gpu_preprocess``)."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from typing import Protocol
 
 import numpy as np
 
-from hepascope.core.config import Config
+from hepascope.core.config import GPU_PREPROCESS, Config
 from hepascope.core.errors import ModelError, ModelInputError
 from hepascope.core.export_format import (
     META_ABSTAIN,
@@ -34,7 +36,8 @@ from hepascope.core.export_format import (
 from hepascope.core.frame import Frame
 from hepascope.core.geometry import Rect
 from hepascope.core.preprocess import PreprocessSpec, preprocess, spec_from_dict
-from hepascope.engines.interface import Engine, TensorSpec
+from hepascope.engines.gpu_preprocess import GpuPreprocessor, probe_kernels
+from hepascope.engines.interface import DeviceFed, Engine, TensorSpec
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +118,65 @@ def _image_input(spec: TensorSpec) -> tuple[int, tuple[int, int] | None]:
     return int(c), hw
 
 
+class GpuFeed:
+    """A single-frame model's preprocessing on the GPU: one ``GpuPreprocessor`` per engine
+    input, in the engine's CUDA context, writing the input's device buffer on the engine's
+    stream, so ``infer_device`` needs no copy of the input. Built for a frame shape on the
+    first frame (and again on a frame of another shape); the kernels are loaded once here
+    (``probe_kernels``), so that a missing GPU path shows when the model is opened."""
+
+    def __init__(self, engine: DeviceFed, inputs: tuple[TensorSpec, ...],
+                 specs: dict[str, PreprocessSpec]) -> None:
+        if set(specs) != {s.name for s in inputs}:
+            raise ValueError(f"specs {sorted(specs)} do not name the inputs")
+        self.engine = engine
+        self.inputs = {s.name: s for s in inputs}
+        self.specs = specs
+        self.kernels = probe_kernels(engine.cuda_context)
+        self.frame_shape: tuple[int, ...] | None = None
+        self._pre: dict[str, GpuPreprocessor] = {}
+
+    def prepare(self, frame_shape: tuple[int, ...]) -> None:
+        """Have preprocessors for frames of ``frame_shape`` (``ModelError`` if they cannot
+        be built; none are left then)."""
+        if frame_shape == self.frame_shape:
+            return
+        self.close()
+        try:
+            for name, spec in self.specs.items():
+                pre = self._pre[name] = GpuPreprocessor(
+                    spec, frame_shape, dtype=self.inputs[name].dtype,
+                    context=self.engine.cuda_context)
+                want = self.inputs[name].at_batch(1)
+                if int(np.prod(want)) != int(np.prod(pre.out_shape)):
+                    raise ModelInputError(f"model input {self.inputs[name].describe()}: the "
+                                          f"GPU preprocessing writes {pre.out_shape}")
+        except BaseException:
+            self.close()
+            raise
+        self.frame_shape = frame_shape
+
+    def queue(self, image: np.ndarray) -> None:
+        """Queue ``image``'s preprocessing into the engine's inputs at batch 1 (``prepare``
+        first, for its shape)."""
+        ptrs = self.engine.device_inputs(1)
+        stream = self.engine.device_stream
+        for name, pre in self._pre.items():
+            pre.run(image, out={self.specs[name].view_names[0]: ptrs[name]}, stream=stream)
+
+    def close(self) -> None:
+        """Close every preprocessor (each, even if one fails; the first error is raised)."""
+        pres, self._pre, self.frame_shape = self._pre, {}, None
+        error: BaseException | None = None
+        for pre in pres.values():
+            try:
+                pre.close()
+            except BaseException as e:  # raised below, after the others are closed
+                error = error or e
+        if error is not None:
+            raise error
+
+
 class Classifier(Protocol):
     """What the pipeline's inference stage runs: one frame in, probabilities out, with the
     time each internal stage took (ms). May keep state across frames (feature caches)."""
@@ -139,10 +201,20 @@ class Prediction:
 
 
 class FrameClassifier:
-    """preprocess -> engine -> probabilities, for one frame. Holds no thread of its own."""
+    """preprocess -> engine -> probabilities, for one frame. Holds no thread of its own.
+
+    ``gpu_preprocess`` (auto | on | off; the live path passes ``pipeline.gpu_preprocess``,
+    a classifier made directly, as eval and the bench do, preprocesses on the host):
+    ``predict`` preprocesses on the GPU (``GpuFeed``) where the engine is ``DeviceFed``;
+    auto falls back to the host where not, logging why once; on refuses (``ModelError``).
+    ``preprocess_device`` says which ran ("cuda" | "cpu"); ``feeds``, ``classify`` and the
+    batch path (stream/batch.py) stay on the host."""
 
     def __init__(self, engine: Engine, config: Config, *, labels: tuple[str, ...] | None = None,
-                 model_name: str | None = None) -> None:
+                 model_name: str | None = None, gpu_preprocess: str = "off") -> None:
+        if gpu_preprocess not in GPU_PREPROCESS:
+            raise ValueError(f"gpu_preprocess must be one of {GPU_PREPROCESS}, "
+                             f"got {gpu_preprocess!r}")
         self.engine = engine
         meta = engine.metadata
         views_meta = _json_meta(meta, META_INPUTS)  # {input name: view name}
@@ -194,6 +266,48 @@ class FrameClassifier:
         self.output_name = out.name
         self.output_kind = meta.get(META_OUTPUT, "auto")  # probs | logits | auto
         self.model_name = model_name or meta.get(META_MODEL, "model")
+        self.gpu_preprocess = gpu_preprocess
+        self.preprocess_device = "cpu"
+        self._gpu = self._gpu_feed()
+
+    def _gpu_feed(self) -> GpuFeed | None:
+        """The GPU path ``gpu_preprocess`` asks for and the engine allows, or None."""
+        mode, engine = self.gpu_preprocess, self.engine
+        if mode == "off":
+            return None
+        if not isinstance(engine, DeviceFed):
+            reason = f"engine {engine.name} has no device inputs"
+        else:
+            try:
+                feed = GpuFeed(engine, engine.inputs, self._specs)
+            except ModelError as e:
+                reason = str(e).strip().splitlines()[0]
+            else:
+                self.preprocess_device = "cuda"
+                log.info("preprocess %s -> cuda: %s engine inputs written on the GPU "
+                         "(kernels: %s)", mode, engine.name, feed.kernels)
+                return feed
+        if mode == "on":
+            raise ModelError(f"pipeline.gpu_preprocess is on, but {reason}")
+        log.info("preprocess auto -> cpu: %s", reason)
+        return None
+
+    def _gpu_ready(self, image: np.ndarray) -> bool:
+        """Whether this frame goes the GPU path: its preprocessors built for its shape.
+        A failed build is the run's error with on; with auto, logged, then the host."""
+        if self._gpu is None:
+            return False
+        try:
+            self._gpu.prepare(tuple(image.shape))
+            return True
+        except ModelError as e:
+            if self.gpu_preprocess == "on":
+                raise
+            log.warning("preprocess auto -> cpu: no GPU preprocessing for frames of %s (%s)",
+                        image.shape, e)
+            gpu, self._gpu, self.preprocess_device = self._gpu, None, "cpu"
+            gpu.close()
+            return False
 
     @property
     def scene_rect(self) -> Rect:
@@ -226,12 +340,27 @@ class FrameClassifier:
         return Prediction(self.probabilities(self.engine.infer(self.feeds(image))), self.labels)
 
     def predict(self, frame: Frame) -> tuple[np.ndarray, dict[str, float]]:
+        """One frame's probabilities and stage times (ms). On the GPU path "preprocess" is
+        the time to queue the kernels, "infer" the rest (the kernels run in it)."""
         t0 = time.monotonic_ns()
-        feeds = self.feeds(frame.image)
-        t1 = time.monotonic_ns()
-        probs = self.probabilities(self.engine.infer(feeds))
+        if self._gpu is not None and self._gpu_ready(frame.image):
+            self._gpu.queue(frame.image)
+            t1 = time.monotonic_ns()
+            outputs = self._gpu.engine.infer_device()
+        else:
+            feeds = self.feeds(frame.image)
+            t1 = time.monotonic_ns()
+            outputs = self.engine.infer(feeds)
+        probs = self.probabilities(outputs)
         t2 = time.monotonic_ns()
         return probs, {"preprocess": (t1 - t0) / 1e6, "infer": (t2 - t1) / 1e6}
 
     def close(self) -> None:
-        self.engine.close()
+        """Close the GPU preprocessors (their buffers live in the engine's context), then
+        the engine, also when the first fails."""
+        gpu, self._gpu = self._gpu, None
+        try:
+            if gpu is not None:
+                gpu.close()
+        finally:
+            self.engine.close()

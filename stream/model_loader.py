@@ -217,15 +217,32 @@ def open_model(path: str | Path, config: Config, *, backend: str = "onnxruntime"
     return judged(clf, config.verdict, calibration, config.layout) if verdicts else clf
 
 
+def _host_preprocess(kind: str, mode: str) -> None:
+    """A model that preprocesses on the host only, under ``pipeline.gpu_preprocess``
+    ``mode``: on refuses it (one ``ModelError``), auto says so."""
+    if mode == "on":
+        raise ModelError(f"pipeline.gpu_preprocess is on, but a {kind} model preprocesses "
+                         "on the host (GPU preprocessing feeds single-frame models)")
+    if mode == "auto":
+        log.info("preprocess auto -> cpu: a %s model preprocesses on the host", kind)
+
+
 def _open_bare(p: Path, engine: Engine, config: Config, backend: str, threads: int | None,
                labels: tuple[str, ...] | None) -> Classifier:
+    """The classifier of ``engine``'s role. A single-frame model gets
+    ``pipeline.gpu_preprocess`` (stream/classifier.py); bimodal and clip models keep their
+    host preprocessing (their streamers preprocess each part and window on the host)."""
     role = engine.metadata.get(META_ROLE)
+    mode = str(config.pipeline.gpu_preprocess)  # a str: the config normalises YAML's on/off
     if role == ROLE_HEAD:
+        _host_preprocess("bimodal", mode)
         return _open_bimodal(p, engine, backend, threads)
     if role == ROLE_CLIP:
+        _host_preprocess("clip", mode)
         return _open_clip(p, engine, every=1)
     if role in (ROLE_BMODE, ROLE_CEUS):
         raise ModelError(f"{p.name} is the {role} of a bimodal export; pass its directory")
     if role is None and META_VERSION in engine.metadata:
         raise ModelError(f"{p.name}: missing metadata 'hepascope.role'")
-    return FrameClassifier(engine, config, labels=labels, model_name=p.stem)
+    return FrameClassifier(engine, config, labels=labels, model_name=p.stem,
+                           gpu_preprocess=mode)

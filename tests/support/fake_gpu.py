@@ -8,7 +8,10 @@ pycuda's context stack (``src/cpp/cuda.hpp``: ``context::detach`` of a context t
 current pushes it and calls ``cuDevicePrimaryCtxRelease``, which "does not pop the context
 from stack in any circumstances"), pinned memory whose ``.base`` is the allocation that
 ``free()`` releases, and TensorRT calling an INT8 calibrator's ``get_batch`` until it
-returns None and then ``write_calibration_cache``. Kernels do nothing and nothing here
+returns None and then ``write_calibration_cache``; TensorRT's runtime (tensor addresses set
+once, ``execute_async_v3`` on device memory) and CUDA graphs (a capture records the async
+copies and executes, a launch replays them). Kernels do nothing (their launches are
+recorded: name, stream, arguments) and nothing here
 makes a number hepascope reports: freed host memory is poisoned so a dangling view shows.
 """
 
@@ -40,7 +43,8 @@ def install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeGpu:
     ``hepascope.engines.cuda``'s cache) for one test; a dummy kernel fatbin too."""
     import hepascope.engines.cuda as cuda
 
-    gpu, trt_state = GpuState(), TrtState()
+    gpu = GpuState()
+    trt_state = TrtState(gpu=gpu)
     drv = make_pycuda(gpu)
     package = types.ModuleType("pycuda")
     package.driver = drv  # type: ignore[attr-defined]

@@ -32,8 +32,20 @@ class GpuState:
     modules: list[Any] = field(default_factory=list)
     host_allocs: list[Any] = field(default_factory=list)
     calls: list[str] = field(default_factory=list)
+    htod: list[int] = field(default_factory=list)  # destination of every host->device copy
+    launches: list[tuple[str, Any, tuple[Any, ...]]] = field(default_factory=list)  # kernel,
+    # stream, arguments (nothing runs)
     popped_reset: bool = False  # a context was popped after its last release
     fail: dict[str, int] = field(default_factory=dict)  # call name -> fail at that count
+    capture: list[Any] | None = None  # a stream capture: async work recorded, not run
+    graphs: dict[int, list[Any]] = field(default_factory=dict)  # graph handle -> its work
+
+    def issue(self, work: Any) -> None:
+        """Run async work now, or record it into the capture under way."""
+        if self.capture is None:
+            work()
+        else:
+            self.capture.append(work)
 
     def call(self, name: str) -> None:
         self.calls.append(name)
@@ -158,14 +170,16 @@ class Event(_Bound):
 
 
 class Function(_Bound):
-    def __init__(self, module: Module) -> None:
+    def __init__(self, module: Module, name: str = "") -> None:
         self.module = module  # pycuda: with_custodian_and_ward, the module lives on
+        self.name = name
 
     def prepare(self, fmt: str) -> None:
         pass
 
-    def prepared_async_call(self, *args: Any) -> None:
+    def prepared_async_call(self, grid: Any, block: Any, stream: Any, *args: Any) -> None:
         self.state.call("cuLaunchKernel")
+        self.state.launches.append((self.name, stream, args))
 
 
 class Module(_Bound):
@@ -173,7 +187,7 @@ class Module(_Bound):
         self.state.modules.append(weakref.ref(self))
 
     def get_function(self, name: str) -> Function:
-        return self.drv.Function(self)
+        return self.drv.Function(self, name)
 
 
 class HostAllocation(_Bound):
@@ -207,6 +221,7 @@ class DeviceAllocation(_Bound):
 
 
 def _htod(state: GpuState, dst: Any, src: np.ndarray, stream: Any = None) -> None:
+    state.htod.append(int(dst))
     raw = np.ascontiguousarray(src).view(np.uint8).reshape(-1)
     state.find(int(dst), raw.size)[:] = raw
 
@@ -226,11 +241,11 @@ def make_pycuda(state: GpuState) -> types.ModuleType:
 
     def htod_async(dst: Any, src: np.ndarray, stream: Any) -> None:
         state.call("memcpy_htod_async")
-        _htod(state, dst, src)
+        state.issue(functools.partial(_htod, state, dst, src))
 
     def dtoh_async(dst: np.ndarray, src: Any, stream: Any) -> None:
         state.call("memcpy_dtoh_async")
-        _dtoh(state, dst, src)
+        state.issue(functools.partial(_dtoh, state, dst, src))
 
     ns: dict[str, Any] = {
         "Error": DriverError, "init": lambda: None,
@@ -267,6 +282,37 @@ class FakeLibcuda:
     def cuDevicePrimaryCtxRetain(self, out: Any, dev: Any) -> int:
         self.state.retained += 1
         out._obj.value = self.state.handle
+        return 0
+
+    def cuStreamBeginCapture_v2(self, stream: Any, mode: int) -> int:
+        if self.state.capture is not None:
+            raise AssertionError("cuStreamBeginCapture during a capture")
+        self.state.capture = []
+        return 0
+
+    def cuStreamEndCapture(self, stream: Any, out: Any) -> int:
+        work, self.state.capture = self.state.capture or [], None
+        out._obj.value = handle = id(work)
+        self.state.graphs[handle] = work
+        return 0
+
+    def cuGraphInstantiateWithFlags(self, out: Any, graph: Any, flags: int) -> int:
+        out._obj.value = graph.value + 0x100000  # the executable graph replays the same work
+        self.state.graphs[out._obj.value] = self.state.graphs[graph.value]
+        return 0
+
+    def cuGraphLaunch(self, exe: Any, stream: Any) -> int:
+        self.state.call("cuGraphLaunch")
+        for work in self.state.graphs[exe.value]:
+            work()
+        return 0
+
+    def cuGraphExecDestroy(self, exe: Any) -> int:
+        del self.state.graphs[exe.value]
+        return 0
+
+    def cuGraphDestroy(self, graph: Any) -> int:
+        del self.state.graphs[graph.value]
         return 0
 
     def cuDevicePrimaryCtxRelease_v2(self, dev: Any) -> int:

@@ -1,15 +1,18 @@
 """A stand-in for the ``tensorrt`` module over one ``TrtState``: the builder calls
 ``build_plan`` makes, an ONNX parser that reads the graph's inputs, and INT8 calibration
 driven as TensorRT 10 drives it (``get_batch`` until None, then
-``write_calibration_cache``). See ``support.fake_gpu``."""
+``write_calibration_cache``); and the runtime calls ``TrtEngine`` makes (``Runtime``,
+``ICudaEngine``, ``IExecutionContext``: tensors by name, shapes, addresses set once,
+``execute_async_v3``). See ``support.fake_gpu``."""
 
 from __future__ import annotations
 
 import types
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import onnx
 
 
@@ -23,6 +26,11 @@ class TrtState:
     build_fails: bool = False
     batches: int = 0
     cache_read: bytes | None = None
+    # the engine a plan deserialises to: tensor name -> (is input, shape, -1 the batch)
+    tensors: dict[str, tuple[bool, tuple[int, ...]]] = field(default_factory=dict)
+    max_batch: int = 4
+    gpu: Any = None  # the fake driver's GpuState (device memory), set by fake_gpu.install
+    executed: list[dict[str, tuple[int, ...]]] = field(default_factory=list)  # shapes run
 
 
 def calibration_table(names: list[str]) -> bytes:
@@ -142,12 +150,99 @@ class Builder:
         return None if state.build_fails else memoryview(b"fake plan")
 
 
+TensorIOMode = types.SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT")
+
+
+class ExecutionContext:
+    """IExecutionContext: input shapes, tensor addresses, and an ``execute_async_v3``
+    whose arithmetic is the fake's (no model runs): row b of every output is the sum of
+    row b of every input (read from device memory) plus the class index."""
+
+    def __init__(self, state: TrtState) -> None:
+        self.state = state
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.addresses: dict[str, int] = {}
+
+    def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
+        self.shapes[name] = tuple(shape)
+        return True
+
+    def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+        batch = next(iter(self.shapes.values()))[0]
+        return tuple(batch if d < 0 else d for d in self.state.tensors[name][1])
+
+    def set_tensor_address(self, name: str, ptr: int) -> bool:
+        self.addresses[name] = int(ptr)
+        return True
+
+    def _tensor(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        n = int(np.prod(shape)) * 4
+        return self.state.gpu.find(self.addresses[name], n).view(np.float32).reshape(shape)
+
+    def execute_async_v3(self, stream_handle: int) -> bool:
+        self.state.gpu.call("execute_async_v3")
+        self.state.gpu.issue(self._execute)  # or into a CUDA graph being captured
+        return True
+
+    def _execute(self) -> None:
+        ins = {n: self._tensor(n, s) for n, s in self.shapes.items()}
+        total = sum(x.reshape(x.shape[0], -1).sum(axis=1) for x in ins.values())
+        for name, (is_input, _) in self.state.tensors.items():
+            if not is_input:
+                out = self._tensor(name, self.get_tensor_shape(name))
+                out[:] = total[:, None] + np.arange(out.shape[-1], dtype=np.float32)
+        self.state.executed.append(dict(self.shapes))
+
+
+class CudaEngine:
+    """ICudaEngine over ``state.tensors`` (float32, one optimisation profile: 1..max)."""
+
+    def __init__(self, state: TrtState) -> None:
+        self.state = state
+        self.names = list(state.tensors)
+
+    @property
+    def num_io_tensors(self) -> int:
+        return len(self.names)
+
+    def get_tensor_name(self, i: int) -> str:
+        return self.names[i]
+
+    def get_tensor_mode(self, name: str) -> str:
+        return TensorIOMode.INPUT if self.state.tensors[name][0] else TensorIOMode.OUTPUT
+
+    def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+        return self.state.tensors[name][1]
+
+    def get_tensor_dtype(self, name: str) -> str:
+        return "float32"
+
+    def get_tensor_profile_shape(self, name: str, profile: int) -> tuple[tuple[int, ...], ...]:
+        shape = self.state.tensors[name][1]
+        return tuple((b, *shape[1:]) for b in (1, 1, self.state.max_batch))
+
+    def create_execution_context(self) -> ExecutionContext:
+        return ExecutionContext(self.state)
+
+
+class Runtime:
+    state: TrtState  # set on make_tensorrt's subclass
+
+    def __init__(self, logger: Any) -> None:
+        self.logger = logger
+
+    def deserialize_cuda_engine(self, data: bytes) -> CudaEngine | None:
+        return CudaEngine(self.state) if self.state.tensors else None
+
+
 def make_tensorrt(state: TrtState) -> types.ModuleType:
     """A ``tensorrt`` module over ``state``: the builder calls ``build_plan`` makes."""
     trt = types.ModuleType("tensorrt")
     ns: dict[str, Any] = {
         "__version__": state.version, "ILogger": ILogger, "OnnxParser": OnnxParser,
         "Builder": type("Builder", (Builder,), {"state": state}),
+        "Runtime": type("Runtime", (Runtime,), {"state": state}),
+        "TensorIOMode": TensorIOMode, "nptype": lambda dtype: np.dtype(dtype).type,
         "IInt8EntropyCalibrator2": IInt8EntropyCalibrator2,
         "NetworkDefinitionCreationFlag": types.SimpleNamespace(STRONGLY_TYPED=1),
         "BuilderFlag": types.SimpleNamespace(FP16="FP16", INT8="INT8",
