@@ -69,8 +69,9 @@ class DeviceFed(Protocol):
     kernel writes ``device_inputs(batch)`` on ``device_stream`` in ``cuda_context``, then
     ``infer_device()`` runs on what the input buffers hold, with no host->device copy of
     inputs (the live path's GPU preprocessing, stream/classifier.py). Optional: an engine
-    without it is fed from the host through ``infer``. Its attributes never raise, so an
-    ``isinstance`` check is safe on a closed engine."""
+    without it is fed from the host through ``infer``. ``cuda_context`` raises
+    ``ModelError`` where the engine cannot be fed on the device (a torch engine on the CPU,
+    no pycuda); ``isinstance`` reads properties before Python 3.12, so callers catch it."""
 
     @property
     def cuda_context(self) -> CudaContext:

@@ -6,8 +6,9 @@ from the graph itself). No model definition is needed: nothing from ``train/`` i
 * CUDA: fp16 (half weights, autocast), channels_last, and one CUDA graph per input shape,
   captured after a warm-up on the engine's own stream and replayed by ``infer``; batch 1
   (the live path's) when the engine is built, so the first frame does not pay for it.
-  Inputs go through pinned host buffers into static device tensors, outputs come back
-  into pinned host tensors: all allocated once per input shape, by tensor name.
+  Inputs go through pinned host buffers into static device tensors (or a CUDA kernel
+  writes those: ``DeviceFed``), outputs come back into pinned host tensors: all allocated
+  once per input shape, by tensor name.
 
 The programs were exported in fp32 on the CPU with BatchNorm folded (``train/programs.py``);
 on CUDA they are moved to the device with ``torch.export.passes.move_to_device_pass``.
@@ -25,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,7 @@ from hepascope.core.export_format import (
     ROLES,
     program_file,
 )
+from hepascope.engines.cuda import CudaContext, driver, new_stream
 from hepascope.engines.interface import Dim, TensorSpec, check_feeds
 
 log = logging.getLogger(__name__)
@@ -208,6 +211,9 @@ class TorchEngine:
         self._out_dtypes = tuple(_TORCH_DTYPES[s.dtype] for s in self.outputs)
         self._plans: dict[tuple[tuple[int, ...], ...], _Plan] = {}
         self._stream: Any = torch.cuda.Stream() if cuda else None
+        self._cuda_ctx: CudaContext | None = None  # DeviceFed, made on first use
+        self._py_stream: Any = None
+        self._fed: tuple[tuple[tuple[int, ...], ...], _Plan] | None = None
         self.replays = 0  # CUDA graph replays so far (what a test checks the path by)
         log.info("torch engine: %s on %s (fp16 %s, channels_last %s, CUDA graph %s)",
                  self.path.name, device, self.fp16, self.channels_last, self.cuda_graph)
@@ -304,15 +310,23 @@ class TorchEngine:
 
     def _infer_cuda(self, feeds: dict[str, np.ndarray],
                     key: tuple[tuple[int, ...], ...]) -> dict[str, np.ndarray]:
-        plan = self._plans.get(key)
-        new = plan is None
-        if plan is None:
-            plan = self._cuda_plan(key)
+        plan = self._plans.get(key) or self._cuda_plan(key)
         for s in self.inputs:
             np.copyto(plan.host_in[s.name], feeds[s.name], casting="unsafe")
-        with torch.no_grad(), torch.cuda.stream(self._stream):
+
+        def upload() -> None:
             for name, dev in plan.dev_in.items():
                 dev.copy_(plan.host_in_t[name], non_blocking=True)
+        return self._run_cuda(key, plan, upload)
+
+    def _run_cuda(self, key: tuple[tuple[int, ...], ...], plan: _Plan,
+                  fill: Callable[[], None]) -> dict[str, np.ndarray]:
+        """On the engine's stream: ``fill`` (what puts the inputs in ``plan.dev_in``), the
+        module (warm-up and capture on the plan's first run, else a replay), the outputs
+        into the pinned host tensors; then wait for the stream."""
+        new = key not in self._plans
+        with torch.no_grad(), torch.cuda.stream(self._stream):
+            fill()
             if new:
                 ys = self._first_run(plan)
             elif plan.graph is not None:
@@ -325,6 +339,55 @@ class TorchEngine:
         self._plans[key] = plan
         return plan.out
 
+    # ------------------------------- fed on the device (DeviceFed, engines/interface.py)
+
+    @property
+    def cuda_context(self) -> CudaContext:
+        """pycuda's handle on the device's primary context, the one torch runs in (so a
+        kernel of another module can write a torch tensor), made on first use. On the CPU,
+        or without pycuda, ``ModelError``: this engine is then fed through ``infer``."""
+        if self.device != "cuda":
+            raise ModelError(f"{self.path.name}: the torch engine runs on the cpu: no "
+                             "device inputs")
+        if self._cuda_ctx is None:
+            self._cuda_ctx = CudaContext(torch.cuda.current_device())
+        return self._cuda_ctx
+
+    @property
+    def device_stream(self) -> Any:
+        """A pycuda stream for the input writes, made on first use; ``infer_device`` has
+        the engine's own stream wait for it on the GPU (no host wait)."""
+        if self._py_stream is None:
+            with self.cuda_context:
+                self._py_stream = new_stream(driver())
+        return self._py_stream
+
+    def device_inputs(self, batch: int = 1) -> dict[str, int]:
+        """Device pointers of the static input tensors at ``batch`` (contiguous, the
+        graph's dtype: the module lays them out channels-last itself, after the write)."""
+        if self._module is None:
+            raise ModelError(f"{self.path.name}: torch engine is closed")
+        if batch < 1:
+            raise ModelError(f"batch must be >= 1, got {batch}")
+        self.cuda_context  # noqa: B018 (on the CPU: ModelError)
+        key = tuple(s.at_batch(batch) for s in self.inputs)
+        if self._fed is None or self._fed[0] != key:
+            self._fed = (key, self._plans.get(key) or self._cuda_plan(key))
+        return {name: int(t.data_ptr()) for name, t in self._fed[1].dev_in.items()}
+
+    def infer_device(self) -> dict[str, np.ndarray]:
+        """``infer`` on what the tensors of the last ``device_inputs`` hold, after the work
+        queued on ``device_stream``; results are new arrays, the caller's."""
+        if self._module is None:
+            raise ModelError(f"{self.path.name}: torch engine is closed")
+        if self._fed is None:
+            raise ModelError(f"{self.path.name}: infer_device before device_inputs")
+        key, plan = self._fed
+        ready = torch.cuda.ExternalStream(int(self.device_stream.handle),
+                                          device=self._stream.device)
+        out = self._run_cuda(key, plan, lambda: self._stream.wait_stream(ready))
+        return {name: a.copy() for name, a in out.items()}
+
     def close(self) -> None:
         """Drop the graphs, buffers and module (their memory goes back to torch's caching
         allocator); ``infer`` refuses afterwards."""
@@ -335,4 +398,9 @@ class TorchEngine:
                 plan.graph.reset()
         self._plans.clear()
         self._module = None
-
+        self._fed = None
+        ctx, self._cuda_ctx = self._cuda_ctx, None
+        if ctx is not None:  # the pycuda stream goes with the context current, then it
+            with ctx:
+                self._py_stream = None
+            ctx.close()

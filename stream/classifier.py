@@ -17,7 +17,7 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 import numpy as np
 
@@ -275,11 +275,14 @@ class FrameClassifier:
         mode, engine = self.gpu_preprocess, self.engine
         if mode == "off":
             return None
-        if not isinstance(engine, DeviceFed):
+        try:  # before Python 3.12 the check reads the properties: cuda_context may refuse
+            fed = isinstance(engine, DeviceFed)
             reason = f"engine {engine.name} has no device inputs"
-        else:
+        except ModelError as e:
+            fed, reason = False, str(e).strip().splitlines()[0]
+        if fed:
             try:
-                feed = GpuFeed(engine, engine.inputs, self._specs)
+                feed = GpuFeed(cast(DeviceFed, engine), engine.inputs, self._specs)
             except ModelError as e:
                 reason = str(e).strip().splitlines()[0]
             else:

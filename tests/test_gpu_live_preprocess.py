@@ -4,8 +4,8 @@ and, over the fakes of ``support.fake_gpu`` (the pycuda / TensorRT module bounda
 code under test is hepascope's own), what the GPU path hands the kernels and the engine.
 
 Not tested here (no GPU): that the kernels' output equals the host's (done on a GPU by
-test_gpu_preprocess.py), the timing, and the torch engine (not ``DeviceFed``). The fake
-driver's CUDA graphs replay the copies and executes recorded in a capture."""
+test_gpu_preprocess.py), the timing, and the torch engine (test_torch_device_fed.py).
+The fake driver's CUDA graphs replay the copies and executes recorded in a capture."""
 
 from __future__ import annotations
 
