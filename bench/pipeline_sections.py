@@ -43,7 +43,7 @@ from hepascope.bench.pipeline_probes import (
     pct,
     windows_table,
 )
-from hepascope.core.config import load_config
+from hepascope.core.config import Config, load_config
 from hepascope.core.errors import guard_main
 from hepascope.stream.app import RunRequest, run_pipeline
 
@@ -78,11 +78,12 @@ def _steady(rows: list[dict[str, Any]], c2p: list[float]) -> dict[str, float | N
 def pipeline_section(model: Path, *, source: str = "phantom:7", fps: float, seconds: float,
                      engine: str = "onnxruntime", threads: int | None = None,
                      wait_start: Callable[[], None] | None = None,
-                     max_rate: bool = False) -> dict[str, Any]:
+                     max_rate: bool = False, config: Config | None = None) -> dict[str, Any]:
     """The live path on ``source`` paced at ``fps`` for ``seconds``, with a subscriber
     measuring capture->overlay. ``wait_start`` (scaling) is called once everything is
     open, just before frames flow. ``max_rate``: unpaced (a file decoded as fast as the
-    model takes frames; the FAST peer's throughput). Figures are the main model's."""
+    model takes frames; the FAST peer's throughput). ``config``: default the packaged one.
+    Figures are the main model's."""
     if fps <= 0 or seconds <= 0:
         raise ValueError(f"fps and seconds must be > 0, got {fps}, {seconds}")
     decode_ms = decode_cost_ms(source, fps)
@@ -96,7 +97,8 @@ def pipeline_section(model: Path, *, source: str = "phantom:7", fps: float, seco
     res = Resources()
     try:
         summary = run_pipeline(RunRequest(
-            source=source, model=model, config=load_config(), publish="tcp://127.0.0.1:*",
+            source=source, model=model, config=config or load_config(),
+            publish="tcp://127.0.0.1:*",
             options=source_options(source, fps, max_rate=max_rate), duration_s=seconds,
             engine=engine, threads=threads, listeners=(listener,), on_bound=bound))
     finally:
