@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from hepascope.core.config import load_config
-from hepascope.core.errors import guard_main
+from hepascope.core.errors import ModelError, guard_main
 from hepascope.core.export_format import BIMODAL_GRAPHS, HEAD_FILE, META_ROLE, SINGLE_FILE
 from hepascope.core.preprocess import PreprocessSpec
 from hepascope.engines.onnxruntime import OnnxRuntimeEngine
@@ -41,6 +41,15 @@ MODELS: dict[str, dict[str, Any]] = {
                          "ceus_size": [112, 112]},
     "c3d": {"num_classes": 2, "in_chans": 1},
 }
+
+
+def require_cuda(what: str) -> None:
+    """One ``ModelError`` line where torch sees no CUDA device (a CPU build, no GPU), not
+    torch's assertion from deep inside the first measurement."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ModelError(f"{what} needs a CUDA GPU: torch {torch.__version__} sees none")
 
 
 def matmul_peak(n: int = 8192, reps: int = 10) -> dict[str, float]:
@@ -240,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--models", default=",".join(MODELS))
     args = p.parse_args(argv)
+    require_cuda("python -m hepascope.bench.gpu")
     res: dict[str, Any] = {"facts": facts(), "peak": matmul_peak(), "runs": args.runs,
                            "batch": args.batch, "models": {}}
     with tempfile.TemporaryDirectory() as tmp:

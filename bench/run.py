@@ -314,6 +314,10 @@ def run_from_args(args: argparse.Namespace, command: str | None = None) -> Path:
     """Run the bench and write its results; return the results directory."""
     from hepascope.bench.results_report import write_all
 
+    if args.device == "cuda":
+        from hepascope.bench.gpu import require_cuda
+
+        require_cuda("hepascope bench --device cuda")
     command = command or "hepascope bench " + " ".join(sys.argv[2:] if len(sys.argv) > 1
                                                        and sys.argv[1] == "bench"
                                                        else sys.argv[1:])

@@ -74,3 +74,25 @@ def test_python_m_tools_turn_project_errors_into_one_line(tmp_path: Path, video3
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
     assert len(lines) == 1 and lines[0].startswith("hepascope: error: "), lines
     assert "gone.onnx" in lines[0]
+
+
+def torch_sees_cuda() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+@pytest.mark.skipif(torch_sees_cuda(), reason="a CUDA GPU is here: the refusal cannot show")
+@pytest.mark.parametrize("args", [["hepascope.bench.gpu", "--out", "{tmp}"],
+                                  ["hepascope.cli", "bench", "--device", "cuda", "--quick",
+                                   "--out", "{tmp}"]], ids=["bench.gpu", "bench"])
+def test_gpu_benches_without_a_gpu_say_so_in_one_line(tmp_path: Path, args: list[str]) -> None:
+    """Before, both ended in torch's AssertionError traceback ("Torch not compiled with
+    CUDA enabled") from the first measurement (seen in tools/gpu_check.sh's CPU rehearsal)."""
+    res = subprocess.run([sys.executable, "-m", *(a.format(tmp=tmp_path) for a in args)],
+                         capture_output=True, text=True, timeout=120)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert len(lines) == 1 and lines[0].startswith("hepascope: error: "), lines
+    assert "needs a CUDA GPU: torch " in lines[0] and "sees none" in lines[0]
+
