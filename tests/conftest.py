@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from support import budget
 from support.media import write_video
 from support.models import make_classifier
+from support.runs import reap_runs
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -32,6 +34,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _no_run_left_behind() -> Iterator[None]:
+    """After each test, no ``hepascope run`` that ``support.runs.start_run`` started."""
+    yield
+    reap_runs()
 
 
 @pytest.fixture(scope="session")

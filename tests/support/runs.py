@@ -90,8 +90,24 @@ def start_run(tmp_path: Path, model: Path, video: Path, *extra: str,
         args.append("--loop")
     if config is not None:
         args += ["--config", str(config)]
-    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True), endpoint
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    STARTED.append(proc)
+    return proc, endpoint
+
+
+STARTED: list[subprocess.Popen[str]] = []  # every run start_run made, for reap_runs
+
+
+def reap_runs() -> None:
+    """Kill what ``start_run`` started and is still running, its inference child too: a
+    test that fails between starting a run and its own ``finally`` (seen: a config error
+    in ``load_config`` there) must not leave a looped run spinning through later tests."""
+    while STARTED:
+        proc = STARTED.pop()
+        kill_run(proc)
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 def stop_run(proc: subprocess.Popen[str]) -> tuple[int, str]:
