@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from hepascope.core.argtypes import positive
 from hepascope.core.config import load_config
 from hepascope.core.errors import guard_main
 
@@ -87,14 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m hepascope.bench.gpu_live",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--seconds", type=float, default=10.0)
-    p.add_argument("--pairs", type=int, default=2)
-    p.add_argument("--fps", type=float, default=60.0)
+    p.add_argument("--seconds", type=positive(float), default=10.0)
+    p.add_argument("--pairs", type=positive(int), default=2)
+    p.add_argument("--fps", type=positive(float), default=60.0)
     p.add_argument("--model", type=Path, help="an export or ONNX classifier (default: "
                    "ResNet-18, random weights)")
     args = p.parse_args(argv)
-    if args.seconds <= 0 or args.pairs < 1 or args.fps <= 0:
-        p.error("--seconds and --fps must be > 0, --pairs >= 1")
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model
         if model is None:

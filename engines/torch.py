@@ -213,6 +213,7 @@ class TorchEngine:
         self._stream: Any = torch.cuda.Stream() if cuda else None
         self._cuda_ctx: CudaContext | None = None  # DeviceFed, made on first use
         self._py_stream: Any = None
+        self._py_ready: Any = None  # torch.cuda.ExternalStream of _py_stream
         self._fed: tuple[tuple[tuple[int, ...], ...], _Plan] | None = None
         self.replays = 0  # CUDA graph replays so far (what a test checks the path by)
         log.info("torch engine: %s on %s (fp16 %s, channels_last %s, CUDA graph %s)",
@@ -360,6 +361,9 @@ class TorchEngine:
         if self._py_stream is None:
             with self.cuda_context:
                 self._py_stream = new_stream(driver())
+            # torch's handle on the same stream, made once: infer_device waits on it
+            self._py_ready = torch.cuda.ExternalStream(int(self._py_stream.handle),
+                                                       device=self._stream.device)
         return self._py_stream
 
     def device_inputs(self, batch: int = 1) -> dict[str, int]:
@@ -383,9 +387,8 @@ class TorchEngine:
         if self._fed is None:
             raise ModelError(f"{self.path.name}: infer_device before device_inputs")
         key, plan = self._fed
-        ready = torch.cuda.ExternalStream(int(self.device_stream.handle),
-                                          device=self._stream.device)
-        out = self._run_cuda(key, plan, lambda: self._stream.wait_stream(ready))
+        self.device_stream  # noqa: B018 (made with its torch handle on first use)
+        out = self._run_cuda(key, plan, lambda: self._stream.wait_stream(self._py_ready))
         return {name: a.copy() for name, a in out.items()}
 
     def close(self) -> None:
@@ -402,5 +405,5 @@ class TorchEngine:
         ctx, self._cuda_ctx = self._cuda_ctx, None
         if ctx is not None:  # the pycuda stream goes with the context current, then it
             with ctx:
-                self._py_stream = None
+                self._py_stream = self._py_ready = None
             ctx.close()
